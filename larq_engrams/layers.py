@@ -1,0 +1,393 @@
+"""Engram-gated binarized dense layers (stochastic engrams, Aguilar et al. 2025).
+
+Each `EngramDense` layer keeps an engram bank: one binary mask E_t in {0, 1}^N per task
+over its N units (METHOD.md section 3). During task t only the units of E_t are active,
+each reactivated per sample and step with probability q; every other unit outputs
+exactly 0, receives no gradient and keeps its BatchNorm statistics.
+"""
+import logging
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["EngramDense"]
+
+_TASK_MODE = "task"
+_UNION_MODE = "union"
+
+
+class _DropUnclippedKernelWarning(logging.Filter):
+    """Larq warns about binary kernels without a `kernel_constraint`. The hidden weights
+    are left unclipped on purpose here: metaplastic consolidation needs |W_h| to grow."""
+
+    def filter(self, record):
+        return "without setting `kernel_constraint`" not in record.getMessage()
+
+
+logging.getLogger("larq.layers_base").addFilter(_DropUnclippedKernelWarning())
+
+
+def default_kernel_quantizer():
+    """`SteSign(clip_value=None)`: identity straight-through gradient, no clipping."""
+    return lq.quantizers.SteSign(clip_value=None)
+
+
+def default_kernel_initializer():
+    """Uniform in [-0.05, 0.05] (width 0.1), as in Laborieux et al. 2021."""
+    return tf.keras.initializers.RandomUniform(-0.05, 0.05)
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_engrams")
+class EngramDense(tf.keras.layers.Layer):
+    r"""A binarized dense block whose units are gated by per-task stochastic engrams.
+
+    Computes, for the active task t (or per-sample task ids passed as `task`):
+
+    ```
+    z   = QuantDense(x)                  # binary kernel sign(W_h), no bias
+    y   = gamma * (z - mu) / sqrt(var + eps) + beta        # BatchNorm
+    out = sign(y) * E_t * g / (q if rescale_reactivation else 1)
+    ```
+
+    with g_i ~ Bernoulli(q) drawn per sample, unit and step while training (stochastic
+    reactivation; g = 1 at inference). Silent units output exactly 0. Because the sign
+    is taken *inside* this layer, the next layer must not re-quantize its inputs
+    (Larq's sign(0) is +1): give it `input_quantizer=None` so zeros stay zeros.
+
+    Engram allocation (`allocate(t)`, once per task), by excitability:
+
+    ```
+    e_i = exp(-beta * u_i)                       # u_i: engrams unit i already belongs to
+    p_i = min(1, rho * N * e_i / sum_j e_j)       # expected engram size rho * N
+    E_t[i] ~ Bernoulli(p_i)                       # seeded by (seed, t)
+    ```
+
+    beta = 0 is uniform random allocation; large beta gives nearly disjoint engrams.
+
+    BatchNorm: batch statistics while training, moving statistics at inference. The
+    moving statistics of a unit are updated only while it belongs to an engram being
+    trained, so training task t leaves every other unit's state untouched.
+
+    Masks, allocation flags, the active task and the reactivation step counter are
+    non-trainable layer weights: they are saved and restored with the model.
+
+    Args:
+        units: N, the number of hidden units.
+        max_tasks: how many engrams the bank can hold.
+        engram_fraction: rho in (0, 1], the expected fraction of units per engram.
+        activation_probability: q in (0, 1], per-sample reactivation probability of
+            engram units while training.
+        excitability: beta >= 0, the bias of allocation towards little-used units.
+        rescale_reactivation: divide active outputs by q while training (as dropout).
+        seed: seeds allocation and reactivation.
+        input_quantizer: Larq quantizer for the inputs (None for real-valued inputs or
+            for the output of another `EngramDense`).
+        kernel_quantizer: Larq quantizer for the kernel; default `SteSign(clip_value=None)`.
+        kernel_initializer: default uniform in [-0.05, 0.05].
+        kernel_constraint: default None (no clipping of the hidden weights).
+        activation_quantizer: the sign activation applied after BatchNorm; default
+            `ste_sign` (straight-through gradient, zero where |y| > 1).
+        momentum, epsilon: BatchNorm; defaults 0.9 (PyTorch's 0.1) and 1e-5, as the
+            reference implementation.
+    """
+
+    def __init__(
+        self,
+        units,
+        max_tasks,
+        engram_fraction=0.25,
+        activation_probability=0.9,
+        excitability=1.0,
+        rescale_reactivation=False,
+        seed=0,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_initializer=None,
+        kernel_constraint=None,
+        activation_quantizer="ste_sign",
+        momentum=0.9,
+        epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = _check_int("units", units, minimum=1)
+        self.max_tasks = _check_int("max_tasks", max_tasks, minimum=1)
+        self.engram_fraction = _check_fraction("engram_fraction", engram_fraction)
+        self.activation_probability = _check_fraction(
+            "activation_probability", activation_probability
+        )
+        if not float(excitability) >= 0.0:
+            raise ValueError(f"EngramDense: `excitability` must be >= 0, got {excitability!r}.")
+        self.excitability = float(excitability)
+        self.rescale_reactivation = bool(rescale_reactivation)
+        self.seed = _check_int("seed", seed, minimum=0)
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"EngramDense: `momentum` must be in [0, 1), got {momentum!r}.")
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.activation_quantizer = lq.quantizers.get(activation_quantizer)
+        self.dense = lq.layers.QuantDense(
+            self.units,
+            use_bias=False,
+            input_quantizer=input_quantizer,
+            kernel_quantizer=(
+                default_kernel_quantizer() if kernel_quantizer is None else kernel_quantizer
+            ),
+            kernel_initializer=(
+                default_kernel_initializer()
+                if kernel_initializer is None
+                else kernel_initializer
+            ),
+            kernel_constraint=kernel_constraint,
+            name="quant_dense",
+        )
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        n, tasks = self.units, self.max_tasks
+        self.gamma = self.add_weight("gamma", shape=(n,), initializer="ones")
+        self.beta = self.add_weight("beta", shape=(n,), initializer="zeros")
+        # Per-replica statistics averaged on read, as Keras' BatchNormalization.
+        stat = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
+        self.moving_mean = self.add_weight("moving_mean", (n,), initializer="zeros", **stat)
+        self.moving_variance = self.add_weight(
+            "moving_variance", (n,), initializer="ones", **stat
+        )
+        state = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.engram_masks = self.add_weight(
+            "engram_masks", (tasks, n), initializer="zeros", **state
+        )
+        self.allocated = self.add_weight("allocated", (tasks,), initializer="zeros", **state)
+        self.active_task = self.add_weight(
+            "active_task", (), dtype=tf.int32, initializer="zeros", **state
+        )
+        # Counts training calls: with `seed`, it keys the stateless reactivation draws,
+        # so a restored model continues the same random sequence.
+        self.reactivation_step = self.add_weight(
+            "reactivation_step", (), dtype=tf.int64, initializer="zeros", **state
+        )
+        # Fraction of (sample, unit) outputs that were non-zero in the last training
+        # step: the engram activation rate logged to TensorBoard.
+        self.activation_rate = self.add_weight(
+            "activation_rate", (), initializer="zeros", **state
+        )
+        super().build(input_shape)
+
+    # ----------------------------------------------------------------- engram bank
+    def allocate(self, task):
+        """Draws the engram E_task by the excitability rule; returns it (bool array).
+
+        Deterministic for a given `seed` and allocation history. Raises `ValueError`
+        for a task outside [0, max_tasks) or one that is already allocated.
+        """
+        task = self._check_task(task)
+        if self.is_allocated(task):
+            raise ValueError(
+                f"EngramDense {self.name!r}: task {task} already has an engram; "
+                f"allocation happens once per task."
+            )
+        usage = self.usage.astype(np.float64)
+        excitation = np.exp(-self.excitability * (usage - usage.min()))  # shift: stable
+        p = np.minimum(1.0, self.engram_fraction * self.units * excitation / excitation.sum())
+        rng = np.random.default_rng([self.seed, task])
+        mask = rng.random(self.units) < p
+        if not mask.any():
+            logging.getLogger(__name__).warning(
+                "EngramDense %r: the engram of task %d is empty (engram_fraction=%g, "
+                "units=%d); the task has no capacity in this layer.",
+                self.name, task, self.engram_fraction, self.units,
+            )
+        self.engram_masks[task].assign(mask.astype(np.float32))
+        self.allocated[task].assign(1.0)
+        return mask
+
+    def engram_mask(self, task):
+        """E_task as a boolean NumPy array of shape (units,)."""
+        task = self._check_allocated(task)
+        return self.engram_masks[task].numpy() > 0.5
+
+    @property
+    def usage(self):
+        """u_i: the number of allocated engrams each unit belongs to (int array)."""
+        self._check_built()
+        return np.rint(self.engram_masks.numpy().sum(axis=0)).astype(np.int64)
+
+    @property
+    def allocated_tasks(self):
+        """The tasks that have an engram, in increasing order."""
+        self._check_built()
+        return [int(t) for t in np.flatnonzero(self.allocated.numpy() > 0.5)]
+
+    def is_allocated(self, task) -> bool:
+        task = self._check_task(task)
+        return bool(self.allocated[task].numpy() > 0.5)
+
+    def set_active_task(self, task):
+        """Makes `task` (allocated) the one trained and, by default, evaluated."""
+        task = self._check_allocated(task)
+        self.active_task.assign(task)
+
+    def overlap(self, s, t) -> float:
+        """|E_s and E_t| / N."""
+        return float(np.mean(self.engram_mask(s) & self.engram_mask(t)))
+
+    # ------------------------------------------------------------------- forward
+    def call(self, inputs, training=None, task=None, mode=_TASK_MODE):
+        """Args:
+            inputs: (batch, features).
+            training: batch statistics and stochastic reactivation if True.
+            task: None (the active task), an int, or an int tensor of shape (batch,)
+                giving each sample's engram.
+            mode: "task" gates by `task`; "union" gates by the union of all allocated
+                engrams (inference without task id; `task` is ignored).
+        """
+        training = _static_training_flag(training)
+        z = self.dense(inputs)
+        gate = self._engram_gate(tf.shape(z)[0], task, mode)  # (batch, units) or (units,)
+
+        if training:
+            mean, variance = tf.nn.moments(z, axes=[0])
+            trained_units = gate if gate.shape.rank == 1 else tf.reduce_max(gate, axis=0)
+            decay = (1.0 - self.momentum) * trained_units
+            self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+            self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        y = tf.nn.batch_normalization(
+            z, mean, variance, self.beta, self.gamma, self.epsilon
+        )
+        out = self.activation_quantizer(y) if self.activation_quantizer else y
+
+        if training:
+            gate = gate * self._reactivation(tf.shape(z)[0])
+            self.activation_rate.assign(tf.reduce_mean(tf.broadcast_to(gate, tf.shape(z))))
+        return out * gate
+
+    def _engram_gate(self, batch_size, task, mode):
+        if mode == _UNION_MODE:
+            return tf.reduce_max(self.engram_masks * self.allocated[:, None], axis=0)
+        if mode != _TASK_MODE:
+            raise ValueError(
+                f"EngramDense: `mode` must be {_TASK_MODE!r} or {_UNION_MODE!r}, got {mode!r}."
+            )
+        if task is None:
+            task = self.active_task
+        elif isinstance(task, (int, np.integer)):
+            self._check_task(task)
+        task = tf.convert_to_tensor(task)
+        return tf.gather(self.engram_masks, tf.cast(task, tf.int32))
+
+    def _reactivation(self, batch_size):
+        """g ~ Bernoulli(q) per (sample, unit), stateless and keyed by (seed, step)."""
+        q = self.activation_probability
+        if q >= 1.0:
+            return tf.ones((), self.compute_dtype)
+        step = self.reactivation_step.assign_add(1)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Each replica draws for its own samples, from one shared (seed, step) key.
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, replica.replica_id_in_sync_group
+            )
+        draws = tf.random.stateless_uniform((batch_size, self.units), seed=seed)
+        g = tf.cast(draws < q, self.compute_dtype)
+        return g / q if self.rescale_reactivation else g
+
+    # --------------------------------------------------------------- bookkeeping
+    def _check_built(self):
+        if not self.built:
+            raise RuntimeError(
+                f"EngramDense {self.name!r} is not built yet: call it on an input (or "
+                f"build the model) before using its engram bank."
+            )
+
+    def _check_task(self, task):
+        if isinstance(task, (bool, np.bool_)) or not isinstance(task, (int, np.integer)):
+            raise ValueError(f"EngramDense: a task id must be an int, got {task!r}.")
+        task = int(task)
+        if not 0 <= task < self.max_tasks:
+            raise ValueError(
+                f"EngramDense {self.name!r}: task {task} is outside [0, max_tasks="
+                f"{self.max_tasks}). Build the layer with a larger `max_tasks`."
+            )
+        self._check_built()
+        return task
+
+    def _check_allocated(self, task):
+        task = self._check_task(task)
+        if not self.is_allocated(task):
+            raise ValueError(
+                f"EngramDense {self.name!r}: task {task} has no engram yet; allocate it "
+                f"first (`layer.allocate({task})` or `model.begin_task({task})`)."
+            )
+        return task
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)[:-1].concatenate([self.units])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "max_tasks": self.max_tasks,
+            "engram_fraction": self.engram_fraction,
+            "activation_probability": self.activation_probability,
+            "excitability": self.excitability,
+            "rescale_reactivation": self.rescale_reactivation,
+            "seed": self.seed,
+            "input_quantizer": lq.quantizers.serialize(self.dense.input_quantizer),
+            "kernel_quantizer": lq.quantizers.serialize(self.dense.kernel_quantizer),
+            "kernel_initializer": tf.keras.initializers.serialize(
+                self.dense.kernel_initializer
+            ),
+            "kernel_constraint": tf.keras.constraints.serialize(self.dense.kernel_constraint),
+            "activation_quantizer": lq.quantizers.serialize(self.activation_quantizer),
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("input_quantizer", "kernel_quantizer", "activation_quantizer"):
+            config[key] = lq.quantizers.get(config.get(key))
+        config["kernel_initializer"] = tf.keras.initializers.get(config["kernel_initializer"])
+        config["kernel_constraint"] = tf.keras.constraints.get(config.get("kernel_constraint"))
+        return cls(**config)
+
+
+def _static_training_flag(training):
+    """Keras passes `training` as a Python bool (or None); a constant tensor is accepted."""
+    if training is None:
+        training = tf.keras.backend.learning_phase()
+    if tf.is_tensor(training):
+        value = tf.get_static_value(training)
+        if value is None:
+            raise ValueError(
+                "EngramDense needs a Python bool (or constant) for `training`, got a "
+                "tensor whose value is only known at run time."
+            )
+        training = value
+    return bool(training)
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"EngramDense: `{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_fraction(name, value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"EngramDense: `{name}` must be in (0, 1], got {value!r}.")
+    return value

@@ -1,0 +1,358 @@
+"""Model builders: the engram BNN, the plain BNN and the full-precision MLP.
+
+All three share the backbone of METHOD.md section 1: dense layers of the same widths,
+a `classes`-way output whose values are the logits (train with
+`SparseCategoricalCrossentropy(from_logits=True)`).
+"""
+from collections.abc import Sequence
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+from larq_engrams.layers import (
+    EngramDense,
+    default_kernel_initializer,
+    default_kernel_quantizer,
+)
+
+__all__ = ["EngramModel", "engram_bnn", "bnn", "mlp", "INFERENCE_MODES"]
+
+INFERENCE_MODES = ("task", "union", "infer")
+CONFIDENCE_MEASURES = ("max_softmax", "entropy")
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_engrams")
+class EngramModel(tf.keras.Model):
+    r"""A binarized MLP whose hidden layers are `EngramDense` layers sharing task ids.
+
+    ```
+    h_0 = flatten(x)
+    h_l = sign(BN_l(QuantDense_l(h_{l-1}))) * E_t^l * g^l        l = 1..L  (EngramDense)
+    logits = BN_out(QuantDense_out(h_L))
+    ```
+
+    Use it like any Keras model, one `fit` per task:
+
+    ```python
+    model = engram_bnn((28, 28), 10, hidden=(2048, 2048), max_tasks=5)
+    model.begin_task(0)            # allocate E_0 in every layer, train/evaluate task 0
+    model.compile(optimizer=MetaplasticAdam(0.005), loss=..., metrics=["accuracy"])
+    model.fit(task0_data)
+    model.begin_task(1)
+    model.fit(task1_data)
+    model.set_inference("task", task=0); model.evaluate(task0_test)   # task id known
+    model.set_inference("infer"); model.evaluate(any_test)           # no task id
+    ```
+
+    Inference modes (`set_inference`), all deterministic:
+      - "task": gate every layer by E_task (default: the active task).
+      - "union": gate by the union of the allocated engrams (no task id).
+      - "infer": no task id. For every allocated engram s the network runs gated by E_s;
+        per sample, the engram whose prediction is most confident (highest max softmax,
+        or lowest entropy with `confidence="entropy"`) is kept and its logits returned.
+
+    Inputs may be `x` or `(x, task_ids)` with an int tensor of per-sample task ids;
+    given ids override the mode (task-incremental evaluation on mixed batches).
+
+    Mode and the active task change which graph Keras should run, so `begin_task` and
+    `set_inference` drop Keras' cached train/test/predict functions; a custom
+    `tf.function` that calls the model in "infer" mode must be retraced after a new
+    engram is allocated.
+    """
+
+    def __init__(
+        self,
+        input_shape,
+        num_classes,
+        hidden=(2048, 2048),
+        max_tasks=5,
+        engram_fraction=0.25,
+        activation_probability=0.9,
+        excitability=1.0,
+        rescale_reactivation=False,
+        seed=0,
+        momentum=0.9,
+        epsilon=1e-5,
+        confidence="max_softmax",
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "engram_bnn")
+        super().__init__(**kwargs)
+        self._input_shape_arg = _check_shape(input_shape)
+        self.num_classes = _check_positive_int("num_classes", num_classes)
+        self.hidden = _check_hidden(hidden)
+        self.max_tasks = max_tasks
+        self.confidence = _check_choice("confidence", confidence, CONFIDENCE_MEASURES)
+        self._engram_args = dict(
+            max_tasks=max_tasks,
+            engram_fraction=engram_fraction,
+            activation_probability=activation_probability,
+            excitability=excitability,
+            rescale_reactivation=rescale_reactivation,
+            momentum=momentum,
+            epsilon=epsilon,
+        )
+        self.seed = int(seed)
+        self.flatten = tf.keras.layers.Flatten(name="flatten")
+        # Only the first layer sees real inputs; later ones take the ternary {-1, 0, +1}
+        # outputs as they are (re-quantizing would turn silent zeros into +1).
+        self.engram_layers = [
+            EngramDense(units, seed=self.seed + 1000 * i, name=f"hidden_{i}", **self._engram_args)
+            for i, units in enumerate(self.hidden)
+        ]
+        self.classifier = lq.layers.QuantDense(
+            self.num_classes,
+            use_bias=False,
+            input_quantizer=None,
+            kernel_quantizer=default_kernel_quantizer(),
+            kernel_initializer=default_kernel_initializer(),
+            name="output",
+        )
+        self.classifier_norm = tf.keras.layers.BatchNormalization(
+            momentum=momentum, epsilon=epsilon, name="output_bn"
+        )
+        self._inference_mode = "task"
+        self._inference_task = None
+        self.build((None, *self._input_shape_arg))
+        self._infer_tasks = ()
+
+    # ------------------------------------------------------------- task control
+    @property
+    def active_task(self):
+        """The task being trained (and evaluated in "task" mode by default), or None."""
+        layer = self.engram_layers[0]
+        task = int(layer.active_task.numpy())
+        return task if layer.is_allocated(task) else None
+
+    @property
+    def allocated_tasks(self):
+        return self.engram_layers[0].allocated_tasks
+
+    @property
+    def inference_mode(self):
+        return self._inference_mode
+
+    def begin_task(self, task):
+        """Allocates engram `task` in every layer if it is new and makes it active.
+
+        The active task is the one `fit` trains; "task" inference mode follows it
+        unless `set_inference("task", task=k)` fixed another one.
+        """
+        for layer in self.engram_layers:
+            if not layer.is_allocated(task):
+                layer.allocate(task)
+            layer.set_active_task(task)
+        self._reset_compiled_functions()
+
+    def set_inference(self, mode, task=None):
+        """Selects how the model gates its units when not training.
+
+        Args:
+            mode: "task", "union" or "infer" (see the class docstring).
+            task: with "task", the engram to use (default: follow the active task).
+        """
+        mode = _check_choice("mode", mode, INFERENCE_MODES)
+        if task is not None:
+            if mode != "task":
+                raise ValueError(f"set_inference: `task` is only used with mode 'task', not {mode!r}.")
+            self.engram_layers[0]._check_allocated(task)
+            task = int(task)
+        self._inference_mode, self._inference_task = mode, task
+        self._reset_compiled_functions()
+
+    def engram_masks(self, task):
+        """`{layer name: E_task}` (boolean arrays)."""
+        return {layer.name: layer.engram_mask(task) for layer in self.engram_layers}
+
+    def _reset_compiled_functions(self):
+        # The graph depends on the mode and, in "infer", on the allocated tasks: take
+        # them here, eagerly, and make Keras retrace.
+        self._infer_tasks = tuple(self.allocated_tasks)
+        self.train_function = self.test_function = self.predict_function = None
+
+    def make_train_function(self, force=False):
+        if self.active_task is None:
+            raise RuntimeError(
+                "EngramModel: no active task. Call `model.begin_task(t)` before training "
+                "on task t."
+            )
+        return super().make_train_function(force)
+
+    # ------------------------------------------------------------------ forward
+    def call(self, inputs, training=None):
+        x, task_ids = _split_inputs(inputs)
+        training = bool(training) if training is not None else False
+        if task_ids is not None:
+            return self._forward(x, training, task=tf.cast(task_ids, tf.int32))
+        if training:
+            return self._forward(x, training)
+        if self._inference_mode == "union":
+            return self._forward(x, training, mode="union")
+        if self._inference_mode == "infer":
+            return self._infer(x)[0]
+        return self._forward(x, training, task=self._inference_task)
+
+    def infer_tasks(self, x):
+        """The engram chosen per sample in "infer" mode (an int tensor of task ids)."""
+        return self._infer(self.flatten(tf.convert_to_tensor(x)))[1]
+
+    def _forward(self, x, training, task=None, mode="task"):
+        h = self.flatten(x)
+        for layer in self.engram_layers:
+            h = layer(h, training=training, task=task, mode=mode)
+        return self.classifier_norm(self.classifier(h), training=training)
+
+    def _infer(self, x):
+        """Runs every allocated engram on a tiled batch; keeps the most confident."""
+        tasks = list(self.allocated_tasks if tf.executing_eagerly() else self._infer_tasks)
+        if not tasks:
+            raise RuntimeError("EngramModel: 'infer' mode needs at least one allocated engram.")
+        x = self.flatten(x)
+        batch = tf.shape(x)[0]
+        k = len(tasks)
+        tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
+        ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
+        logits = self._forward(tiled, False, task=ids)
+        logits = tf.reshape(logits, [k, batch, self.num_classes])
+        probs = tf.nn.softmax(logits, axis=-1)
+        if self.confidence == "max_softmax":
+            score = tf.reduce_max(probs, axis=-1)
+        else:
+            score = tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)  # -entropy
+        best = tf.argmax(score, axis=0, output_type=tf.int32)  # (batch,)
+        chosen = tf.gather(tf.transpose(logits, [1, 0, 2]), best, batch_dims=1)
+        return chosen, tf.gather(tf.constant(tasks, tf.int32), best)
+
+    # ------------------------------------------------------------ serialization
+    def get_config(self):
+        return {
+            "name": self.name,
+            "input_shape": list(self._input_shape_arg),
+            "num_classes": self.num_classes,
+            "hidden": list(self.hidden),
+            "seed": self.seed,
+            "confidence": self.confidence,
+            **self._engram_args,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def engram_bnn(
+    input_shape,
+    num_classes,
+    hidden=(2048, 2048),
+    max_tasks=5,
+    engram_fraction=0.25,
+    activation_probability=0.9,
+    excitability=1.0,
+    seed=0,
+    **kwargs,
+):
+    """The engram BNN (engramBNN): an `EngramModel`, built and ready to compile.
+
+    Defaults follow the engram paper's 2048-2048 hidden layers (use 4096-4096 for
+    CORe50). Train it with `MetaplasticAdam` for the full method (engrams +
+    metaplasticity) or with Adam for engrams alone. See `EngramModel` for the maths
+    and `EngramDense` for every argument.
+    """
+    return EngramModel(
+        input_shape,
+        num_classes,
+        hidden=hidden,
+        max_tasks=max_tasks,
+        engram_fraction=engram_fraction,
+        activation_probability=activation_probability,
+        excitability=excitability,
+        seed=seed,
+        **kwargs,
+    )
+
+
+def bnn(input_shape, num_classes, hidden=(2048, 2048), momentum=0.9, epsilon=1e-5, name="bnn"):
+    r"""The plain Larq BNN of METHOD.md section 1, as a `tf.keras.Sequential`.
+
+    ```
+    h_1 = sign(BN(QuantDense(x)))                       # real-valued pixels in
+    h_l = sign(BN(QuantDense(h_{l-1})))                 # the sign is the next layer's
+    logits = BN(QuantDense(h_L))                        #   `input_quantizer="ste_sign"`
+    ```
+
+    Kernels: `SteSign(clip_value=None)` (identity straight-through, no clipping), no
+    biases, uniform init in [-0.05, 0.05]. Hidden layers are named `hidden_{i}` (the
+    names `MetaplasticAdam(m={...})` can use), the output `output`.
+    """
+    layers = [tf.keras.Input(_check_shape(input_shape)), tf.keras.layers.Flatten()]
+    widths = [*_check_hidden(hidden), _check_positive_int("num_classes", num_classes)]
+    for i, units in enumerate(widths):
+        last = i == len(widths) - 1
+        layers.append(
+            lq.layers.QuantDense(
+                units,
+                use_bias=False,
+                input_quantizer=None if i == 0 else "ste_sign",
+                kernel_quantizer=default_kernel_quantizer(),
+                kernel_initializer=default_kernel_initializer(),
+                name="output" if last else f"hidden_{i}",
+            )
+        )
+        layers.append(
+            tf.keras.layers.BatchNormalization(
+                momentum=momentum, epsilon=epsilon, name="output_bn" if last else f"bn_{i}"
+            )
+        )
+    return tf.keras.Sequential(layers, name=name)
+
+
+def mlp(input_shape, num_classes, hidden=(2048, 2048), name="mlp"):
+    """The full-precision baseline: `Dense(units, relu)` per hidden width, then a
+    `Dense(num_classes)` whose outputs are the logits."""
+    layers = [tf.keras.Input(_check_shape(input_shape)), tf.keras.layers.Flatten()]
+    for i, units in enumerate(_check_hidden(hidden)):
+        layers.append(tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}"))
+    layers.append(
+        tf.keras.layers.Dense(_check_positive_int("num_classes", num_classes), name="output")
+    )
+    return tf.keras.Sequential(layers, name=name)
+
+
+def _split_inputs(inputs):
+    if isinstance(inputs, dict):
+        return inputs["x"], inputs.get("task")
+    if isinstance(inputs, (tuple, list)):
+        if len(inputs) != 2:
+            raise ValueError("EngramModel inputs must be `x` or `(x, task_ids)`.")
+        return inputs[0], inputs[1]
+    return inputs, None
+
+
+def _check_shape(shape):
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    shape = tuple(shape)
+    if not shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+        raise ValueError(f"`input_shape` must be a tuple of positive ints, got {shape!r}.")
+    return tuple(int(d) for d in shape)
+
+
+def _check_hidden(hidden):
+    if isinstance(hidden, (int, np.integer)):
+        hidden = (hidden,)
+    if not isinstance(hidden, Sequence) or not hidden:
+        raise ValueError(f"`hidden` must be a non-empty sequence of widths, got {hidden!r}.")
+    return tuple(_check_positive_int("hidden", h) for h in hidden)
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value

@@ -1,0 +1,46 @@
+"""Packaging for larq-engrams.
+
+TensorFlow and tf-keras must share one minor version: TensorFlow's `tf.keras` is
+redirected to `tf_keras` (Keras 2), which Larq requires. `tensorflow-cpu` must not be
+installed beside `tensorflow` (both wheels unpack into the same folder).
+"""
+from setuptools import find_packages, setup
+
+TF_MINOR = "2.21"
+
+setup(
+    name="larq-engrams",
+    version="0.1.0",
+    description=(
+        "Continual learning with binarized neural networks: metaplastic optimizers "
+        "and stochastic engrams on Larq"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["larq_engrams", "larq_engrams.*"]),
+    # The real MNIST test set ships with the package: the offline default data source.
+    package_data={"larq_engrams": ["data/mnist/*.gz", "data/mnist/README.md"]},
+    include_package_data=True,
+    install_requires=[
+        f"tensorflow=={TF_MINOR}.*",
+        f"tf-keras=={TF_MINOR}.*",
+        "larq>=0.14",
+        "tensorflow-datasets>=4.9",
+        # tfds 4.9.10 imports it at load time but does not declare it.
+        "importlib_resources",
+        "numpy<2",  # Larq's pin
+        "absl-py",
+        "matplotlib",
+        "psutil",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "nbclient>=0.10", "nbformat>=5.9", "ipykernel"],
+        "notebook": ["jupyter", "ipykernel", "nbclient>=0.10", "nbformat>=5.9"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
