@@ -31,7 +31,9 @@ def _use_legacy_keras():
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import tensorflow as tf  # noqa: E402  (must follow the environment variable)
 
-    module = getattr(tf.keras, "__name__", "")
+    # The module's own name changes once TensorFlow re-registers it as
+    # "tensorflow.keras"; where its Model class comes from does not.
+    module = getattr(getattr(tf.keras, "Model", None), "__module__", "") or ""
     if not module.startswith("tf_keras"):
         raise ImportError(_LEGACY_KERAS_HINT.format(module=module or repr(tf.keras)))
 

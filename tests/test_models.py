@@ -1,0 +1,185 @@
+"""Model builders, EngramModel's task control and inference modes, and forgetting."""
+import subprocess
+import sys
+
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from larq_engrams import EngramModel, MetaplasticAdam, bnn, engram_bnn, mlp
+
+LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def permuted_feature_tasks(seed=0, n=2000, d=32, k=4):
+    """Two domain-incremental tasks: Gaussian class clusters, then the same with the
+    features permuted (a miniature permuted MNIST)."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(size=(k, d))
+    y = rng.integers(0, k, n).astype(np.int32)
+    x = (prototypes[y] + 0.8 * rng.normal(size=(n, d))).astype(np.float32)
+    tasks = []
+    for perm in (np.arange(d), rng.permutation(d)):
+        xp = x[:, perm]
+        tasks.append(((xp[:1500], y[:1500]), (xp[1500:], y[1500:])))
+    return tasks
+
+
+def test_keras_2_is_bound():
+    assert tf.keras.Model.__module__.startswith("tf_keras")
+
+
+def test_import_accepts_tf_keras_already_touched_with_the_variable_set():
+    code = "import tensorflow as tf; tf.keras.layers; import larq_engrams; print('ok')"
+    env = {**__import__("os").environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_import_fails_clearly_when_tf_keras_is_already_keras_3():
+    code = (
+        "import os; os.environ.pop('TF_USE_LEGACY_KERAS', None)\n"
+        "import tensorflow as tf; tf.keras.layers\n"
+        "import larq_engrams\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr and "TF_USE_LEGACY_KERAS=1" in proc.stderr
+
+
+def test_bnn_backbone_matches_method():
+    model = bnn((28, 28), 10, hidden=(64, 32))
+    quant = [layer for layer in model.layers if isinstance(layer, lq.layers.QuantDense)]
+    assert [layer.units for layer in quant] == [64, 32, 10]
+    assert quant[0].input_quantizer is None  # real-valued pixels in
+    assert all(layer.input_quantizer.__class__.__name__ == "SteSign" for layer in quant[1:])
+    for layer in quant:
+        assert layer.kernel_quantizer.clip_value is None and not layer.use_bias
+        assert layer.kernel_constraint is None
+    assert model.output_shape == (None, 10)
+    norms = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    assert len(norms) == 3 and all(n.epsilon == 1e-5 for n in norms)
+
+
+def test_mlp_is_full_precision_relu():
+    model = mlp((8,), 3, hidden=(16, 16))
+    dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
+    assert [d.units for d in dense] == [16, 16, 3]
+    assert [d.activation.__name__ for d in dense] == ["relu", "relu", "linear"]
+
+
+def test_engram_model_needs_begin_task_before_fit():
+    model = engram_bnn((8,), 2, hidden=(8,), max_tasks=2)
+    model.compile(optimizer="adam", loss=LOSS)
+    with pytest.raises(RuntimeError, match="begin_task"):
+        model.fit(np.zeros((4, 8), np.float32), np.zeros(4, np.int32), verbose=0)
+
+
+def test_engram_model_argument_errors():
+    with pytest.raises(ValueError, match="hidden"):
+        engram_bnn((8,), 2, hidden=())
+    with pytest.raises(ValueError, match="num_classes"):
+        engram_bnn((8,), 0)
+    model = engram_bnn((8,), 2, hidden=(8,), max_tasks=2)
+    with pytest.raises(ValueError, match="mode"):
+        model.set_inference("oracle")
+    with pytest.raises(ValueError, match="no engram yet"):
+        model.set_inference("task", task=1)
+    with pytest.raises(ValueError, match="outside"):
+        model.begin_task(2)
+
+
+def _trained_engram_model(tasks, epochs=3, optimizer=None, **kwargs):
+    kwargs = {"engram_fraction": 0.4, "excitability": 4.0, **kwargs}
+    model = engram_bnn((32,), 4, hidden=(128, 128), max_tasks=3, **kwargs)
+    for t, ((x, y), _) in enumerate(tasks):
+        model.begin_task(t)
+        model.compile(
+            optimizer=optimizer() if optimizer else tf.keras.optimizers.Adam(0.005),
+            loss=LOSS,
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=epochs, batch_size=50, verbose=0)
+    return model
+
+
+def test_two_task_engram_model_forgets_less_than_plain_bnn():
+    tasks = permuted_feature_tasks()
+    (x0, y0), test0 = tasks[0]
+
+    plain = bnn((32,), 4, hidden=(128, 128))
+    plain.compile(optimizer=tf.keras.optimizers.Adam(0.005), loss=LOSS, metrics=["accuracy"])
+    plain.fit(x0, y0, epochs=3, batch_size=50, verbose=0)
+    plain_before = plain.evaluate(*test0, verbose=0)[1]
+    plain.fit(*tasks[1][0], epochs=3, batch_size=50, verbose=0)
+    plain_forgetting = plain_before - plain.evaluate(*test0, verbose=0)[1]
+
+    for optimizer in (None, lambda: MetaplasticAdam(0.005, m=1.3)):
+        model = _trained_engram_model(tasks[:1], optimizer=optimizer)
+        engram_before = model.evaluate(*test0, verbose=0)[1]
+        model.begin_task(1)
+        model.fit(*tasks[1][0], epochs=3, batch_size=50, verbose=0)
+        model.set_inference("task", task=0)
+        engram_forgetting = engram_before - model.evaluate(*test0, verbose=0)[1]
+        assert plain_before > 0.9 and engram_before > 0.9, "both learn task 0"
+        assert plain_forgetting > 0.2, f"the plain BNN forgets ({plain_forgetting:.3f})"
+        assert engram_forgetting < plain_forgetting - 0.15, (engram_forgetting, plain_forgetting)
+
+
+def test_keras_user_flow_and_inference_modes():
+    tasks = permuted_feature_tasks(seed=1)
+    model = _trained_engram_model(tasks)
+    assert model.allocated_tasks == [0, 1] and model.active_task == 1
+    (x0, y0), (x1, y1) = tasks[0][1], tasks[1][1]
+    x = np.concatenate([x0, x1])
+
+    # task mode follows the active task by default; a fixed task on request.
+    model.set_inference("task")
+    np.testing.assert_array_equal(model.predict(x0, verbose=0), model((x0, np.ones(len(x0), np.int32))).numpy())
+    model.set_inference("task", task=0)
+    acc0 = model.evaluate(x0, y0, verbose=0)[1]
+    assert acc0 > 0.9
+
+    # union mode: every layer gated by the union of the engrams.
+    model.set_inference("union")
+    union_logits = model.predict(x0, verbose=0)
+    h = model.flatten(x0)
+    for layer in model.engram_layers:
+        h = layer(h, training=False, mode="union")
+    np.testing.assert_allclose(union_logits, model.classifier_norm(model.classifier(h)).numpy(), atol=1e-5)
+
+    # infer mode: per sample, the logits of the most confident engram.
+    model.set_inference("infer")
+    chosen = model.predict(x, verbose=0)
+    per_task = np.stack([model((x, np.full(len(x), t, np.int32))).numpy() for t in (0, 1)])
+    confidence = tf.nn.softmax(per_task).numpy().max(axis=-1)
+    best = confidence.argmax(axis=0)
+    np.testing.assert_allclose(chosen, per_task[best, np.arange(len(x))], atol=1e-5)
+    np.testing.assert_array_equal(model.infer_tasks(x).numpy(), best)
+    # Task inference on these well-separated domains works above chance.
+    truth = np.repeat([0, 1], [len(x0), len(x1)])
+    assert (best == truth).mean() > 0.6
+
+
+def test_engram_model_save_load_round_trip(tmp_path):
+    tasks = permuted_feature_tasks(seed=2)
+    model = _trained_engram_model(tasks, epochs=1, optimizer=lambda: MetaplasticAdam(0.005, m=1.3))
+    x = tasks[0][1][0]
+    for fmt in ("keras", "tf"):
+        path = str(tmp_path / ("model.keras" if fmt == "keras" else "saved"))
+        model.save(path, save_format=None if fmt == "keras" else "tf")
+        restored = tf.keras.models.load_model(path)
+        assert isinstance(restored, EngramModel)
+        assert restored.allocated_tasks == [0, 1] and restored.active_task == 1
+        for t in (0, 1):
+            for name, mask in model.engram_masks(t).items():
+                np.testing.assert_array_equal(restored.engram_masks(t)[name], mask)
+        for mode in ("task", "union", "infer"):
+            model.set_inference(mode)
+            restored.set_inference(mode)
+            np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert EngramModel.from_config(model.get_config()).get_config() == model.get_config()
