@@ -1,0 +1,22 @@
+"""Continual-learning benchmarks on tf.data (METHOD.md section 4).
+
+```python
+from larq_engrams import benchmarks
+scenario = benchmarks.split_mnist("class")          # offline: bundled MNIST sample
+for task in scenario:
+    model.fit(task.train, epochs=1)
+```
+"""
+from larq_engrams.benchmarks.core50 import core50_ni
+from larq_engrams.benchmarks.formats import DataFormatError, read_cifar10, read_core50, read_idx
+from larq_engrams.benchmarks.permuted import permuted_mnist, pixel_permutations
+from larq_engrams.benchmarks.scenario import SETTINGS, Preprocessing, Scenario, Task, make_dataset
+from larq_engrams.benchmarks.sources import SOURCES, DatasetArrays, load_arrays, load_bundled_mnist
+from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fashion_mnist, split_mnist
+
+__all__ = [
+    "DataFormatError", "DatasetArrays", "Preprocessing", "SETTINGS", "SOURCES", "Scenario", "Task",
+    "class_pairs", "core50_ni", "load_arrays", "load_bundled_mnist", "make_dataset",
+    "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",
+    "split_cifar10", "split_fashion_mnist", "split_mnist",
+]

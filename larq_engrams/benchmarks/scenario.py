@@ -1,0 +1,179 @@
+"""The data model: a `Scenario` is a sequence of `Task`s, each with tf.data pipelines.
+
+Images stay in memory as uint8; every pipeline shuffles (train), batches, then
+preprocesses whole batches at once (scale, normalize, flatten, permute) and prefetches,
+so tasks that differ only by a pixel permutation share one array.
+"""
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["SETTINGS", "Preprocessing", "Task", "Scenario", "make_dataset"]
+
+SETTINGS = ("class", "domain", "task")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Batch preprocessing, applied in this order:
+
+    ```
+    x = uint8 / 255                        # pixels in [0, 1] (the reference's scaling)
+    x = (x - mean) / std                   # only if `normalize`
+    x = reshape(x, (batch, -1))            # only if `flatten` (dense backbones)
+    x = x[:, permutation]                  # only for permuted tasks
+    ```
+    """
+
+    flatten: bool = True
+    normalize: bool = False
+    mean: float | tuple = 0.0
+    std: float | tuple = 1.0
+
+    def __call__(self, images, permutation=None):
+        x = tf.cast(images, tf.float32) / 255.0
+        if self.normalize:
+            x = (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+        if self.flatten or permutation is not None:
+            x = tf.reshape(x, (tf.shape(x)[0], -1))
+        if permutation is not None:
+            x = tf.gather(x, permutation, axis=1)
+        return x
+
+    def output_shape(self, image_shape):
+        return (int(np.prod(image_shape)),) if self.flatten else tuple(image_shape)
+
+
+def make_dataset(
+    images,
+    labels,
+    batch_size,
+    preprocessing,
+    shuffle_seed=None,
+    permutation=None,
+    task_id=None,
+):
+    """A batched, in-memory, prefetched `tf.data.Dataset` of `(x, y)` or `((x, t), y)`.
+
+    Args:
+        images: uint8 array or tensor (N, ...). Pass one tensor to several datasets
+            to share the memory (as permuted MNIST's tasks do).
+        labels: int array (N,).
+        shuffle_seed: None for a fixed order (test sets); an int to reshuffle every
+            epoch from that seed (training sets).
+        permutation: optional int array over the flattened pixels.
+        task_id: if given, inputs are `(x, task_id)` (task-incremental settings).
+    """
+    # The arrays live in memory once, as tensors; the pipeline shuffles and batches
+    # indices and gathers whole batches (per-example tuple slicing costs ~8x more).
+    images = tf.convert_to_tensor(images)  # no copy when already a tensor
+    labels = tf.convert_to_tensor(np.asarray(labels, np.int32))
+    ds = tf.data.Dataset.range(int(labels.shape[0]))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(int(labels.shape[0]), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    perm = None if permutation is None else tf.constant(permutation, tf.int32)
+
+    def prepare(index):
+        x = preprocessing(tf.gather(images, index), perm)
+        y = tf.gather(labels, index)
+        if task_id is not None:
+            x = (x, tf.fill(tf.shape(y), tf.constant(task_id, tf.int32)))
+        return x, y
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of a scenario.
+
+    Attributes:
+        task_id: position in the sequence (0-based).
+        classes: the original class labels present in this task.
+        train, test: datasets of `(x, y)`, or `((x, task_id), y)` where the setting
+            gives the task id (task-incremental).
+        num_train, num_test: example counts.
+        labels: the labels `y` takes in this task (== `classes` unless the setting
+            relabels, as domain-incremental split benchmarks do).
+    """
+
+    task_id: int
+    classes: tuple
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    num_train: int
+    num_test: int
+    labels: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A continual-learning benchmark: an ordered sequence of tasks.
+
+    Attributes:
+        name: e.g. "split_mnist".
+        setting: "class", "domain" or "task" incremental (van de Ven & Tolias 2019).
+        num_classes: the size of the shared output layer.
+        input_shape: the shape of one preprocessed example.
+        source: where the data came from (see `larq_engrams.benchmarks.sources`).
+        tasks: the `Task`s in training order.
+        details: scenario-specific facts (class order, permutation seed, ...), for results.
+    """
+
+    name: str
+    setting: str
+    num_classes: int
+    input_shape: tuple
+    source: str
+    tasks: Sequence
+    details: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_tasks(self):
+        return len(self.tasks)
+
+    @property
+    def provides_task_id(self):
+        """Whether the task id is given to the model (at test time included)."""
+        return self.setting == "task"
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __len__(self):
+        return len(self.tasks)
+
+    def __getitem__(self, index):
+        return self.tasks[index]
+
+    def describe(self):
+        """A JSON-serializable summary, for results files."""
+        return {
+            "name": self.name,
+            "setting": self.setting,
+            "num_tasks": self.num_tasks,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "source": self.source,
+            "tasks": [
+                {"task_id": t.task_id, "classes": list(t.classes), "num_train": t.num_train,
+                 "num_test": t.num_test}
+                for t in self.tasks
+            ],
+            **{k: v for k, v in self.details.items()},
+        }
+
+
+def check_setting(setting):
+    if setting not in SETTINGS:
+        raise ValueError(f"`setting` must be one of {SETTINGS}, got {setting!r}.")
+    return setting
+
+
+def check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    return int(batch_size)
