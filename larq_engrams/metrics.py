@@ -1,0 +1,104 @@
+"""Continual-learning metrics on the accuracy matrix (METHOD.md section 5).
+
+R[t][k] is the accuracy on task k's test set after training on tasks 0..t (shape T x T;
+entries above the diagonal are accuracies on tasks not yet trained). Accuracies are
+fractions in [0, 1]. Every function is pure NumPy.
+"""
+import numpy as np
+
+__all__ = [
+    "average_accuracy",
+    "backward_transfer",
+    "forgetting",
+    "forward_transfer",
+    "average_incremental_accuracy",
+    "mean_and_sem",
+    "summarize",
+]
+
+
+def _matrix(R):
+    R = np.asarray(R, np.float64)
+    if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] < 1:
+        raise ValueError(f"R must be a square T x T matrix, got shape {R.shape}.")
+    if np.isnan(R[np.tril_indices(len(R))]).any():
+        raise ValueError("R has missing entries on or below the diagonal.")
+    return R
+
+
+def average_accuracy(R):
+    """ACC = (1/T) sum_k R[T-1][k]: the unweighted mean over tasks after the last one."""
+    R = _matrix(R)
+    return float(R[-1].mean())
+
+
+def backward_transfer(R):
+    """BWT = 1/(T-1) sum_{k<T-1} (R[T-1][k] - R[k][k])  (Lopez-Paz & Ranzato 2017).
+
+    Negative values are forgetting. Undefined (NaN) for T = 1.
+    """
+    R = _matrix(R)
+    T = len(R)
+    if T < 2:
+        return float("nan")
+    return float(np.mean([R[-1, k] - R[k, k] for k in range(T - 1)]))
+
+
+def forgetting(R):
+    """F = 1/(T-1) sum_{k<T-1} (max_{t<T-1} R[t][k] - R[T-1][k])  (Chaudhry et al. 2018).
+
+    As in METHOD.md and Chaudhry et al., the max runs over every row t < T-1 (rows
+    before task k was trained included). NaN for T = 1.
+    """
+    R = _matrix(R)
+    T = len(R)
+    if T < 2:
+        return float("nan")
+    return float(np.mean([R[: T - 1, k].max() - R[-1, k] for k in range(T - 1)]))
+
+
+def forward_transfer(R, baseline):
+    """FWT = 1/(T-1) sum_{k>=1} (R[k-1][k] - b_k)  (Lopez-Paz & Ranzato 2017).
+
+    Args:
+        baseline: b, the accuracy of the untrained model on each task (length T).
+    """
+    R = _matrix(R)
+    b = np.asarray(baseline, np.float64)
+    T = len(R)
+    if b.shape != (T,):
+        raise ValueError(f"baseline must have one accuracy per task ({T}), got shape {b.shape}.")
+    if T < 2:
+        return float("nan")
+    return float(np.mean([R[k - 1, k] - b[k] for k in range(1, T)]))
+
+
+def average_incremental_accuracy(R):
+    """(1/T) sum_t mean_{k<=t} R[t][k]  (Rebuffi et al. 2017)."""
+    R = _matrix(R)
+    return float(np.mean([R[t, : t + 1].mean() for t in range(len(R))]))
+
+
+def mean_and_sem(values):
+    """Mean and standard error of the mean (s / sqrt(n), s with n - 1 dof) over seeds.
+
+    The standard error is 0.0 for a single value.
+    """
+    v = np.asarray(values, np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError("mean_and_sem needs a non-empty 1-D sequence.")
+    sem = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+    return float(v.mean()), sem
+
+
+def summarize(R, baseline=None):
+    """Every metric above as a dict (FWT only when `baseline` is given)."""
+    out = {
+        "acc": average_accuracy(R),
+        "bwt": backward_transfer(R),
+        "forgetting": forgetting(R),
+        "avg_incremental_acc": average_incremental_accuracy(R),
+    }
+    if baseline is not None:
+        out["fwt"] = forward_transfer(R, baseline)
+    return out
