@@ -32,6 +32,7 @@ setup(
         "importlib_resources",
         "numpy<2",  # Larq's pin
         "absl-py",
+        "tensorboard",  # tf.summary needs it; TensorFlow 2.21 no longer installs it
         "matplotlib",
         "psutil",
     ],

@@ -202,8 +202,14 @@ class EngramDense(tf.keras.layers.Layer):
                 "units=%d); the task has no capacity in this layer.",
                 self.name, task, self.engram_fraction, self.units,
             )
-        self.engram_masks[task].assign(mask.astype(np.float32))
-        self.allocated[task].assign(1.0)
+        # Whole-variable assignments: a sliced `var[t].assign` on a MirroredVariable would
+        # write only the first replica's copy, and replicas would gate differently.
+        masks = self.engram_masks.numpy()
+        masks[task] = mask
+        allocated = self.allocated.numpy()
+        allocated[task] = 1.0
+        self.engram_masks.assign(masks)
+        self.allocated.assign(allocated)
         return mask
 
     def engram_mask(self, task):

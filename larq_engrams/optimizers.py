@@ -136,6 +136,19 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
             if self._meta_strength.get(self._var_key(var), 0.0) > 0.0
         }
 
+    def attenuated_fractions(self) -> dict:
+        """`{variable path: fraction}`: per attenuated kernel, the fraction of entries whose
+        current first moment points toward zero (sign(W_h) * m_t > 0), i.e. whose Adam
+        step is being attenuated. Cheap: one elementwise pass; for logging."""
+        out = {}
+        for key, var in getattr(self, "_variables_by_key", {}).items():
+            if self._meta_strength.get(key, 0.0) > 0.0:
+                hidden = tf.convert_to_tensor(getattr(var, "latent_variable", var))
+                m = self._momentums[self._index_dict[key]]
+                shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)
+                out[_variable_path(var)] = float(tf.reduce_mean(shrinking))
+        return out
+
     def build(self, var_list):
         super().build(var_list)
         if getattr(self, "_meta_built", False):

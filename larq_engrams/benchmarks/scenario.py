@@ -149,6 +149,12 @@ class Scenario:
     def __getitem__(self, index):
         return self.tasks[index]
 
+    def take(self, num_tasks):
+        """The same scenario restricted to its first `num_tasks` tasks (quick runs)."""
+        if not 1 <= int(num_tasks) <= self.num_tasks:
+            raise ValueError(f"`num_tasks` must be in [1, {self.num_tasks}], got {num_tasks!r}.")
+        return dataclasses.replace(self, tasks=tuple(self.tasks[: int(num_tasks)]))
+
     def describe(self):
         """A JSON-serializable summary, for results files."""
         return {

@@ -1,0 +1,21 @@
+"""`ContinualCallback`: a Keras callback with task hooks."""
+import tensorflow as tf
+
+__all__ = ["ContinualCallback"]
+
+
+class ContinualCallback(tf.keras.callbacks.Callback):
+    """A `tf.keras.callbacks.Callback` that also hears about task boundaries.
+
+    `ContinualTrainer` calls `on_task_begin(task)` before the first epoch of each task
+    and `on_task_end(task, logs)` after its evaluation, where `logs` holds the row of
+    the accuracy matrix just measured and every entry other callbacks added. Under plain
+    `model.fit`, one call of `fit` per task, the hooks are not called; callbacks that
+    need task boundaries then treat each `fit` (train begin/end) as one task.
+    """
+
+    def on_task_begin(self, task, logs=None):
+        """Called before training on `task` (an int)."""
+
+    def on_task_end(self, task, logs=None):
+        """Called after training on and evaluating `task`."""

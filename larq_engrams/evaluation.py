@@ -1,0 +1,116 @@
+"""Accuracy of a model on every task of a scenario, honouring the scenario's setting.
+
+One evaluator serves `ContinualTrainer` and the plain-Keras `AccuracyMatrixCallback`, so
+both fill the accuracy matrix R the same way:
+
+- class / domain incremental: the model sees `x` only. An `EngramModel` is evaluated
+  in its no-task-id inference mode (`"infer"` by default, or `"union"`).
+- task incremental: the task id is given. An `EngramModel` gates by it (per-sample
+  engrams); every model's logits are restricted to the task's classes (multi-head
+  evaluation, as in van de Ven & Tolias 2019): argmax over `task.labels` only.
+"""
+import numpy as np
+import tensorflow as tf
+
+from larq_engrams.models import EngramModel
+
+__all__ = ["TaskEvaluator", "split_task_inputs", "class_mask_table"]
+
+
+def split_task_inputs(x):
+    """`(x, task_ids)` -> (x, task_ids); `x` -> (x, None)."""
+    if isinstance(x, (tuple, list)):
+        return x[0], x[1]
+    return x, None
+
+
+def class_mask_table(scenario):
+    """(num_tasks, num_classes) 0/1 table: which outputs belong to each task."""
+    table = np.zeros((scenario.num_tasks, scenario.num_classes), np.float32)
+    for task in scenario:
+        table[task.task_id, list(task.labels)] = 1.0
+    return table
+
+
+def model_inputs(model, x, task_ids):
+    """What the model is called with: engram models take the task ids when given."""
+    if task_ids is not None and isinstance(model, EngramModel):
+        return (x, task_ids)
+    return x
+
+
+def masked_logits(logits, task_ids, mask_table):
+    """Logits of the classes outside the task pushed to -inf (task-incremental)."""
+    if task_ids is None or mask_table is None:
+        return logits
+    mask = tf.gather(mask_table, task_ids)
+    return tf.where(mask > 0, logits, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)))
+
+
+class TaskEvaluator:
+    """Computes `[accuracy on task k for k in tasks]` for a model on a scenario.
+
+    Args:
+        model: a Keras model returning logits.
+        scenario: a `larq_engrams.benchmarks.Scenario`.
+        engram_inference: the `EngramModel` inference mode when no task id is given:
+            "infer" or "union", or "task" (the active engram: an oracle that class and
+            domain settings do not allow; `ContinualTrainer` uses it only to measure the
+            untrained model, gated by its first engram).
+        jit_compile: compile the evaluation step with XLA.
+    """
+
+    def __init__(self, model, scenario, engram_inference="infer", jit_compile=False):
+        if engram_inference not in ("infer", "union", "task"):
+            raise ValueError(
+                f"`engram_inference` must be 'infer', 'union' or 'task', got {engram_inference!r}."
+            )
+        self.model = model
+        self.scenario = scenario
+        self.engram_inference = engram_inference
+        self.jit_compile = jit_compile
+        self._mask_table = (
+            tf.constant(class_mask_table(scenario)) if scenario.provides_task_id else None
+        )
+        self._step = None
+        self._traced_for = None
+
+    def _make_step(self):
+        model, mask_table = self.model, self._mask_table
+
+        def step(x, y):
+            x, task_ids = split_task_inputs(x)
+            logits = model(model_inputs(model, x, task_ids), training=False)
+            logits = masked_logits(logits, task_ids, mask_table)
+            predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            correct = tf.reduce_sum(tf.cast(predictions == tf.cast(y, tf.int32), tf.int64))
+            return correct, tf.cast(tf.shape(y)[0], tf.int64)
+
+        # Test sets end in batches of other sizes: one shape-generic trace, not one each.
+        return tf.function(step, jit_compile=self.jit_compile, reduce_retracing=True)
+
+    def _prepare(self):
+        """Sets the engram inference mode; retraces when the allocated engrams changed
+        (the "infer" graph loops over them)."""
+        key = None
+        if isinstance(self.model, EngramModel):
+            if not self.scenario.provides_task_id:
+                if self.model.inference_mode != self.engram_inference:
+                    self.model.set_inference(self.engram_inference)
+            key = tuple(self.model.allocated_tasks)
+        if self._step is None or key != self._traced_for:
+            self._step, self._traced_for = self._make_step(), key
+
+    def accuracy(self, task):
+        self._prepare()
+        correct = total = 0
+        for x, y in task.test:
+            c, n = self._step(x, y)
+            correct += int(c)
+            total += int(n)
+        return correct / max(total, 1)
+
+    def accuracies(self, tasks=None):
+        """Accuracy on each task (all of the scenario's by default), as floats."""
+        tasks = self.scenario.tasks if tasks is None else tasks
+        return [self.accuracy(task) for task in tasks]

@@ -1,0 +1,5 @@
+"""Continual training: `ContinualTrainer` and its `ContinualResult`."""
+from larq_engrams.training.result import ContinualResult, environment, write_atomically
+from larq_engrams.training.trainer import ContinualTrainer
+
+__all__ = ["ContinualResult", "ContinualTrainer", "environment", "write_atomically"]

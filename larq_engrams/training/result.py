@@ -1,0 +1,175 @@
+"""`ContinualResult`: what a continual run measured, serializable to JSON and CSV."""
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+
+import numpy as np
+
+from larq_engrams import metrics
+from larq_engrams.plots import figure_to_png, plot_accuracy_matrix, plot_task_accuracies
+
+__all__ = ["ContinualResult", "environment", "write_atomically"]
+
+
+def write_atomically(path, data, mode="w"):
+    """Writes `data` to `path` through a temporary file and `os.replace`, so that an
+    interrupted run never leaves a truncated file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def environment():
+    """Versions and devices, for results files."""
+    import larq
+    import tensorflow as tf
+
+    import larq_engrams
+
+    gpus = tf.config.list_physical_devices("GPU")
+    details = []
+    for gpu in gpus:
+        try:
+            details.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except Exception:  # device details are best effort
+            details.append(gpu.name)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "tf_keras": tf.keras.__version__ if hasattr(tf.keras, "__version__") else None,
+        "larq": larq.__version__ if hasattr(larq, "__version__") else None,
+        "larq_engrams": larq_engrams.__version__,
+        "numpy": np.__version__,
+        "gpus": details,
+        "device": details[0] if details else "CPU",
+    }
+
+
+@dataclasses.dataclass
+class ContinualResult:
+    """The outcome of one continual run.
+
+    Attributes:
+        accuracy_matrix: R, T x T, R[t][k] = accuracy on task k after training 0..t.
+        baseline: accuracy of the untrained model on each task (b_k, for FWT).
+        metrics: ACC, BWT, forgetting, FWT, average incremental accuracy.
+        epoch_accuracies: with per-epoch evaluation, rows `{"task", "epoch", "accuracies"}`.
+        task_seconds: training wall time per task (evaluation excluded).
+        memory: `PeakMemoryCallback.summary()`.
+        config: scenario, model, optimizer and trainer settings.
+        environment: versions and devices.
+    """
+
+    accuracy_matrix: list
+    baseline: list
+    metrics: dict
+    task_seconds: list
+    memory: dict
+    config: dict
+    environment: dict
+    epoch_accuracies: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_matrix(cls, R, baseline, **kwargs):
+        R = np.asarray(R, np.float64)
+        return cls(
+            accuracy_matrix=R.tolist(),
+            baseline=list(map(float, baseline)),
+            metrics=metrics.summarize(R, baseline),
+            **kwargs,
+        )
+
+    @property
+    def R(self):
+        return np.asarray(self.accuracy_matrix, np.float64)
+
+    # ------------------------------------------------------------ serialization
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, path=None):
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        if path is not None:
+            write_atomically(path, text)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text):
+        text = path_or_text
+        if os.path.exists(str(path_or_text)):
+            with open(path_or_text) as f:
+                text = f.read()
+        data = json.loads(text)
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def to_csv(self, path=None):
+        """Two blocks: the accuracy matrix (row per t) and the metrics (name, value)."""
+        T = len(self.accuracy_matrix)
+        lines = ["after_task," + ",".join(f"task_{k}" for k in range(T))]
+        lines += [f"{t}," + ",".join(f"{v:.6f}" for v in row) for t, row in enumerate(self.accuracy_matrix)]
+        lines.append("untrained," + ",".join(f"{v:.6f}" for v in self.baseline))
+        lines.append("")
+        lines.append("metric,value")
+        lines += [f"{name},{value:.6f}" for name, value in self.metrics.items()]
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            write_atomically(path, text)
+        return text
+
+    def save_plots(self, folder, prefix=""):
+        """Writes `<prefix>accuracy_matrix.png` and `<prefix>task_accuracies.png`."""
+        os.makedirs(folder, exist_ok=True)
+        paths = {
+            "accuracy_matrix": os.path.join(folder, f"{prefix}accuracy_matrix.png"),
+            "task_accuracies": os.path.join(folder, f"{prefix}task_accuracies.png"),
+        }
+        figure_to_png(plot_accuracy_matrix(self.R), paths["accuracy_matrix"])
+        figure_to_png(plot_task_accuracies(self.R), paths["task_accuracies"])
+        return paths
+
+    def save(self, folder, prefix=""):
+        """JSON, CSV and plots into `folder`; returns their paths."""
+        paths = {
+            "json": os.path.join(folder, f"{prefix}result.json"),
+            "csv": os.path.join(folder, f"{prefix}result.csv"),
+        }
+        self.to_json(paths["json"])
+        self.to_csv(paths["csv"])
+        paths.update(self.save_plots(folder, prefix))
+        return paths
+
+    def format_matrix(self):
+        """R as a text table in percent, for logs and terminals."""
+        T = len(self.accuracy_matrix)
+        head = "after \\ on " + " ".join(f"{f'T{k}':>6}" for k in range(T))
+        rows = [f"task {t:<6}" + " ".join(f"{100 * v:6.1f}" for v in row)
+                for t, row in enumerate(self.accuracy_matrix)]
+        m = self.metrics
+        tail = (f"ACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f}%  "
+                f"forgetting {100 * m['forgetting']:.2f}%  FWT {100 * m.get('fwt', float('nan')):+.2f}%")
+        return "\n".join([head, *rows, tail])
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
