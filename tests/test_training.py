@@ -195,10 +195,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         from larq_engrams import benchmarks as B
         from larq_engrams.training import ContinualTrainer
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        scenario = B.split_mnist("class", source="bundled").take(2)
+        scenario = B.split_mnist("class", source="bundled", batch_size=32).take(2)
         trainer = ContinualTrainer(
             lambda: le.engram_bnn(scenario.input_shape, 10, hidden=(64, 64), max_tasks=2, engram_fraction=0.4),
-            lambda: le.MetaplasticAdam(0.005), strategy=strategy, seed=0, verbose=0)
+            lambda: le.MetaplasticAdam(0.005), strategy=strategy, epochs=2, seed=0, verbose=0)
         result = trainer.fit(scenario)
         layer = trainer.model.engram_layers[0]
         replicas = [v.numpy() for v in layer.engram_masks.values]
@@ -211,6 +211,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("R under MirroredStrategy:", out["R"])
     assert out["replicas"] == 2 and out["same_masks"]
     assert len(set(out["steps"])) == 1 and out["steps"][0] > 0  # one reactivation counter
     R = np.array(out["R"])
