@@ -1,0 +1,218 @@
+"""One continual-learning run: methods x seeds on one scenario.
+
+Writes, per method and seed, `result.json`, `result.csv` and plots under
+`--outdir/<run>/<method>/seed_<s>/`, TensorBoard logs under `--logdir/<run>/...`, and a
+summary (mean and standard error over seeds) as `summary.json` and `summary.md`.
+
+    python experiments/run.py --preset=quick
+    python experiments/run.py --scenario=permuted_mnist --num_tasks=5 --method=mbnn,bnn --epochs=5
+    tensorboard --logdir runs/logs
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 before anything else)
+import numpy as np
+
+from larq_engrams import benchmarks, methods
+from larq_engrams.callbacks import EngramTensorBoard
+from larq_engrams.metrics import mean_and_sem
+from larq_engrams.training import ContinualTrainer, write_atomically
+
+SCENARIOS = ("split_mnist", "split_fashion_mnist", "split_cifar10", "permuted_mnist", "core50_ni")
+
+# Named configurations. A preset sets defaults; flags given on the command line win.
+PRESETS = {
+    # The README's main command: minutes on a 2-core CPU, bundled data.
+    "quick": dict(scenario="split_mnist", setting="class", method="engram_bnn,bnn", hidden="256,256",
+                  epochs=2, batch_size=32),
+    # The engram paper's Split MNIST network (2048-2048).
+    "paper_split_mnist": dict(scenario="split_mnist", setting="class", hidden="2048,2048",
+                              epochs=5, batch_size=100, lr=0.005),
+    # CORe50-NI with the paper's 4096-4096 network.
+    "core50": dict(scenario="core50_ni", hidden="4096,4096", epochs=5, batch_size=100, lr=0.005),
+    # Laborieux et al. 2021 permuted MNIST: 784-4096-4096-10, batch 100, Adam 0.005, m 1.3.
+    "laborieux_pmnist": dict(scenario="permuted_mnist", num_tasks=10, hidden="4096,4096", epochs=20,
+                             batch_size=100, lr=0.005, m="1.3", method="mbnn,bnn"),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", None, list(PRESETS), "Named configuration (flags given explicitly win).")
+flags.DEFINE_enum("scenario", "split_mnist", list(SCENARIOS), "Benchmark.")
+flags.DEFINE_enum("setting", "class", list(benchmarks.SETTINGS), "Split benchmarks: class/domain/task incremental.")
+flags.DEFINE_integer("num_tasks", None, "Tasks (permuted MNIST: how many; others: the first N).", lower_bound=1)
+flags.DEFINE_list("method", ["engram_bnn"], f"Comma-separated methods: {', '.join(methods.names())}.")
+flags.DEFINE_integer("epochs", 1, "Epochs per task.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
+flags.DEFINE_list("hidden", ["2048", "2048"], "Hidden layer widths.")
+flags.DEFINE_float("lr", 0.005, "Learning rate.", lower_bound=0.0)
+flags.DEFINE_string("m", "1.3", "Metaplasticity: a float, or per layer 'hidden_0=1.3,hidden_1=1.5'.")
+flags.DEFINE_float("engram_fraction", 0.25, "rho: expected fraction of units per engram.")
+flags.DEFINE_float("activation_probability", 0.9, "q: stochastic reactivation probability.")
+flags.DEFINE_float("excitability", 1.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
+flags.DEFINE_enum("inference", "infer", ["infer", "union"], "Engram inference without task id.")
+flags.DEFINE_list("seeds", ["0"], "Seeds; several give mean and standard error.")
+flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir, or the folder of original files (--source=local, CORe50).")
+flags.DEFINE_string("outdir", "runs/results", "Where results go.")
+flags.DEFINE_string("logdir", "runs/logs", "Where TensorBoard logs go.")
+flags.DEFINE_string("name", None, "Run name (default: scenario-setting).")
+flags.DEFINE_bool("resume", True, "Resume interrupted runs from their per-task checkpoints.")
+flags.DEFINE_integer("verbose", 1, "0: silent; 1: progress bars and a line per task.")
+
+
+def parse_m(text):
+    """'1.3' -> 1.3; 'hidden_0=1.3,hidden_1=1.5' -> {'hidden_0': 1.3, 'hidden_1': 1.5}."""
+    text = text.strip()
+    if "=" not in text:
+        value = float(text)
+        if value < 0:
+            raise ValueError
+        return value
+    out = {}
+    for item in text.split(","):
+        key, value = item.split("=")
+        out[key.strip()] = float(value)
+        if out[key.strip()] < 0:
+            raise ValueError
+    return out
+
+
+def apply_preset():
+    if FLAGS.preset is None:
+        return
+    for key, value in PRESETS[FLAGS.preset].items():
+        if not FLAGS[key].present:
+            FLAGS[key].parse(value)
+
+
+def validate():
+    """Every flag checked before any data is loaded or model built."""
+    errors = []
+    try:
+        hidden = tuple(int(h) for h in FLAGS.hidden)
+        if not hidden or min(hidden) < 1:
+            raise ValueError
+    except ValueError:
+        errors.append(f"--hidden must be positive ints, got {FLAGS.hidden}")
+        hidden = None
+    try:
+        m = parse_m(FLAGS.m)
+    except ValueError:
+        errors.append(f"--m must be a float >= 0 or 'layer=value,...', got {FLAGS.m!r}")
+        m = None
+    unknown = [name for name in FLAGS.method if name not in methods.names()]
+    if unknown or not FLAGS.method:
+        errors.append(f"--method: unknown {unknown}; available: {', '.join(methods.names())}")
+    for name in ("engram_fraction", "activation_probability"):
+        if not 0.0 < getattr(FLAGS, name) <= 1.0:
+            errors.append(f"--{name} must be in (0, 1], got {getattr(FLAGS, name)}")
+    if FLAGS.lr <= 0:
+        errors.append(f"--lr must be > 0, got {FLAGS.lr}")
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError:
+        errors.append(f"--seeds must be ints, got {FLAGS.seeds}")
+        seeds = None
+    if FLAGS.scenario == "core50_ni" and not FLAGS.data_dir:
+        errors.append("--scenario=core50_ni needs --data_dir (the folder of the official CORe50 files)")
+    if FLAGS.scenario in ("permuted_mnist", "core50_ni") and FLAGS["setting"].present and FLAGS.setting != "domain":
+        errors.append(f"--setting: {FLAGS.scenario} is domain-incremental only")
+    if errors:
+        raise app.UsageError("\n".join(errors))
+    return hidden, m, seeds
+
+
+def make_scenario(seed):
+    common = dict(batch_size=FLAGS.batch_size)
+    if FLAGS.scenario == "permuted_mnist":
+        return benchmarks.permuted_mnist(FLAGS.num_tasks or 10, seed=seed, source=FLAGS.source,
+                                         data_dir=FLAGS.data_dir, **common)
+    if FLAGS.scenario == "core50_ni":
+        scenario = benchmarks.core50_ni(FLAGS.data_dir, **common)
+    else:
+        constructor = getattr(benchmarks, FLAGS.scenario)
+        scenario = constructor(FLAGS.setting, seed=seed, source=FLAGS.source, data_dir=FLAGS.data_dir, **common)
+    return scenario.take(FLAGS.num_tasks) if FLAGS.num_tasks else scenario
+
+
+def run_one(method, seed, hidden, m, run_dir, log_dir):
+    scenario = make_scenario(seed)
+    hp = methods.HyperParameters(
+        hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
+        activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability, seed=seed,
+    )
+    setup = methods.build(method, scenario, hp)
+    trainer = ContinualTrainer(
+        setup.model, setup.optimizer, epochs=FLAGS.epochs, engram_inference=FLAGS.inference,
+        callbacks=[*setup.callbacks, EngramTensorBoard(log_dir)],
+        checkpoint_dir=os.path.join(run_dir, "checkpoints") if FLAGS.resume else None,
+        seed=seed, verbose=FLAGS.verbose,
+    )
+    started = time.perf_counter()
+    result = trainer.fit(setup.scenario)
+    result.config["method"] = {"name": method, "description": setup.description, "hparams": hp.__dict__}
+    result.config["wall_seconds"] = time.perf_counter() - started
+    result.config["command"] = " ".join(sys.argv)
+    paths = result.save(run_dir)
+    return result, paths
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    apply_preset()
+    hidden, m, seeds = validate()
+    name = FLAGS.name or f"{FLAGS.scenario}-{FLAGS.setting if FLAGS.scenario.startswith('split') else 'domain'}"
+    out_root, log_root = os.path.join(FLAGS.outdir, name), os.path.join(FLAGS.logdir, name)
+    summary = {"command": " ".join(sys.argv), "scenario": FLAGS.scenario, "setting": FLAGS.setting,
+               "methods": {}}
+    started = time.perf_counter()
+    for method in FLAGS.method:
+        results = []
+        for seed in seeds:
+            print(f"\n=== {method} (seed {seed}) on {name} ===")
+            run_dir = os.path.join(out_root, method, f"seed_{seed}")
+            result, paths = run_one(method, seed, hidden, m, run_dir, os.path.join(log_root, method, f"seed_{seed}"))
+            print(result.format_matrix())
+            print(f"results: {paths['json']}")
+            results.append(result)
+        summary["source"] = results[0].config["scenario"]["source"]
+        summary["methods"][method] = {
+            key: mean_and_sem([r.metrics[key] for r in results])
+            for key in ("acc", "bwt", "forgetting", "fwt", "avg_incremental_acc")
+        }
+        summary["methods"][method]["seeds"] = seeds
+        summary["methods"][method]["peak_rss_bytes"] = max(r.memory["peak_rss_bytes"] for r in results)
+        summary["methods"][method]["train_seconds"] = float(np.mean([sum(r.task_seconds) for r in results]))
+    summary["wall_seconds"] = time.perf_counter() - started
+    write_atomically(os.path.join(out_root, "summary.json"), json.dumps(summary, indent=2))
+    table = summary_table(summary)
+    write_atomically(os.path.join(out_root, "summary.md"), table + "\n")
+    print("\n" + table)
+    print(f"\nResults: {out_root}/  (summary.md, per-method result.json/csv and plots)")
+    print(f"TensorBoard: tensorboard --logdir {log_root}")
+
+
+def summary_table(summary):
+    seeds = len(next(iter(summary["methods"].values()))["seeds"])
+    lines = [
+        f"{summary['scenario']} ({summary['setting']}), data: {summary['source']}, seeds: {seeds} "
+        f"(mean ± s.e.m.)",
+        "",
+        "| method | ACC % | BWT % | forgetting % | peak RSS MiB | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, s in summary["methods"].items():
+        fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}"  # noqa: E731
+        lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | "
+                     f"{s['peak_rss_bytes'] / 2**20:.0f} | {s['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app.run(main)
