@@ -9,6 +9,7 @@ for task in scenario:
 """
 from larq_engrams.benchmarks.core50 import core50_ni
 from larq_engrams.benchmarks.formats import DataFormatError, read_cifar10, read_core50, read_idx
+from larq_engrams.benchmarks.joint import joint
 from larq_engrams.benchmarks.permuted import permuted_mnist, pixel_permutations
 from larq_engrams.benchmarks.scenario import SETTINGS, Preprocessing, Scenario, Task, make_dataset
 from larq_engrams.benchmarks.sources import SOURCES, DatasetArrays, load_arrays, load_bundled_mnist
@@ -16,7 +17,7 @@ from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fash
 
 __all__ = [
     "DataFormatError", "DatasetArrays", "Preprocessing", "SETTINGS", "SOURCES", "Scenario", "Task",
-    "class_pairs", "core50_ni", "load_arrays", "load_bundled_mnist", "make_dataset",
+    "class_pairs", "core50_ni", "joint", "load_arrays", "load_bundled_mnist", "make_dataset",
     "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",
     "split_cifar10", "split_fashion_mnist", "split_mnist",
 ]

@@ -71,5 +71,5 @@ def core50_ni(data_dir, labels="object", run=0, image_size=32, batch_size=100,
         input_shape=prep.output_shape(x_test.shape[1:]),
         source=f"local:{data_dir}",
         tasks=tasks,
-        details={"run": run, "labels": labels, "image_size": image_size},
+        details={"batch_size": batch_size, "run": run, "labels": labels, "image_size": image_size},
     )

@@ -70,6 +70,6 @@ def permuted_mnist(
         input_shape=prep.output_shape(data.x_train.shape[1:]),
         source=data.source,
         tasks=tasks,
-        details={"seed": seed, "first_task_unpermuted": bool(first_task_unpermuted),
+        details={"batch_size": batch_size, "seed": seed, "first_task_unpermuted": bool(first_task_unpermuted),
                  "normalize": bool(normalize)},
     )

@@ -95,7 +95,7 @@ def _split(name, dataset, setting, class_order, seed, source, data_dir, batch_si
         input_shape=prep.output_shape(data.x_train.shape[1:]),
         source=data.source,
         tasks=tasks,
-        details={"class_order": [c for p in pairs for c in p], "seed": seed,
+        details={"class_order": [c for p in pairs for c in p], "batch_size": batch_size, "seed": seed,
                  "normalize": bool(normalize)},
     )
 

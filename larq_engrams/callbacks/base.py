@@ -12,7 +12,13 @@ class ContinualCallback(tf.keras.callbacks.Callback):
     the accuracy matrix just measured and every entry other callbacks added. Under plain
     `model.fit`, one call of `fit` per task, the hooks are not called; callbacks that
     need task boundaries then treat each `fit` (train begin/end) as one task.
+
+    Before `on_task_begin` the trainer sets `self.optimizer` (the optimizer of this
+    task: it may be re-created per task) and, where a callback has a `scenario`
+    attribute left at None, `self.scenario`.
     """
+
+    optimizer = None
 
     def on_task_begin(self, task, logs=None):
         """Called before training on `task` (an int)."""

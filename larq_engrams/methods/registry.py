@@ -10,10 +10,36 @@ import dataclasses
 
 import tensorflow as tf
 
+from larq_engrams.benchmarks.joint import joint
 from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import MetaplasticAdam
+from larq_engrams.regularizers import (
+    EWC,
+    LearningWithoutForgetting,
+    LwFUpdate,
+    OnlineEWC,
+    SynapticIntelligence,
+)
 
-__all__ = ["MethodSetup", "HyperParameters", "build", "names", "register", "describe"]
+__all__ = [
+    "MethodSetup", "HyperParameters", "build", "names", "register", "describe", "default_strengths",
+]
+
+# Regularization strengths of the standard benchmark code (van de Ven, Tuytelaars &
+# Tolias 2022, github.com/GMvandeVen/continual-learning, param_values.py), per benchmark
+# and setting: (EWC lambda, SI c). Other benchmarks use their "other experiments" values.
+_STANDARD_STRENGTHS = {
+    ("split_mnist", "task"): (1e5, 10.0),
+    ("split_mnist", "domain"): (1e10, 5e4),
+    ("split_mnist", "class"): (1e9, 5e3),
+    ("permuted_mnist", "domain"): (100.0, 10.0),
+}
+_OTHER_STRENGTHS = {"task": (100.0, 10.0), "domain": (100.0, 10.0), "class": (100.0, 5.0)}
+
+
+def default_strengths(scenario):
+    """(EWC lambda, SI c) for a scenario, from the standard benchmark code."""
+    return _STANDARD_STRENGTHS.get((scenario.name, scenario.setting), _OTHER_STRENGTHS[scenario.setting])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +58,15 @@ class HyperParameters:
     activation_probability: float = 0.9
     excitability: float = 1.0
     seed: int = 0
+    backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
+    ewc_lambda: float = None  # None: the standard value for the scenario (below)
+    online_ewc_gamma: float = 1.0
+    fisher_samples: int = 200
+    si_c: float = None  # None: the standard value for the scenario (below)
+    si_damping: float = 0.1
+    lwf_temperature: float = 2.0
+    lwf_strength: float = 1.0
+    xdg_gated_fraction: float = None  # None: 0.9 (split MNIST task-IL), else 0.6
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -142,3 +177,68 @@ def _engram(scenario, hp):
 @register("engram_bnn", "engram BNN, MetaplasticAdam (the method: engrams + metaplasticity)")
 def _engram_bnn(scenario, hp):
     return _setup("engram_bnn", _engram_model(scenario, hp), _meta_adam(hp), scenario)
+
+
+def _backbone(scenario, hp):
+    if hp.backbone == "mlp":
+        return mlp(scenario.input_shape, scenario.num_classes, hp.hidden)
+    if hp.backbone == "bnn":
+        return bnn(scenario.input_shape, scenario.num_classes, hp.hidden)
+    raise ValueError(f"`backbone` must be 'mlp' or 'bnn', got {hp.backbone!r}.")
+
+
+def _backbone_optimizer(hp):
+    return _adam(hp)
+
+
+@register("joint", "trains on the union of all tasks so far (upper bound)")
+def _joint(scenario, hp):
+    return _setup("joint", _backbone(scenario, hp), _backbone_optimizer(hp), joint(scenario, hp.seed))
+
+
+@register("ewc", "EWC (Kirkpatrick et al. 2017), empirical Fisher, one penalty per task")
+def _ewc(scenario, hp):
+    model = _backbone(scenario, hp)
+    strength = hp.ewc_lambda if hp.ewc_lambda is not None else default_strengths(scenario)[0]
+    penalty = EWC(model, strength, num_samples=hp.fisher_samples, scenario=scenario)
+    return _setup("ewc", model, _backbone_optimizer(hp), scenario, [penalty])
+
+
+@register("online_ewc", "online EWC (Schwarz et al. 2018), decayed running Fisher")
+def _online_ewc(scenario, hp):
+    model = _backbone(scenario, hp)
+    strength = hp.ewc_lambda if hp.ewc_lambda is not None else default_strengths(scenario)[0]
+    penalty = OnlineEWC(model, strength, gamma=hp.online_ewc_gamma, num_samples=hp.fisher_samples,
+                        scenario=scenario)
+    return _setup("online_ewc", model, _backbone_optimizer(hp), scenario, [penalty])
+
+
+@register("si", "synaptic intelligence (Zenke et al. 2017), path-integral importance")
+def _si(scenario, hp):
+    model = _backbone(scenario, hp)
+    strength = hp.si_c if hp.si_c is not None else default_strengths(scenario)[1]
+    penalty = SynapticIntelligence(model, strength, damping=hp.si_damping, scenario=scenario)
+    return _setup("si", model, _backbone_optimizer(hp), scenario, [penalty])
+
+
+@register("lwf", "learning without forgetting (Li & Hoiem 2017), distillation, T = 2")
+def _lwf(scenario, hp):
+    model = LearningWithoutForgetting(_backbone(scenario, hp), hp.lwf_temperature, hp.lwf_strength)
+    return _setup("lwf", model, _backbone_optimizer(hp), scenario, [LwFUpdate(model)])
+
+
+@register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id")
+def _xdg(scenario, hp):
+    if scenario.setting != "task":
+        raise ValueError(
+            f"xdg gates units by the task id, which the {scenario.setting}-incremental setting does "
+            f"not give at test time; use setting='task'."
+        )
+    gated = hp.xdg_gated_fraction
+    if gated is None:
+        gated = 0.9 if scenario.name == "split_mnist" else 0.6  # standard benchmark code
+    # The engram machinery with its stochastic and excitability parts switched off:
+    # uniform random, fixed, deterministic gates keeping 1 - gated of the units.
+    model = _engram_model(scenario, hp, engram_fraction=1.0 - gated, activation_probability=1.0,
+                          excitability=0.0)
+    return _setup("xdg", model, _adam(hp), scenario)

@@ -169,6 +169,8 @@ class ContinualTrainer:
             for cb in (self.memory, *self.user_callbacks):
                 if isinstance(cb, ContinualCallback):
                     cb.optimizer = self.optimizer
+                    if getattr(cb, "scenario", False) is None:  # penalties that need the data
+                        cb.scenario = scenario
                     cb.on_task_begin(t)
             started = time.perf_counter()
             for epoch in range(self.epochs):
@@ -261,6 +263,7 @@ class ContinualTrainer:
         if getattr(self, "_train_step", None) is None:
             self._train_step = self._make_train_step()
         steps = int(task.train.cardinality())
+        steps = steps if steps >= 0 else None  # unknown (e.g. joint training's mixture)
         progbar = (
             tf.keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"], unit_name="step")
             if self.verbose else None

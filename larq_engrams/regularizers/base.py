@@ -1,0 +1,74 @@
+"""`ConsolidationPenalty`: a quadratic weight penalty that a Keras user attaches to a
+model and that consolidates at task boundaries."""
+import tensorflow as tf
+
+from larq_engrams.callbacks.base import ContinualCallback
+
+__all__ = ["ConsolidationPenalty", "latent"]
+
+
+def latent(variable):
+    """The value of a variable; for a Larq binary kernel, its hidden weights W_h
+    (read outside Larq's quantized scope), which is what the penalties act on."""
+    return tf.convert_to_tensor(getattr(variable, "latent_variable", variable))
+
+
+class ConsolidationPenalty(ContinualCallback):
+    """Base class: a penalty on the model's trainable variables, added with
+    `model.add_loss`, consolidated after each task.
+
+    It works in both paths:
+      - `ContinualTrainer` (which sets `scenario` and calls the task hooks):
+        `consolidate(task)` runs in `on_task_end`;
+      - plain `model.fit`, one fit per task, with the callback in `callbacks=[...]` and
+        `scenario` given to the constructor: `consolidate` runs in `on_train_end`.
+    The state is held in fixed-size non-trainable variables created up front, so
+    compiled train functions stay valid across tasks.
+
+    Subclasses implement `penalty()` and `consolidate(task, dataset)`.
+    """
+
+    def __init__(self, model, strength, scenario=None):
+        super().__init__()
+        if not float(strength) >= 0.0:
+            raise ValueError(f"{type(self).__name__}: `strength` must be >= 0, got {strength!r}.")
+        self.strength = float(strength)
+        self.scenario = scenario
+        self.params = list(model.trainable_variables)
+        self._attached_model = model
+        self._task_hooks = False
+        self._fits = 0
+        self.consolidated_tasks = []
+        model.add_loss(self.penalty)
+
+    def state(self, initial=0.0):
+        """A non-trainable zero (or `initial`) copy of every parameter's shape."""
+        return [tf.Variable(tf.fill(v.shape, tf.cast(initial, v.dtype)), trainable=False) for v in self.params]
+
+    def penalty(self):
+        raise NotImplementedError
+
+    def consolidate(self, task, dataset):
+        raise NotImplementedError
+
+    def _task_dataset(self, task):
+        if self.scenario is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: pass `scenario=` to the constructor to use it with "
+                f"plain model.fit (ContinualTrainer sets it)."
+            )
+        return self.scenario[task].train
+
+    def on_task_begin(self, task, logs=None):
+        self._task_hooks = True
+
+    def on_task_end(self, task, logs=None):
+        self.consolidate(task, self._task_dataset(task))
+        self.consolidated_tasks.append(task)
+
+    def on_train_end(self, logs=None):
+        if not self._task_hooks:  # plain model.fit: each fit is one task
+            task = self._fits
+            self._fits += 1
+            self.consolidate(task, self._task_dataset(task))
+            self.consolidated_tasks.append(task)
