@@ -34,7 +34,8 @@ class ConsolidationPenalty(ContinualCallback):
             raise ValueError(f"{type(self).__name__}: `strength` must be >= 0, got {strength!r}.")
         self.strength = float(strength)
         self.scenario = scenario
-        self.params = list(model.trainable_variables)
+        # Not `self.params`: Keras callbacks own that name (the fit's epochs and steps).
+        self.penalized_variables = list(model.trainable_variables)
         self._attached_model = model
         self._task_hooks = False
         self._fits = 0
@@ -43,7 +44,7 @@ class ConsolidationPenalty(ContinualCallback):
 
     def state(self, initial=0.0):
         """A non-trainable zero (or `initial`) copy of every parameter's shape."""
-        return [tf.Variable(tf.fill(v.shape, tf.cast(initial, v.dtype)), trainable=False) for v in self.params]
+        return [tf.Variable(tf.fill(v.shape, tf.cast(initial, v.dtype)), trainable=False) for v in self.penalized_variables]
 
     def penalty(self):
         raise NotImplementedError

@@ -48,7 +48,7 @@ class _FisherPenalty(ConsolidationPenalty):
             from larq_engrams.evaluation import class_mask_table
 
             mask_table = tf.constant(class_mask_table(self.scenario))
-        return empirical_fisher(self._attached_model, self.params, dataset, self.num_samples, mask_table)
+        return empirical_fisher(self._attached_model, self.penalized_variables, dataset, self.num_samples, mask_table)
 
 
 class EWC(_FisherPenalty):
@@ -80,12 +80,12 @@ class EWC(_FisherPenalty):
     def penalty(self):
         total = tf.add_n([
             tf.reduce_sum(a * tf.square(latent(p)) - 2.0 * b * latent(p) + c)
-            for p, a, b, c in zip(self.params, self.fisher_sum, self.weighted_anchor, self.weighted_square)
+            for p, a, b, c in zip(self.penalized_variables, self.fisher_sum, self.weighted_anchor, self.weighted_square)
         ])
         return 0.5 * self.strength * total
 
     def consolidate(self, task, dataset):
-        for p, f, a, b, c in zip(self.params, self.fisher(dataset), self.fisher_sum,
+        for p, f, a, b, c in zip(self.penalized_variables, self.fisher(dataset), self.fisher_sum,
                                  self.weighted_anchor, self.weighted_square):
             theta = latent(p)
             a.assign_add(f)
@@ -116,11 +116,11 @@ class OnlineEWC(_FisherPenalty):
     def penalty(self):
         total = tf.add_n([
             tf.reduce_sum(f * tf.square(latent(p) - a))
-            for p, f, a in zip(self.params, self.running_fisher, self.anchor)
+            for p, f, a in zip(self.penalized_variables, self.running_fisher, self.anchor)
         ])
         return 0.5 * self.strength * total
 
     def consolidate(self, task, dataset):
-        for p, f_new, f, a in zip(self.params, self.fisher(dataset), self.running_fisher, self.anchor):
+        for p, f_new, f, a in zip(self.penalized_variables, self.fisher(dataset), self.running_fisher, self.anchor):
             f.assign(self.gamma * f + f_new)
             a.assign(latent(p))

@@ -41,7 +41,7 @@ class SynapticIntelligence(ConsolidationPenalty):
         super().__init__(model, strength, scenario)
         self.damping = float(damping)
         self.omega, self.importance = self.state(), self.state()
-        self.anchor = [tf.Variable(latent(p), trainable=False) for p in self.params]
+        self.anchor = [tf.Variable(latent(p), trainable=False) for p in self.penalized_variables]
         self._before = self.state()
         self._momentum_before = self.state()
         self.optimizer = None
@@ -49,7 +49,7 @@ class SynapticIntelligence(ConsolidationPenalty):
     def penalty(self):
         total = tf.add_n([
             tf.reduce_sum(w * tf.square(latent(p) - a))
-            for p, w, a in zip(self.params, self.importance, self.anchor)
+            for p, w, a in zip(self.penalized_variables, self.importance, self.anchor)
         ])
         return self.strength * total
 
@@ -61,25 +61,25 @@ class SynapticIntelligence(ConsolidationPenalty):
                 f"use an Adam-family optimizer, got {type(optimizer).__name__}."
             )
         if not getattr(optimizer, "_momentums", None):  # slots not built yet: m_0 = 0
-            return optimizer, [None] * len(self.params)
-        return optimizer, [optimizer._momentums[optimizer._index_dict[optimizer._var_key(p)]] for p in self.params]
+            return optimizer, [None] * len(self.penalized_variables)
+        return optimizer, [optimizer._momentums[optimizer._index_dict[optimizer._var_key(p)]] for p in self.penalized_variables]
 
     def on_train_batch_begin(self, batch, logs=None):
         _, momenta = self._momenta()
-        for p, before, m, m_before in zip(self.params, self._before, momenta, self._momentum_before):
+        for p, before, m, m_before in zip(self.penalized_variables, self._before, momenta, self._momentum_before):
             before.assign(latent(p))
             m_before.assign(tf.zeros_like(m_before) if m is None else m)
 
     def on_train_batch_end(self, batch, logs=None):
         optimizer, momenta = self._momenta()
         beta_1 = tf.cast(optimizer.beta_1, tf.float32)
-        for p, before, m, m_before, omega in zip(self.params, self._before, momenta,
+        for p, before, m, m_before, omega in zip(self.penalized_variables, self._before, momenta,
                                                  self._momentum_before, self.omega):
             gradient = (m - beta_1 * m_before) / (1.0 - beta_1)
             omega.assign_add(-gradient * (latent(p) - before))
 
     def consolidate(self, task, dataset):
-        for p, omega, importance, anchor in zip(self.params, self.omega, self.importance, self.anchor):
+        for p, omega, importance, anchor in zip(self.penalized_variables, self.omega, self.importance, self.anchor):
             theta = latent(p)
             importance.assign_add(omega / (tf.square(theta - anchor) + self.damping))
             omega.assign(tf.zeros_like(omega))
