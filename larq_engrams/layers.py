@@ -255,7 +255,33 @@ class EngramDense(tf.keras.layers.Layer):
         training = _static_training_flag(training)
         z = self.dense(inputs)
         gate = self._engram_gate(tf.shape(z)[0], task, mode)  # (batch, units) or (units,)
+        out = self._normalize_and_sign(z, gate, training)
+        if training:
+            gate = gate * self._reactivation(tf.shape(z)[0])
+            self.activation_rate.assign(tf.reduce_mean(tf.broadcast_to(gate, tf.shape(z))))
+        return out * gate
 
+    def call_with_deviation(self, inputs, task):
+        """Inference with task inference's evidence: returns `(outputs, deviation)`,
+
+        ```
+        deviation = sum_i E_i (z_i - mu_i)^2 / (var_i + eps) / sum_i E_i
+        ```
+
+        the mean squared standardized pre-activation over the engram's units, against
+        the moving statistics that only that engram's task updated. Samples of the
+        engram's own task sit near 1; others usually far above.
+        """
+        z = self.dense(inputs)
+        gate = self._engram_gate(tf.shape(z)[0], task, _TASK_MODE)
+        out = self._normalize_and_sign(z, gate, training=False) * gate
+        standardized = tf.square(z - self.moving_mean) / (self.moving_variance + self.epsilon)
+        gate = tf.broadcast_to(gate, tf.shape(z))
+        deviation = tf.reduce_sum(standardized * gate, axis=-1) / tf.maximum(tf.reduce_sum(gate, axis=-1), 1.0)
+        return out, deviation
+
+    def _normalize_and_sign(self, z, gate, training):
+        """BatchNorm (batch statistics and masked moving updates when training) + sign."""
         if training:
             mean, variance = tf.nn.moments(z, axes=[0])
             trained_units = gate if gate.shape.rank == 1 else tf.reduce_max(gate, axis=0)
@@ -264,15 +290,8 @@ class EngramDense(tf.keras.layers.Layer):
             self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
         else:
             mean, variance = self.moving_mean, self.moving_variance
-        y = tf.nn.batch_normalization(
-            z, mean, variance, self.beta, self.gamma, self.epsilon
-        )
-        out = self.activation_quantizer(y) if self.activation_quantizer else y
-
-        if training:
-            gate = gate * self._reactivation(tf.shape(z)[0])
-            self.activation_rate.assign(tf.reduce_mean(tf.broadcast_to(gate, tf.shape(z))))
-        return out * gate
+        y = tf.nn.batch_normalization(z, mean, variance, self.beta, self.gamma, self.epsilon)
+        return self.activation_quantizer(y) if self.activation_quantizer else y
 
     def _engram_gate(self, batch_size, task, mode):
         if mode == _UNION_MODE:

@@ -19,7 +19,7 @@ from larq_engrams.layers import (
 __all__ = ["EngramModel", "engram_bnn", "bnn", "mlp", "INFERENCE_MODES"]
 
 INFERENCE_MODES = ("task", "union", "infer")
-CONFIDENCE_MEASURES = ("max_softmax", "entropy")
+CONFIDENCE_MEASURES = ("max_softmax", "entropy", "excitation")
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_engrams")
@@ -49,8 +49,15 @@ class EngramModel(tf.keras.Model):
       - "task": gate every layer by E_task (default: the active task).
       - "union": gate by the union of the allocated engrams (no task id).
       - "infer": no task id. For every allocated engram s the network runs gated by E_s;
-        per sample, the engram whose prediction is most confident (highest max softmax,
-        or lowest entropy with `confidence="entropy"`) is kept and its logits returned.
+        per sample, the engram with the highest confidence is kept and its logits
+        returned, restricted (by default) to the classes that engram was trained on
+        (recorded from the training labels, `engram_classes`). Confidence measures:
+        "excitation" (default): sum over layers of the engram's mean squared
+        standardized pre-activation, (z - mu)^2 / (var + eps), against the moving
+        statistics only that engram's task updated: the engram the input excites most
+        wins. "max_softmax": highest max softmax; "entropy": lowest entropy. On Split
+        MNIST (class-IL) excitation infers the task far better than the softmax
+        measures, whose engrams are all confident on inputs they never saw.
 
     Inputs may be `x` or `(x, task_ids)` with an int tensor of per-sample task ids;
     given ids override the mode (task-incremental evaluation on mixed batches).
@@ -74,7 +81,8 @@ class EngramModel(tf.keras.Model):
         seed=0,
         momentum=0.9,
         epsilon=1e-5,
-        confidence="max_softmax",
+        confidence="excitation",
+        restrict_to_engram_classes=True,
         **kwargs,
     ):
         kwargs.setdefault("name", "engram_bnn")
@@ -84,6 +92,7 @@ class EngramModel(tf.keras.Model):
         self.hidden = _check_hidden(hidden)
         self.max_tasks = max_tasks
         self.confidence = _check_choice("confidence", confidence, CONFIDENCE_MEASURES)
+        self.restrict_to_engram_classes = bool(restrict_to_engram_classes)
         self._engram_args = dict(
             max_tasks=max_tasks,
             engram_fraction=engram_fraction,
@@ -115,6 +124,12 @@ class EngramModel(tf.keras.Model):
         self._inference_mode = "task"
         self._inference_task = None
         self.build((None, *self._input_shape_arg))
+        # Which classes each engram was trained on (seen in its training labels): model
+        # state, saved with it; "infer" restricts an engram's prediction to them.
+        self.engram_classes = self.add_weight(
+            "engram_classes", (max_tasks, self.num_classes), initializer="zeros", trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
         self._infer_tasks = ()
 
     # ------------------------------------------------------------- task control
@@ -145,14 +160,18 @@ class EngramModel(tf.keras.Model):
             layer.set_active_task(task)
         self._reset_compiled_functions()
 
-    def set_inference(self, mode, task=None):
+    def set_inference(self, mode, task=None, confidence=None):
         """Selects how the model gates its units when not training.
 
         Args:
             mode: "task", "union" or "infer" (see the class docstring).
             task: with "task", the engram to use (default: follow the active task).
+            confidence: with "infer", how engrams compete: "max_softmax", "entropy" or
+                "excitation" (default: keep the model's `confidence`).
         """
         mode = _check_choice("mode", mode, INFERENCE_MODES)
+        if confidence is not None:
+            self.confidence = _check_choice("confidence", confidence, CONFIDENCE_MEASURES)
         if task is not None:
             if mode != "task":
                 raise ValueError(f"set_inference: `task` is only used with mode 'task', not {mode!r}.")
@@ -179,6 +198,20 @@ class EngramModel(tf.keras.Model):
             )
         return super().make_train_function(force)
 
+    def observe_labels(self, labels):
+        """Records the classes in `labels` as trained by the active engram (in-graph;
+        called by `train_step` and by `ContinualTrainer` at every training step)."""
+        seen = tf.reduce_max(tf.one_hot(tf.cast(labels, tf.int32), self.num_classes), axis=0)
+        task = self.engram_layers[0].active_task
+        row = tf.maximum(tf.gather(self.engram_classes, task), seen)
+        # A whole-variable assignment (a sliced one would miss mirrored replicas).
+        self.engram_classes.assign(tf.tensor_scatter_nd_update(self.engram_classes, [[task]], [row]))
+
+    def train_step(self, data):
+        _, y, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        self.observe_labels(y)
+        return super().train_step(data)
+
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=None):
         x, task_ids = _split_inputs(inputs)
@@ -203,6 +236,15 @@ class EngramModel(tf.keras.Model):
             h = layer(h, training=training, task=task, mode=mode)
         return self.classifier_norm(self.classifier(h), training=training)
 
+    def _forward_with_excitation(self, x, task_ids):
+        """Logits and the excitation: the sum over layers of each engram's deviation
+        from its units' resting (moving) statistics."""
+        h, total = x, 0.0
+        for layer in self.engram_layers:
+            h, deviation = layer.call_with_deviation(h, task_ids)
+            total += deviation
+        return self.classifier_norm(self.classifier(h), training=False), total
+
     def _infer(self, x):
         """Runs every allocated engram on a tiled batch; keeps the most confident."""
         tasks = list(self.allocated_tasks if tf.executing_eagerly() else self._infer_tasks)
@@ -213,16 +255,26 @@ class EngramModel(tf.keras.Model):
         k = len(tasks)
         tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
         ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
-        logits = self._forward(tiled, False, task=ids)
-        logits = tf.reshape(logits, [k, batch, self.num_classes])
-        probs = tf.nn.softmax(logits, axis=-1)
+        if self.confidence == "excitation":
+            logits, score = self._forward_with_excitation(tiled, ids)
+            logits = tf.reshape(logits, [k, batch, self.num_classes])
+            score = tf.reshape(score, [k, batch])
+        else:
+            logits = tf.reshape(self._forward(tiled, False, task=ids), [k, batch, self.num_classes])
+            probs = tf.nn.softmax(logits, axis=-1)
         if self.confidence == "max_softmax":
             score = tf.reduce_max(probs, axis=-1)
-        else:
+        elif self.confidence == "entropy":
             score = tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)  # -entropy
         best = tf.argmax(score, axis=0, output_type=tf.int32)  # (batch,)
         chosen = tf.gather(tf.transpose(logits, [1, 0, 2]), best, batch_dims=1)
-        return chosen, tf.gather(tf.constant(tasks, tf.int32), best)
+        chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
+        if self.restrict_to_engram_classes:
+            known = tf.gather(self.engram_classes, chosen_tasks)  # (batch, classes)
+            # Engrams with no recorded classes (e.g. trained outside train_step) predict freely.
+            known = tf.where(tf.reduce_any(known > 0, axis=-1, keepdims=True), known, tf.ones_like(known))
+            chosen = tf.where(known > 0, chosen, tf.fill(tf.shape(chosen), tf.constant(-1e9, chosen.dtype)))
+        return chosen, chosen_tasks
 
     # ------------------------------------------------------------ serialization
     def get_config(self):
@@ -233,6 +285,7 @@ class EngramModel(tf.keras.Model):
             "hidden": list(self.hidden),
             "seed": self.seed,
             "confidence": self.confidence,
+            "restrict_to_engram_classes": self.restrict_to_engram_classes,
             **self._engram_args,
         }
 

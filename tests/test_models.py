@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from larq_engrams import EngramModel, MetaplasticAdam, bnn, engram_bnn, mlp
+from larq_engrams import EngramDense, EngramModel, MetaplasticAdam, bnn, engram_bnn, mlp
 
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -152,17 +152,60 @@ def test_keras_user_flow_and_inference_modes():
         h = layer(h, training=False, mode="union")
     np.testing.assert_allclose(union_logits, model.classifier_norm(model.classifier(h)).numpy(), atol=1e-5)
 
-    # infer mode: per sample, the logits of the most confident engram.
-    model.set_inference("infer")
+    # infer mode, max-softmax confidence, no class restriction: per sample, the logits of
+    # the engram with the highest max softmax.
+    model.restrict_to_engram_classes = False
+    model.set_inference("infer", confidence="max_softmax")
     chosen = model.predict(x, verbose=0)
     per_task = np.stack([model((x, np.full(len(x), t, np.int32))).numpy() for t in (0, 1)])
-    confidence = tf.nn.softmax(per_task).numpy().max(axis=-1)
-    best = confidence.argmax(axis=0)
+    best = tf.nn.softmax(per_task).numpy().max(axis=-1).argmax(axis=0)
     np.testing.assert_allclose(chosen, per_task[best, np.arange(len(x))], atol=1e-5)
     np.testing.assert_array_equal(model.infer_tasks(x).numpy(), best)
-    # Task inference on these well-separated domains works above chance.
+
+    # infer mode, excitation: the engram with the largest summed BatchNorm deviation.
+    model.set_inference("infer", confidence="excitation")
+    excitation = np.zeros((2, len(x)))
+    for t in (0, 1):
+        h = model.flatten(x)
+        ids = np.full(len(x), t, np.int32)
+        for layer in model.engram_layers:
+            h, deviation = layer.call_with_deviation(h, ids)
+            excitation[t] += deviation.numpy()
+    best = excitation.argmax(axis=0)
+    np.testing.assert_array_equal(model.infer_tasks(x).numpy(), best)
+    np.testing.assert_allclose(model.predict(x, verbose=0), per_task[best, np.arange(len(x))], atol=1e-4)
     truth = np.repeat([0, 1], [len(x0), len(x1)])
-    assert (best == truth).mean() > 0.6
+    assert (best == truth).mean() > 0.6  # well-separated domains: the task is inferred
+
+
+def test_engram_classes_are_recorded_and_restrict_infer_predictions():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    model = engram_bnn((8,), 6, hidden=(16,), max_tasks=2, engram_fraction=0.5)
+    for t, classes in enumerate(((0, 1), (2, 3))):
+        y = rng.choice(classes, 200).astype(np.int32)
+        model.begin_task(t)
+        model.compile(optimizer="adam", loss=LOSS)
+        model.fit(x, y, batch_size=50, epochs=1, verbose=0)
+    np.testing.assert_array_equal(model.engram_classes.numpy(), [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]])
+    model.set_inference("infer")
+    predictions = model.predict(x, verbose=0).argmax(axis=-1)
+    chosen = model.infer_tasks(x).numpy()
+    assert np.all(np.isin(predictions[chosen == 0], [0, 1])) and np.all(np.isin(predictions[chosen == 1], [2, 3]))
+
+
+def test_deviation_formula():
+    layer = EngramDense(6, max_tasks=1, engram_fraction=0.5, seed=1)
+    layer.build((None, 4))
+    layer.allocate(0)
+    layer.moving_mean.assign([0.5, -1.0, 0.0, 2.0, 1.0, 0.0])
+    layer.moving_variance.assign([1.0, 4.0, 0.25, 1.0, 2.0, 9.0])
+    x = tf.constant(np.random.default_rng(2).normal(size=(3, 4)), tf.float32)
+    _, deviation = layer.call_with_deviation(x, 0)
+    z = layer.dense(x).numpy()
+    mask = layer.engram_mask(0)
+    standardized = (z - layer.moving_mean.numpy()) ** 2 / (layer.moving_variance.numpy() + 1e-5)
+    np.testing.assert_allclose(deviation.numpy(), standardized[:, mask].mean(axis=1), rtol=1e-5)
 
 
 def test_engram_model_save_load_round_trip(tmp_path):

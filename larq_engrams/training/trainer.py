@@ -238,8 +238,12 @@ class ContinualTrainer:
         model, optimizer, loss_fn, mask_table = self.model, self.optimizer, self._loss, self._mask_table
         strategy = self.strategy
 
+        record_labels = isinstance(model, EngramModel)
+
         def replica_step(x, y):
             x, task_ids = split_task_inputs(x)
+            if record_labels:
+                model.observe_labels(y)
             with tf.GradientTape() as tape:
                 logits = model(model_inputs(model, x, task_ids), training=True)
                 logits = masked_logits(logits, task_ids, mask_table)
