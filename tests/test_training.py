@@ -17,8 +17,10 @@ from larq_engrams.callbacks import AccuracyMatrixCallback, ContinualCallback, En
 from larq_engrams.training import ContinualResult, ContinualTrainer
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def two_tasks():
+    # Function scope: tf.data reshuffles per iteration, so a shared dataset would give
+    # each test a different order depending on the tests before it.
     # Batch 32: ~50 steps per task-epoch on the bundled sample (batch 100 gives ~16,
     # too few for a BNN to learn a task reliably in a test's budget).
     return B.split_mnist("class", source="bundled", batch_size=32).take(2)
