@@ -8,7 +8,6 @@ summary (mean and standard error over seeds) as `summary.json` and `summary.md`.
     python experiments/run.py --scenario=permuted_mnist --num_tasks=5 --method=mbnn,bnn --epochs=5
     tensorboard --logdir runs/logs
 """
-import json
 import os
 import sys
 import time
@@ -16,14 +15,8 @@ import time
 from absl import app, flags
 
 import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 before anything else)
-import numpy as np
 
-from larq_engrams import benchmarks, methods
-from larq_engrams.callbacks import EngramTensorBoard
-from larq_engrams.metrics import mean_and_sem
-from larq_engrams.training import ContinualTrainer, write_atomically
-
-SCENARIOS = ("split_mnist", "split_fashion_mnist", "split_cifar10", "permuted_mnist", "core50_ni")
+from larq_engrams import benchmarks, experiment, methods
 
 # Named configurations. A preset sets defaults; flags given on the command line win.
 PRESETS = {
@@ -42,7 +35,7 @@ PRESETS = {
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", None, list(PRESETS), "Named configuration (flags given explicitly win).")
-flags.DEFINE_enum("scenario", "split_mnist", list(SCENARIOS), "Benchmark.")
+flags.DEFINE_enum("scenario", "split_mnist", list(experiment.SCENARIOS), "Benchmark.")
 flags.DEFINE_enum("setting", "class", list(benchmarks.SETTINGS), "Split benchmarks: class/domain/task incremental.")
 flags.DEFINE_integer("num_tasks", None, "Tasks (permuted MNIST: how many; others: the first N).", lower_bound=1)
 flags.DEFINE_list("method", ["engram_bnn"], f"Comma-separated methods: {', '.join(methods.names())}.")
@@ -51,9 +44,9 @@ flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
 flags.DEFINE_list("hidden", ["2048", "2048"], "Hidden layer widths.")
 flags.DEFINE_float("lr", 0.005, "Learning rate.", lower_bound=0.0)
 flags.DEFINE_string("m", "1.3", "Metaplasticity: a float, or per layer 'hidden_0=1.3,hidden_1=1.5'.")
-flags.DEFINE_float("engram_fraction", 0.25, "rho: expected fraction of units per engram.")
+flags.DEFINE_float("engram_fraction", 0.2, "rho: expected fraction of units per engram.")
 flags.DEFINE_float("activation_probability", 0.9, "q: stochastic reactivation probability.")
-flags.DEFINE_float("excitability", 1.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
+flags.DEFINE_float("excitability", 6.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
 flags.DEFINE_enum("inference", "infer", ["infer", "union"], "Engram inference without task id.")
 flags.DEFINE_list("seeds", ["0"], "Seeds; several give mean and standard error.")
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
@@ -127,91 +120,40 @@ def validate():
     return hidden, m, seeds
 
 
-def make_scenario(seed):
-    common = dict(batch_size=FLAGS.batch_size)
-    if FLAGS.scenario == "permuted_mnist":
-        return benchmarks.permuted_mnist(FLAGS.num_tasks or 10, seed=seed, source=FLAGS.source,
-                                         data_dir=FLAGS.data_dir, **common)
-    if FLAGS.scenario == "core50_ni":
-        scenario = benchmarks.core50_ni(FLAGS.data_dir, **common)
-    else:
-        constructor = getattr(benchmarks, FLAGS.scenario)
-        scenario = constructor(FLAGS.setting, seed=seed, source=FLAGS.source, data_dir=FLAGS.data_dir, **common)
-    return scenario.take(FLAGS.num_tasks) if FLAGS.num_tasks else scenario
-
-
-def run_one(method, seed, hidden, m, run_dir, log_dir):
-    scenario = make_scenario(seed)
-    hp = methods.HyperParameters(
-        hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
-        activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability, seed=seed,
-    )
-    setup = methods.build(method, scenario, hp)
-    trainer = ContinualTrainer(
-        setup.model, setup.optimizer, epochs=FLAGS.epochs, engram_inference=FLAGS.inference,
-        callbacks=[*setup.callbacks, EngramTensorBoard(log_dir)],
-        checkpoint_dir=os.path.join(run_dir, "checkpoints") if FLAGS.resume else None,
-        seed=seed, verbose=FLAGS.verbose,
-    )
-    started = time.perf_counter()
-    result = trainer.fit(setup.scenario)
-    result.config["method"] = {"name": method, "description": setup.description, "hparams": hp.__dict__}
-    result.config["wall_seconds"] = time.perf_counter() - started
-    result.config["command"] = " ".join(sys.argv)
-    paths = result.save(run_dir)
-    return result, paths
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_preset()
     hidden, m, seeds = validate()
-    name = FLAGS.name or f"{FLAGS.scenario}-{FLAGS.setting if FLAGS.scenario.startswith('split') else 'domain'}"
+    setting = FLAGS.setting if FLAGS.scenario.startswith("split") else "domain"
+    config = experiment.ExperimentConfig(
+        scenario=FLAGS.scenario, setting=setting, num_tasks=FLAGS.num_tasks, epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size, source=FLAGS.source, data_dir=FLAGS.data_dir,
+        engram_inference=FLAGS.inference,
+        hparams=methods.HyperParameters(
+            hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
+            activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,
+        ),
+    )
+    name = FLAGS.name or config.name
     out_root, log_root = os.path.join(FLAGS.outdir, name), os.path.join(FLAGS.logdir, name)
-    summary = {"command": " ".join(sys.argv), "scenario": FLAGS.scenario, "setting": FLAGS.setting,
-               "methods": {}}
+    command = " ".join(sys.argv)
     started = time.perf_counter()
+    results = {}
     for method in FLAGS.method:
-        results = []
+        results[method] = []
         for seed in seeds:
             print(f"\n=== {method} (seed {seed}) on {name} ===")
-            run_dir = os.path.join(out_root, method, f"seed_{seed}")
-            result, paths = run_one(method, seed, hidden, m, run_dir, os.path.join(log_root, method, f"seed_{seed}"))
+            result = experiment.run_experiment(config, method, seed, out_root, log_root, resume=FLAGS.resume,
+                                               verbose=FLAGS.verbose, command=command)
             print(result.format_matrix())
-            print(f"results: {paths['json']}")
-            results.append(result)
-        summary["source"] = results[0].config["scenario"]["source"]
-        summary["methods"][method] = {
-            key: mean_and_sem([r.metrics[key] for r in results])
-            for key in ("acc", "bwt", "forgetting", "fwt", "avg_incremental_acc")
-        }
-        summary["methods"][method]["seeds"] = seeds
-        summary["methods"][method]["peak_rss_bytes"] = max(r.memory["peak_rss_bytes"] for r in results)
-        summary["methods"][method]["train_seconds"] = float(np.mean([sum(r.task_seconds) for r in results]))
-    summary["wall_seconds"] = time.perf_counter() - started
-    write_atomically(os.path.join(out_root, "summary.json"), json.dumps(summary, indent=2))
-    table = summary_table(summary)
-    write_atomically(os.path.join(out_root, "summary.md"), table + "\n")
+            results[method].append(result)
+    title = f"{config.scenario} ({config.setting})"
+    table = experiment.write_summary(os.path.join(out_root, "summary"), experiment.summarize(results), title,
+                                     {"command": command, "wall_seconds": time.perf_counter() - started})
     print("\n" + table)
-    print(f"\nResults: {out_root}/  (summary.md, per-method result.json/csv and plots)")
+    print(f"\nResults: {out_root}/  (summary.md, per method and seed: result.json/csv and plots)")
     print(f"TensorBoard: tensorboard --logdir {log_root}")
-
-
-def summary_table(summary):
-    seeds = len(next(iter(summary["methods"].values()))["seeds"])
-    lines = [
-        f"{summary['scenario']} ({summary['setting']}), data: {summary['source']}, seeds: {seeds} "
-        f"(mean ± s.e.m.)",
-        "",
-        "| method | ACC % | BWT % | forgetting % | peak RSS MiB | train s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for method, s in summary["methods"].items():
-        fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}"  # noqa: E731
-        lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | "
-                     f"{s['peak_rss_bytes'] / 2**20:.0f} | {s['train_seconds']:.0f} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

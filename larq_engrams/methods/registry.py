@@ -48,15 +48,15 @@ class HyperParameters:
 
     Defaults: METHOD.md section 1 (Adam lr 0.005, batch 100 is the scenario's),
     metaplasticity m = 1.3 (permuted MNIST, Laborieux et al. 2021), and this project's
-    engram defaults (rho 0.25, q 0.9, beta 1.0).
+    engram defaults (rho 0.2, q 0.9, beta 6.0: nearly disjoint engrams).
     """
 
     hidden: tuple = (2048, 2048)
     learning_rate: float = 0.005
     m: object = 1.3
-    engram_fraction: float = 0.25
+    engram_fraction: float = 0.2
     activation_probability: float = 0.9
-    excitability: float = 1.0
+    excitability: float = 6.0
     seed: int = 0
     backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
     ewc_lambda: float = None  # None: the standard value for the scenario (below)
