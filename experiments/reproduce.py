@@ -111,13 +111,14 @@ def grid_table(summaries, seeds):
 
 
 def plot_grid(summaries, path, key, ylabel, scale):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     labels = list(summaries)
     names = []
     for label in labels:
         names += [m for m in summaries[label] if m not in names]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(names) * len(labels) / 3, 4))
+    fig = Figure(figsize=(1.2 + 0.9 * len(names) * len(labels) / 3, 4))
+    ax = fig.subplots()
     width = 0.8 / len(labels)
     for j, label in enumerate(labels):
         values = [summaries[label][n][key] if n in summaries[label] else None for n in names]

@@ -1,11 +1,8 @@
 """Figures of a continual run: the accuracy matrix and per-task accuracy over tasks."""
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: files and TensorBoard images only
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: the user's backend is left alone
 
 __all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "figure_to_png"]
 
@@ -14,7 +11,7 @@ def plot_accuracy_matrix(R, title=None, ax=None):
     """Heat map of R (rows: after training task t; columns: tested on task k)."""
     R = np.asarray(R, np.float64)
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.0 + 0.6 * len(R), 0.8 + 0.6 * len(R)))
+        ax = Figure(figsize=(1.0 + 0.6 * len(R), 0.8 + 0.6 * len(R))).subplots()
     image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
     for (t, k), value in np.ndenumerate(R):
         if not np.isnan(value):
@@ -36,7 +33,7 @@ def plot_task_accuracies(R, title=None, ax=None):
     R = np.asarray(R, np.float64)
     T = len(R)
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+        ax = Figure(figsize=(6, 4)).subplots()
     for k in range(T):
         ax.plot(range(k, T), R[k:, k], marker="o", label=f"task {k}")
     ax.plot(range(T), [R[t, : t + 1].mean() for t in range(T)], "k--", lw=2, label="mean seen")
@@ -51,10 +48,9 @@ def plot_task_accuracies(R, title=None, ax=None):
 
 
 def figure_to_png(figure, path=None):
-    """Returns the figure as PNG bytes (and writes it to `path` if given); closes it."""
+    """Returns the figure as PNG bytes (and writes it to `path` if given)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
     data = buffer.getvalue()
     if path is not None:
         with open(path, "wb") as f:

@@ -1,0 +1,65 @@
+"""The absl experiment scripts, end to end on tiny settings."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run_script(name, *args, timeout=600):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", name), *args],
+                          capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
+
+
+def test_run_writes_results_summary_and_tensorboard(tmp_path):
+    proc = run_script("run.py", "--scenario=split_mnist", "--setting=task", "--num_tasks=2", "--method=xdg,bnn",
+                      "--hidden=16", "--epochs=1", "--batch_size=64", "--source=bundled", "--seeds=0,1",
+                      f"--outdir={tmp_path}/out", f"--logdir={tmp_path}/logs", "--verbose=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "out" / "split_mnist-task"
+    for method in ("xdg", "bnn"):
+        for seed in (0, 1):
+            run = root / method / f"seed_{seed}"
+            result = json.load(open(run / "result.json"))
+            assert len(result["accuracy_matrix"]) == 2
+            assert result["config"]["method"]["name"] == method
+            assert result["config"]["scenario"]["source"] == "bundled:mnist-t10k[8000/2000]"
+            assert (run / "accuracy_matrix.png").exists() and (run / "result.csv").exists()
+    summary = json.load(open(root / "summary.json"))
+    assert set(summary["methods"]) == {"xdg", "bnn"} and summary["methods"]["xdg"]["seeds"] == 2
+    assert "| xdg |" in open(root / "summary.md").read()
+    assert any(f.startswith("events.out") for _, _, files in os.walk(tmp_path / "logs") for f in files)
+    assert "tensorboard --logdir" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--method=oracle", "--method"),
+        ("--hidden=10,x", "--hidden"),
+        ("--m=-2", "--m"),
+        ("--activation_probability=1.5", "--activation_probability"),
+        ("--scenario=core50_ni", "--data_dir"),
+    ],
+)
+def test_invalid_flags_fail_before_training(flag, message, tmp_path):
+    proc = run_script("run.py", flag, f"--outdir={tmp_path}", timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not os.path.exists(tmp_path / "split_mnist-class"), "nothing ran"
+
+
+def test_reproduce_smoke_grid_resumes(tmp_path):
+    args = ("--grid=smoke", "--seeds=0", "--source=bundled", f"--outdir={tmp_path}")
+    proc = run_script("reproduce.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = open(tmp_path / "table.md").read()
+    assert "| engram_bnn |" in table and "| bnn |" in table
+    assert (tmp_path / "acc.png").exists() and (tmp_path / "memory.png").exists()
+    assert not list(tmp_path.rglob("checkpoints")), "finished runs drop their checkpoints"
+    again = run_script("reproduce.py", *args)  # finished runs are loaded, not re-run
+    assert again.returncode == 0 and open(tmp_path / "table.md").read() == table
