@@ -294,35 +294,16 @@ class EngramModel(tf.keras.Model):
         return cls(**config)
 
 
-def engram_bnn(
-    input_shape,
-    num_classes,
-    hidden=(2048, 2048),
-    max_tasks=5,
-    engram_fraction=0.2,
-    activation_probability=0.9,
-    excitability=6.0,
-    seed=0,
-    **kwargs,
-):
+def engram_bnn(input_shape, num_classes, hidden=(2048, 2048), max_tasks=5, **kwargs):
     """The engram BNN (engramBNN): an `EngramModel`, built and ready to compile.
 
     Defaults follow the engram paper's 2048-2048 hidden layers (use 4096-4096 for
     CORe50). Train it with `MetaplasticAdam` for the full method (engrams +
-    metaplasticity) or with Adam for engrams alone. See `EngramModel` for the maths
-    and `EngramDense` for every argument.
+    metaplasticity) or with Adam for engrams alone. Every other argument
+    (`engram_fraction`, `activation_probability`, `excitability`, `seed`, `confidence`,
+    ...) is `EngramModel`'s; see it for the maths and `EngramDense` for the layer.
     """
-    return EngramModel(
-        input_shape,
-        num_classes,
-        hidden=hidden,
-        max_tasks=max_tasks,
-        engram_fraction=engram_fraction,
-        activation_probability=activation_probability,
-        excitability=excitability,
-        seed=seed,
-        **kwargs,
-    )
+    return EngramModel(input_shape, num_classes, hidden=hidden, max_tasks=max_tasks, **kwargs)
 
 
 def bnn(input_shape, num_classes, hidden=(2048, 2048), momentum=0.9, epsilon=1e-5, name="bnn"):

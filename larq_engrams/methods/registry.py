@@ -187,30 +187,28 @@ def _backbone(scenario, hp):
     raise ValueError(f"`backbone` must be 'mlp' or 'bnn', got {hp.backbone!r}.")
 
 
-def _backbone_optimizer(hp):
-    return _adam(hp)
+def _ewc_strength(scenario, hp):
+    return hp.ewc_lambda if hp.ewc_lambda is not None else default_strengths(scenario)[0]
 
 
 @register("joint", "trains on the union of all tasks so far (upper bound)")
 def _joint(scenario, hp):
-    return _setup("joint", _backbone(scenario, hp), _backbone_optimizer(hp), joint(scenario, hp.seed))
+    return _setup("joint", _backbone(scenario, hp), _adam(hp), joint(scenario, hp.seed))
 
 
 @register("ewc", "EWC (Kirkpatrick et al. 2017), empirical Fisher, one penalty per task")
 def _ewc(scenario, hp):
     model = _backbone(scenario, hp)
-    strength = hp.ewc_lambda if hp.ewc_lambda is not None else default_strengths(scenario)[0]
-    penalty = EWC(model, strength, num_samples=hp.fisher_samples, scenario=scenario)
-    return _setup("ewc", model, _backbone_optimizer(hp), scenario, [penalty])
+    penalty = EWC(model, _ewc_strength(scenario, hp), num_samples=hp.fisher_samples, scenario=scenario)
+    return _setup("ewc", model, _adam(hp), scenario, [penalty])
 
 
 @register("online_ewc", "online EWC (Schwarz et al. 2018), decayed running Fisher")
 def _online_ewc(scenario, hp):
     model = _backbone(scenario, hp)
-    strength = hp.ewc_lambda if hp.ewc_lambda is not None else default_strengths(scenario)[0]
-    penalty = OnlineEWC(model, strength, gamma=hp.online_ewc_gamma, num_samples=hp.fisher_samples,
-                        scenario=scenario)
-    return _setup("online_ewc", model, _backbone_optimizer(hp), scenario, [penalty])
+    penalty = OnlineEWC(model, _ewc_strength(scenario, hp), gamma=hp.online_ewc_gamma,
+                        num_samples=hp.fisher_samples, scenario=scenario)
+    return _setup("online_ewc", model, _adam(hp), scenario, [penalty])
 
 
 @register("si", "synaptic intelligence (Zenke et al. 2017), path-integral importance")
@@ -218,13 +216,13 @@ def _si(scenario, hp):
     model = _backbone(scenario, hp)
     strength = hp.si_c if hp.si_c is not None else default_strengths(scenario)[1]
     penalty = SynapticIntelligence(model, strength, damping=hp.si_damping, scenario=scenario)
-    return _setup("si", model, _backbone_optimizer(hp), scenario, [penalty])
+    return _setup("si", model, _adam(hp), scenario, [penalty])
 
 
 @register("lwf", "learning without forgetting (Li & Hoiem 2017), distillation, T = 2")
 def _lwf(scenario, hp):
     model = LearningWithoutForgetting(_backbone(scenario, hp), hp.lwf_temperature, hp.lwf_strength)
-    return _setup("lwf", model, _backbone_optimizer(hp), scenario, [LwFUpdate(model)])
+    return _setup("lwf", model, _adam(hp), scenario, [LwFUpdate(model)])
 
 
 @register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id")
