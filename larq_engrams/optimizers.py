@@ -145,7 +145,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
             if self._meta_strength.get(key, 0.0) > 0.0:
                 hidden = tf.convert_to_tensor(getattr(var, "latent_variable", var))
                 m = self._momentums[self._index_dict[key]]
-                shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)
+                shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)  # as in _attenuate
                 out[_variable_path(var)] = float(tf.reduce_mean(shrinking))
         return out
 
@@ -219,9 +219,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
 
         # The latent weights, also when Larq wraps them in a QuantizedVariable.
         hidden = tf.convert_to_tensor(getattr(variable, "latent_variable", variable))
-        shrinks = tf.sign(hidden) * m > 0
-        f_meta = 1.0 - tf.square(tf.tanh(strength * tf.abs(hidden)))
-        direction = tf.where(shrinks, f_meta * m, m)
+        direction = _attenuated_direction(hidden, tf.convert_to_tensor(m), tf.constant(strength, dtype))
         variable.assign_sub(alpha * direction / (tf.sqrt(v) + epsilon_hat))
 
     def get_config(self):
@@ -232,6 +230,18 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
                 self._meta_strength.get(key, 0.0) for key in self._build_keys
             ]
         return config
+
+
+def _attenuate(hidden, m, strength):
+    """where(sign(W_h) * m > 0, (1 - tanh^2(strength |W_h|)) * m, m)."""
+    shrinks = tf.sign(hidden) * m > 0
+    f_meta = 1.0 - tf.square(tf.tanh(strength * tf.abs(hidden)))
+    return tf.where(shrinks, f_meta * m, m)
+
+
+# Fused by XLA into one pass over the kernel, on CPU as on GPU: unfused, these five
+# elementwise ops cost about 3x Adam's own update on a 2048 x 2048 kernel (2-core CPU).
+_attenuated_direction = tf.function(_attenuate, jit_compile=True)
 
 
 def _validate_strength(m):
