@@ -46,6 +46,7 @@ def environment():
         except Exception:  # device details are best effort
             details.append(gpu.name)
     return {
+        "git_commit": _git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -58,6 +59,21 @@ def environment():
         "gpus": details,
         "device": details[0] if details else "CPU",
     }
+
+
+def _git_commit():
+    """The commit of the larq_engrams source in use (None outside a git checkout)."""
+    import subprocess
+
+    folder = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
 
 
 @dataclasses.dataclass
