@@ -110,6 +110,23 @@ class TaskEvaluator:
             total += int(n)
         return correct / max(total, 1)
 
+    def task_inference_accuracies(self):
+        """For an `EngramModel` without task ids: per task, the fraction of its test
+        samples for which "infer" picks the task's own engram. None otherwise."""
+        if not isinstance(self.model, EngramModel) or self.scenario.provides_task_id:
+            return None
+        model = self.model
+        infer = tf.function(lambda x: model.infer_tasks(x), reduce_retracing=True)
+        out = []
+        for task in self.scenario:
+            hits = total = 0
+            for x, _ in task.test:
+                chosen = infer(split_task_inputs(x)[0])
+                hits += int(tf.reduce_sum(tf.cast(chosen == task.task_id, tf.int32)))
+                total += int(chosen.shape[0])
+            out.append(hits / max(total, 1))
+        return out
+
     def accuracies(self, tasks=None):
         """Accuracy on each task (all of the scenario's by default), as floats."""
         tasks = self.scenario.tasks if tasks is None else tasks

@@ -104,6 +104,8 @@ def summarize(results_by_method):
     summary = {}
     for method, results in results_by_method.items():
         entry = {key: mean_and_sem([r.metrics[key] for r in results]) for key in METRICS}
+        if all("task_inference" in r.metrics for r in results):  # engram models, no task id
+            entry["task_inference"] = mean_and_sem([r.metrics["task_inference"] for r in results])
         entry["seeds"] = len(results)
         entry["peak_rss_bytes"] = max(r.memory.get("peak_rss_bytes") or 0 for r in results)
         gpu = [r.memory.get("peak_gpu_bytes") for r in results]
@@ -120,12 +122,12 @@ def summary_table(summary, title):
     lines = [
         f"{title}; data: {any_entry['source']}; seeds: {any_entry['seeds']} (mean ± s.e.m.)",
         "",
-        "| method | ACC % | BWT % | forgetting % | peak RSS MiB | train s |",
-        "|---|---|---|---|---|---|",
+        "| method | ACC % | BWT % | forgetting % | task inference % | peak RSS MiB | train s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
-        fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}"  # noqa: E731
-        lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | "
+        fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}" if key in s else "—"  # noqa: E731
+        lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | "
                      f"{s['peak_rss_bytes'] / 2**20:.0f} | {s['train_seconds']:.0f} |")
     return "\n".join(lines)
 

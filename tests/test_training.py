@@ -56,6 +56,18 @@ def test_short_real_run_fills_r_and_metrics(two_tasks, tmp_path):
     assert not glob.glob(str(tmp_path / ".*.tmp")), "no temporary files left behind"
 
 
+def test_engram_result_reports_task_inference(two_tasks):
+    model = small_engram_model(two_tasks)
+    result = ContinualTrainer(model, lambda: le.MetaplasticAdam(0.005), epochs=2, verbose=0).fit(two_tasks)
+    assert len(result.task_inference) == 2 and all(0.0 <= a <= 1.0 for a in result.task_inference)
+    x = np.concatenate([x for x, _ in two_tasks[1].test])
+    expected = float(np.mean(model.infer_tasks(x).numpy() == 1))
+    assert result.task_inference[1] == pytest.approx(expected)
+    assert result.metrics["task_inference"] == pytest.approx(np.mean(result.task_inference))
+    assert "task inference" in result.format_matrix()
+    assert ContinualResult.from_json(result.to_json()).task_inference == result.task_inference
+
+
 def test_bnn_in_task_incremental_setting_uses_multihead_evaluation():
     scenario = B.split_mnist("task", source="bundled", batch_size=32).take(2)
     model = le.bnn(scenario.input_shape, scenario.num_classes, hidden=(64,))

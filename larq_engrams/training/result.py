@@ -85,6 +85,9 @@ class ContinualResult:
         baseline: accuracy of the untrained model on each task (b_k, for FWT).
         metrics: ACC, BWT, forgetting, FWT, average incremental accuracy.
         epoch_accuracies: with per-epoch evaluation, rows `{"task", "epoch", "accuracies"}`.
+        task_inference: engram models in "infer" mode without task ids: per task, the
+            fraction of its test samples whose own engram was inferred (its mean is
+            `metrics["task_inference"]`); None otherwise.
         task_seconds: training wall time per task (evaluation excluded).
         memory: `PeakMemoryCallback.summary()`.
         config: scenario, model, optimizer and trainer settings.
@@ -99,6 +102,7 @@ class ContinualResult:
     config: dict
     environment: dict
     epoch_accuracies: list = dataclasses.field(default_factory=list)
+    task_inference: list = None
 
     @classmethod
     def from_matrix(cls, R, baseline, **kwargs):
@@ -178,6 +182,8 @@ class ContinualResult:
         m = self.metrics
         tail = (f"ACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f}%  "
                 f"forgetting {100 * m['forgetting']:.2f}%  FWT {100 * m.get('fwt', float('nan')):+.2f}%")
+        if "task_inference" in m:
+            tail += f"  task inference {100 * m['task_inference']:.1f}%"
         return "\n".join([head, *rows, tail])
 
 

@@ -191,7 +191,7 @@ class ContinualTrainer:
             self._checkpoint(scenario, t, R, baseline, task_seconds, epoch_accuracies)
         callbacks.on_train_end()
 
-        return ContinualResult.from_matrix(
+        result = ContinualResult.from_matrix(
             R,
             baseline,
             task_seconds=task_seconds,
@@ -200,6 +200,11 @@ class ContinualTrainer:
             environment=environment(),
             epoch_accuracies=epoch_accuracies,
         )
+        if is_engram and self.engram_inference == "infer":
+            result.task_inference = evaluator.task_inference_accuracies()
+            if result.task_inference is not None:
+                result.metrics["task_inference"] = float(np.mean(result.task_inference))
+        return result
 
     def config(self, scenario=None):
         """The run's settings: JSON-serializable."""
