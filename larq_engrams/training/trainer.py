@@ -61,7 +61,10 @@ class ContinualTrainer:
             (`ContinualResult.epoch_accuracies`).
         callbacks: Keras callbacks; `ContinualCallback`s also get task hooks. A
             `PeakMemoryCallback` always runs first (its peaks go into the result).
-        strategy: a `tf.distribute.Strategy`; the default strategy if None.
+        strategy: a `tf.distribute.Strategy`; the default strategy if None. With
+            `MirroredStrategy` (one machine) or `MultiWorkerMirroredStrategy` (several,
+            `TF_CONFIG` on each worker; see the README), pass `model` and `optimizer` as
+            callables so they are created in `strategy.scope()`.
         checkpoint_dir: if set, a checkpoint (model, optimizer, R so far) is written after
             every task, and `fit` resumes from it when started again with the same
             scenario.
