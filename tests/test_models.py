@@ -125,6 +125,10 @@ def test_two_task_engram_model_forgets_less_than_plain_bnn():
         model.fit(*tasks[1][0], epochs=3, batch_size=50, verbose=0)
         model.set_inference("task", task=0)
         engram_forgetting = engram_before - model.evaluate(*test0, verbose=0)[1]
+        print(f"toy two-task forgetting of task 0: bnn+Adam {plain_before:.3f} -> "
+              f"{plain_before - plain_forgetting:.3f}; engram_bnn with "
+              f"{'MetaplasticAdam' if optimizer else 'Adam'} {engram_before:.3f} -> "
+              f"{engram_before - engram_forgetting:.3f}")
         assert plain_before > 0.9 and engram_before > 0.9, "both learn task 0"
         assert plain_forgetting > 0.2, f"the plain BNN forgets ({plain_forgetting:.3f})"
         assert engram_forgetting < plain_forgetting - 0.15, (engram_forgetting, plain_forgetting)

@@ -164,6 +164,26 @@ def test_every_method_runs_through_model_fit(name):
             assert callback.consolidated_tasks == [0, 1]
 
 
+@pytest.mark.parametrize("name", ["ewc", "online_ewc", "si", "lwf"])
+def test_regularizers_on_the_binarized_backbone_act_on_hidden_weights(name):
+    scenario = scenario_for(name)
+    setup = methods.build(name, scenario, hidden=(32,), fisher_samples=20, backbone="bnn")
+    kernels = [v for v in setup.model.trainable_variables if getattr(v, "precision", None) == 1]
+    assert kernels, "a Larq BNN"
+    result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, verbose=0).fit(setup.scenario)
+    assert np.isfinite(result.R).all() and result.R[0, 0] > 0.6
+    if name == "lwf":
+        return
+    penalty = setup.callbacks[0]
+    # The penalty is a function of the real-valued hidden weights (not of their signs):
+    # nudging one hidden weight without flipping its sign changes it.
+    kernel = next(v for v in penalty.penalized_variables if getattr(v, "precision", None) == 1)
+    before = float(penalty.penalty())
+    hidden = kernel.latent_variable
+    hidden.assign(hidden * 1.5)
+    assert float(penalty.penalty()) != before
+
+
 def test_xdg_refuses_settings_without_task_id():
     with pytest.raises(ValueError, match="task"):
         methods.build("xdg", B.split_mnist("class", source="bundled").take(2), hidden=(16,))
