@@ -104,6 +104,12 @@ def test_memory_values_are_plausible(two_tasks):
     assert memory["peak_gpu_bytes"] is None and memory["gpu_devices"] == []  # no GPU: absent
     for task in memory["tasks"]:
         assert task["peak_rss_bytes"] >= task["rss_before_bytes"] and task["seconds"] > 0
+    assert [t["task"] for t in memory["tasks"]] == [0, 1]
+    import threading
+
+    from larq_engrams.callbacks.memory import _RssSampler
+
+    assert not [t for t in threading.enumerate() if isinstance(t, _RssSampler)], "no sampler thread left running"
 
 
 def read_events(log_dir):

@@ -13,12 +13,14 @@ class ContinualCallback(tf.keras.callbacks.Callback):
     `model.fit`, one call of `fit` per task, the hooks are not called; callbacks that
     need task boundaries then treat each `fit` (train begin/end) as one task.
 
-    Before `on_task_begin` the trainer sets `self.optimizer` (the optimizer of this
-    task: it may be re-created per task) and, where a callback has a `scenario`
-    attribute left at None, `self.scenario`.
+    Before `on_train_begin` the trainer sets `self.task_hooks = True`: callbacks that
+    treat each `fit` as one task check it. Before `on_task_begin` it sets
+    `self.optimizer` (the optimizer of this task: it may be re-created per task) and,
+    where a callback has a `scenario` attribute left at None, `self.scenario`.
     """
 
     optimizer = None
+    task_hooks = False
 
     def on_task_begin(self, task, logs=None):
         """Called before training on `task` (an int)."""

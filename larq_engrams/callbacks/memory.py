@@ -86,7 +86,6 @@ class PeakMemoryCallback(ContinualCallback):
         self.tasks = []
         self._sampler = None
         self._task = None
-        self._fit_is_task = False
 
     @staticmethod
     def gpu_devices():
@@ -151,12 +150,9 @@ class PeakMemoryCallback(ContinualCallback):
         self._end(logs)
 
     def on_train_begin(self, logs=None):
-        # Plain model.fit (no task hooks around it): each fit is one task.
-        if self._sampler is None:
-            self._fit_is_task = True
+        if not self.task_hooks:  # plain model.fit: each fit is one task
             self._begin(len(self.tasks))
 
     def on_train_end(self, logs=None):
-        if self._fit_is_task:
-            self._fit_is_task = False
+        if not self.task_hooks:
             self._end(logs)

@@ -37,7 +37,6 @@ class ConsolidationPenalty(ContinualCallback):
         # Not `self.params`: Keras callbacks own that name (the fit's epochs and steps).
         self.penalized_variables = list(model.trainable_variables)
         self._attached_model = model
-        self._task_hooks = False
         self._fits = 0
         self.consolidated_tasks = []
         model.add_loss(self.penalty)
@@ -60,15 +59,12 @@ class ConsolidationPenalty(ContinualCallback):
             )
         return self.scenario[task].train
 
-    def on_task_begin(self, task, logs=None):
-        self._task_hooks = True
-
     def on_task_end(self, task, logs=None):
         self.consolidate(task, self._task_dataset(task))
         self.consolidated_tasks.append(task)
 
     def on_train_end(self, logs=None):
-        if not self._task_hooks:  # plain model.fit: each fit is one task
+        if not self.task_hooks:  # plain model.fit: each fit is one task
             task = self._fits
             self._fits += 1
             self.consolidate(task, self._task_dataset(task))

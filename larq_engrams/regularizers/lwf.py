@@ -67,14 +67,10 @@ class LwFUpdate(ContinualCallback):
     def __init__(self, lwf_model):
         super().__init__()
         self.lwf_model = lwf_model
-        self._task_hooks = False
-
-    def on_task_begin(self, task, logs=None):
-        self._task_hooks = True
 
     def on_task_end(self, task, logs=None):
         self.lwf_model.update_teacher()
 
     def on_train_end(self, logs=None):
-        if not self._task_hooks:
+        if not self.task_hooks:  # plain model.fit: each fit is one task
             self.lwf_model.update_teacher()

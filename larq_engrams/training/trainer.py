@@ -163,6 +163,9 @@ class ContinualTrainer:
             baseline = untrained.accuracies()
             task_seconds, epoch_accuracies, first = [], [], 0
 
+        for cb in (self.memory, *self.user_callbacks):
+            if isinstance(cb, ContinualCallback):
+                cb.task_hooks = True  # before on_train_begin: no fit-as-task fallbacks
         callbacks.on_train_begin()
         for t in range(first, T):
             task = scenario[t]
