@@ -5,7 +5,6 @@ import pickle
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from larq_engrams import benchmarks as B
 from larq_engrams.benchmarks import sources

@@ -138,7 +138,7 @@ def test_keras_user_flow_and_inference_modes():
     tasks = permuted_feature_tasks(seed=1)
     model = _trained_engram_model(tasks)
     assert model.allocated_tasks == [0, 1] and model.active_task == 1
-    (x0, y0), (x1, y1) = tasks[0][1], tasks[1][1]
+    (x0, y0), (x1, _) = tasks[0][1], tasks[1][1]
     x = np.concatenate([x0, x1])
 
     # task mode follows the active task by default; a fixed task on request.
