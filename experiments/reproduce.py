@@ -130,7 +130,7 @@ def plot_grid(summaries, path, key, ylabel, scale):
     ax.set_xticks(np.arange(len(names)) + width * (len(labels) - 1) / 2)
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     fig.tight_layout()
     figure_to_png(fig, path)
 
