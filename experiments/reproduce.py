@@ -2,14 +2,17 @@
 
 Writes under --outdir (default `results/`): every run's `result.json`/`result.csv`/plots,
 per scenario a `summary.md`/`summary.json`, and overall `table.md` (ACC and BWT per method
-and scenario), `acc.png` (ACC per method and scenario) and `memory.png` (peak host RSS).
-Finished runs are skipped when the command is started again.
+and scenario), `acc.png` (ACC per method and scenario) and `memory.png` (peak host RSS of
+each run, measured in its own process). Finished runs are skipped when the command is
+started again.
 
     python experiments/reproduce.py                         # the README table (bundled data)
     python experiments/reproduce.py --seeds=0 --grid=smoke  # a minute-long check
 """
+import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from larq_engrams import experiment, methods
 from larq_engrams.plots import figure_to_png
-from larq_engrams.training import write_atomically
+from larq_engrams.training import ContinualResult, write_atomically
 
 ALL = ["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "bnn", "mbnn", "engram", "engram_bnn"]
 # (scenario, setting, num_tasks, methods, epochs, batch size). XdG needs the task id.
@@ -43,10 +46,39 @@ flags.DEFINE_enum("source", "auto", ["auto", "tfds", "local", "bundled"], "Data 
 flags.DEFINE_string("data_dir", None, "TFDS data dir or folder of original files.")
 flags.DEFINE_string("outdir", "results", "Where results go.")
 flags.DEFINE_string("logdir", None, "TensorBoard logs (none by default: the grid is large).")
+flags.DEFINE_bool("isolate", True, "Run every experiment in a fresh process, so that its peak memory is its "
+                  "own (in one long process the resident set only grows from run to run).")
+flags.DEFINE_string("child", None, "Internal: run one experiment described by this JSON.")
+
+
+def run_isolated(config, method, seed, out, logdir, command):
+    """Runs one experiment in a fresh Python process; returns its saved result."""
+    finished = os.path.join(out, method, f"seed_{seed}", "result.json")
+    if not os.path.exists(finished):
+        spec = {"config": dataclasses.asdict(config), "method": method, "seed": seed, "out": out,
+                "logdir": logdir, "command": command}
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child={json.dumps(spec)}"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{config.name} {method} seed {seed} failed:\n{proc.stderr[-3000:]}")
+    return ContinualResult.from_json(finished)
+
+
+def run_child(spec_json):
+    """The child side of `run_isolated`: rebuild the config and run the experiment."""
+    spec = json.loads(spec_json)
+    fields = spec["config"]
+    hparams = fields.pop("hparams")
+    hparams["hidden"] = tuple(hparams["hidden"])
+    config = experiment.ExperimentConfig(**fields, hparams=methods.HyperParameters(**hparams))
+    experiment.run_experiment(config, spec["method"], spec["seed"], spec["out"], spec["logdir"], verbose=0,
+                              command=spec["command"], keep_checkpoints=False)
 
 
 def main(argv):
     del argv
+    if FLAGS.child:
+        return run_child(FLAGS.child)
     seeds = [int(s) for s in FLAGS.seeds]
     hp = methods.HyperParameters(hidden=tuple(int(h) for h in FLAGS.hidden))
     unknown = set(FLAGS.methods or []) - set(methods.names())
@@ -69,8 +101,11 @@ def main(argv):
         print(f"[{i}/{len(runs)}] {label} {method} seed {seed}  (elapsed {elapsed / 60:.1f} min)", flush=True)
         out = os.path.join(FLAGS.outdir, label)
         logdir = os.path.join(FLAGS.logdir, label) if FLAGS.logdir else None
-        result = experiment.run_experiment(config, method, seed, out, logdir, verbose=0, command=command,
-                                           keep_checkpoints=False)
+        if FLAGS.isolate:
+            result = run_isolated(config, method, seed, out, logdir, command)
+        else:
+            result = experiment.run_experiment(config, method, seed, out, logdir, verbose=0, command=command,
+                                               keep_checkpoints=False)
         results.setdefault(label, {}).setdefault(method, []).append(result)
         print(f"    ACC {100 * result.metrics['acc']:.1f}%  BWT {100 * result.metrics['bwt']:+.1f}%", flush=True)
 
