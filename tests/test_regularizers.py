@@ -119,6 +119,21 @@ def test_lwf_distillation_target():
     assert float(distillation_loss(teacher, student, 2.0)) == pytest.approx(4 * np.log(2.0), rel=1e-6)
 
 
+def test_lwf_distillation_over_old_classes_only():
+    # Old classes {0, 1} of three: teacher (0, ln 3, 5) -> targets over {0, 1}: (1/4, 3/4);
+    # student (0, 0, -7) -> log softmax over {0, 1}: log(1/2) each -> L = ln 2 at T = 1.
+    teacher = tf.constant([[0.0, np.log(3.0), 5.0]])
+    student = tf.constant([[0.0, 0.0, -7.0]])
+    old = tf.constant([1.0, 1.0, 0.0])
+    assert float(distillation_loss(teacher, student, 1.0, old)) == pytest.approx(np.log(2.0), rel=1e-6)
+    model = linear_model([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])
+    lwf = le.regularizers.LearningWithoutForgetting(model)
+    lwf.update_teacher(classes=(0, 1))
+    np.testing.assert_array_equal(lwf.old_classes.numpy(), [1, 1, 0])
+    lwf.update_teacher(classes=(2,))
+    np.testing.assert_array_equal(lwf.old_classes.numpy(), [1, 1, 1])
+
+
 def test_lwf_teacher_is_frozen_until_updated():
     model = linear_model([[1.0, 0.0], [0.0, 1.0]])
     lwf = le.regularizers.LearningWithoutForgetting(model, temperature=2.0)

@@ -219,10 +219,10 @@ def _si(scenario, hp):
     return _setup("si", model, _adam(hp), scenario, [penalty])
 
 
-@register("lwf", "learning without forgetting (Li & Hoiem 2017), distillation, T = 2")
+@register("lwf", "learning without forgetting (Li & Hoiem 2017), distillation on old classes, T = 2")
 def _lwf(scenario, hp):
     model = LearningWithoutForgetting(_backbone(scenario, hp), hp.lwf_temperature, hp.lwf_strength)
-    return _setup("lwf", model, _adam(hp), scenario, [LwFUpdate(model)])
+    return _setup("lwf", model, _adam(hp), scenario, [LwFUpdate(model, scenario)])
 
 
 @register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id")

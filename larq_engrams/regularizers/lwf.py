@@ -7,24 +7,37 @@ from larq_engrams.callbacks.base import ContinualCallback
 __all__ = ["LearningWithoutForgetting", "distillation_loss", "LwFUpdate"]
 
 
-def distillation_loss(teacher_logits, student_logits, temperature):
+def distillation_loss(teacher_logits, student_logits, temperature, classes=None):
     r"""Hinton et al.'s soft-target cross-entropy, scaled by T^2 (so gradients keep their
     size as T changes), averaged over the batch:
 
     ```
-    L_KD = -T^2 * mean_batch sum_c softmax(z_old / T)_c * log softmax(z_new / T)_c
+    L_KD = -T^2 * mean_batch sum_{c in C} softmax_C(z_old / T)_c * log softmax_C(z_new / T)_c
     ```
+
+    with both softmaxes taken over the classes C (a 0/1 mask; all classes if None).
     """
+    if classes is not None:
+        outside = tf.constant(-1e9, teacher_logits.dtype)
+        teacher_logits = tf.where(classes > 0, teacher_logits, outside)
+        student_logits = tf.where(classes > 0, student_logits, outside)
     targets = tf.nn.softmax(teacher_logits / temperature, axis=-1)
     log_probs = tf.nn.log_softmax(student_logits / temperature, axis=-1)
+    log_probs = tf.where(targets > 0, log_probs, tf.zeros_like(log_probs))  # 0 * -inf -> 0
     return -(temperature**2) * tf.reduce_mean(tf.reduce_sum(targets * log_probs, axis=-1))
 
 
 class LearningWithoutForgetting(tf.keras.Model):
     """Wraps a model: while training, adds `strength * L_KD(teacher(x), model(x))`, the
     teacher being a frozen copy of the model from the end of the previous task (no
-    distillation during the first task). The teacher's softmax over the whole output
-    is the target (in class-incremental settings it covers the old classes).
+    distillation during the first task).
+
+    The distillation covers the classes of the previous tasks (`old_classes`, recorded
+    by `update_teacher(classes)`), as in the standard class-incremental protocol (van de
+    Ven et al.): the new task's classes are left to the task loss. Without recorded
+    classes it covers the whole output. (Distilling the whole output in class-IL also
+    suppresses the new classes, to which the teacher gives almost no probability: on
+    Split MNIST that kept 41% ACC where the published protocol gives about 24%.)
 
     Update the teacher at task boundaries with the `LwFUpdate` callback (or
     `update_teacher()`); `ContinualTrainer` and `model.fit` both run it.
@@ -46,31 +59,51 @@ class LearningWithoutForgetting(tf.keras.Model):
         self.temperature = float(temperature)
         self.strength = float(strength)
         self.distilling = tf.Variable(0.0, trainable=False, name="distilling")
+        outputs = int(model.output_shape[-1])
+        self.old_classes = tf.Variable(tf.ones(outputs), trainable=False, name="old_classes")
+        self._classes_recorded = False
 
     def call(self, inputs, training=None):
         logits = self.student(inputs, training=training)
         if training:
             old = tf.stop_gradient(self.teacher(inputs, training=False))
-            self.add_loss(self.strength * self.distilling * distillation_loss(old, logits, self.temperature))
+            loss = distillation_loss(old, logits, self.temperature, self.old_classes)
+            self.add_loss(self.strength * self.distilling * loss)
         return logits
 
-    def update_teacher(self):
-        """The teacher becomes a copy of the current model; distillation is on."""
+    def update_teacher(self, classes=None):
+        """The teacher becomes a copy of the current model; distillation is on.
+
+        Args:
+            classes: the labels of the task just learned; they join `old_classes`.
+        """
         self.teacher.set_weights(self.student.get_weights())
         self.distilling.assign(1.0)
+        if classes is not None:
+            mask = self.old_classes.numpy() if self._classes_recorded else tf.zeros_like(self.old_classes).numpy()
+            mask[list(classes)] = 1.0
+            self.old_classes.assign(mask)
+            self._classes_recorded = True
 
 
 class LwFUpdate(ContinualCallback):
     """Updates a `LearningWithoutForgetting` teacher at the end of each task (trainer
-    task hook, or each `model.fit` under the plain Keras path)."""
+    task hook, or each `model.fit` under the plain Keras path), passing the task's
+    labels from `scenario` (set by the trainer, or given here for `model.fit`)."""
 
-    def __init__(self, lwf_model):
+    def __init__(self, lwf_model, scenario=None):
         super().__init__()
         self.lwf_model = lwf_model
+        self.scenario = scenario
+        self._fits = 0
+
+    def _labels(self, task):
+        return None if self.scenario is None else self.scenario[task].labels
 
     def on_task_end(self, task, logs=None):
-        self.lwf_model.update_teacher()
+        self.lwf_model.update_teacher(self._labels(task))
 
     def on_train_end(self, logs=None):
         if not self.task_hooks:  # plain model.fit: each fit is one task
-            self.lwf_model.update_teacher()
+            self.lwf_model.update_teacher(self._labels(self._fits))
+            self._fits += 1
