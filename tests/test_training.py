@@ -102,8 +102,9 @@ def test_memory_values_are_plausible(two_tasks):
     assert memory["peak_rss_bytes"] >= memory["rss_before_bytes"]
     assert memory["peak_rss_bytes"] < 24 * 2**30
     assert memory["peak_gpu_bytes"] is None and memory["gpu_devices"] == []  # no GPU: absent
+    assert memory["tasks"][0]["rss_at_start_bytes"] == memory["rss_before_bytes"]
     for task in memory["tasks"]:
-        assert task["peak_rss_bytes"] >= task["rss_before_bytes"] and task["seconds"] > 0
+        assert task["peak_rss_bytes"] >= task["rss_at_start_bytes"] and task["seconds"] > 0
     assert [t["task"] for t in memory["tasks"]] == [0, 1]
     import threading
 

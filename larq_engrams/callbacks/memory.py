@@ -46,10 +46,10 @@ def _reset_vmhwm():
 class _RssSampler(threading.Thread):
     """Samples the RSS every `interval` seconds until stopped; keeps the maximum."""
 
-    def __init__(self, interval):
+    def __init__(self, interval, initial):
         super().__init__(daemon=True)
         self.interval = interval
-        self.peak = current_rss_bytes()
+        self.peak = initial
         self._stop_event = threading.Event()
 
     def run(self):
@@ -69,7 +69,8 @@ class PeakMemoryCallback(ContinualCallback):
     - GPU (where one exists): `tf.config.experimental.reset_memory_stats(device)` at
       task start, `get_memory_info(device)["peak"]` at task end, per GPU. Without a GPU
       the GPU entries are None ("absent"), never an error.
-    - Host: the RSS before training, and the peak RSS during each task: the larger of
+    - Host: the RSS before training (at the start of the first task), each task's RSS
+      at its start, and the peak RSS during each task (never below its start): the larger of
       Linux' VmHWM (reset at task start through /proc/self/clear_refs) and an RSS
       sampled every `sample_interval` seconds by a background thread (which also
       covers systems without VmHWM). `ru_maxrss` is a lifetime maximum and is not used.
@@ -93,16 +94,21 @@ class PeakMemoryCallback(ContinualCallback):
 
     # -------------------------------------------------------------- measuring
     def _begin(self, task):
+        # One reading for the task's start: it is the first sample of the task's peak
+        # (a peak over an interval includes its start) and, for the first task, the RSS
+        # before training. Two readings could disagree as memory is freed in between.
+        start = current_rss_bytes()
         if self.rss_before_bytes is None:
-            self.rss_before_bytes = current_rss_bytes()
+            self.rss_before_bytes = start
         for device in self.gpu_devices():
             try:
                 tf.config.experimental.reset_memory_stats(device)
             except (ValueError, tf.errors.OpError):
                 pass
         self._vmhwm_reset = _reset_vmhwm()
-        self._sampler = _RssSampler(self.sample_interval)
+        self._sampler = _RssSampler(self.sample_interval, initial=start)
         self._sampler.start()
+        self._start_rss = start
         self._task = task
         self._started = time.perf_counter()
 
@@ -121,6 +127,7 @@ class PeakMemoryCallback(ContinualCallback):
         record = {
             "task": self._task,
             "rss_before_bytes": self.rss_before_bytes,
+            "rss_at_start_bytes": self._start_rss,
             "peak_rss_bytes": max(sampled, hwm or 0),
             "peak_rss_method": "VmHWM+sampled" if hwm else "sampled",
             "peak_gpu_bytes": max(gpu.values()) if gpu and None not in gpu.values() else None,
