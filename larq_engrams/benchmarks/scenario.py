@@ -66,8 +66,9 @@ def make_dataset(
         permutation: optional int array over the flattened pixels.
         task_id: if given, inputs are `(x, task_id)` (task-incremental settings).
     """
-    # The arrays live in memory once, as tensors; the pipeline shuffles and batches
-    # indices and gathers whole batches (per-example tuple slicing costs ~8x more).
+    # The arrays live in memory once, as tensors shared by every dataset built on them;
+    # the pipeline shuffles and batches indices and gathers whole batches. (Measured: as
+    # fast as slicing (image, label) tuples; the point is the sharing.)
     images = tf.convert_to_tensor(images)  # no copy when already a tensor
     labels = tf.convert_to_tensor(np.asarray(labels, np.int32))
     ds = tf.data.Dataset.range(int(labels.shape[0]))
