@@ -11,6 +11,8 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from larq_engrams.block_updates import Block
+
 __all__ = ["EngramDense"]
 
 _TASK_MODE = "task"
@@ -286,6 +288,76 @@ class EngramDense(tf.keras.layers.Layer):
         gate = tf.broadcast_to(gate, tf.shape(z))
         deviation = tf.reduce_sum(standardized * gate, axis=-1) / tf.maximum(tf.reduce_sum(gate, axis=-1), 1.0)
         return out, deviation
+
+    # ------------------------------------------------- engram-restricted execution
+    def engram_units(self, task):
+        """The indices of E_task's units, increasing (an int32 tensor, computed in-graph
+        from the bank, so a compiled function follows `begin_task` without retracing)."""
+        mask = tf.gather(self.engram_masks, tf.cast(task, tf.int32))
+        return tf.cast(tf.where(mask > 0.5)[:, 0], tf.int32)
+
+    def engram_blocks(self, units, input_units=None):
+        """The trainable entries the engram `units` uses, as `Block`s: the kernel block
+        W[input_units, units] (all inputs when `input_units` is None), gamma[units] and
+        beta[units]."""
+        return [
+            Block(self.dense.kernel, input_units, units),
+            Block(self.gamma, units),
+            Block(self.beta, units),
+        ]
+
+    def call_engram(self, inputs, units, weights, training=False):
+        r"""The layer computed on the engram's units only.
+
+        `inputs` are the inputs this engram sees (for a layer after another
+        `EngramDense`: that layer's engram outputs), `weights` the gathered
+        `engram_blocks` (kernel block, gamma, beta). Returns `(outputs, z)`, both of
+        shape (batch, |units|): the outputs are exactly the masked `call`'s outputs at
+        `units` (every other unit is 0 there), and z the pre-BatchNorm activations.
+        Training updates the moving statistics of `units` only, draws the reactivation
+        g from the same stream as `call` and records the activation rate over all N
+        units, so both paths leave the layer in the same state.
+        """
+        training = _static_training_flag(training)
+        kernel, gamma, beta = weights
+        x = inputs
+        if self.dense.input_quantizer is not None:
+            x = self.dense.input_quantizer(x)
+        if self.dense.kernel_quantizer is not None:
+            kernel = self.dense.kernel_quantizer(kernel)
+        z = tf.matmul(x, kernel)
+        if training:
+            mean, variance = tf.nn.moments(z, axes=[0])
+            index = units[:, None]
+            n = tf.constant([self.units])
+            decay = (1.0 - self.momentum) * tf.scatter_nd(index, tf.ones_like(mean), n)
+            self.moving_mean.assign_sub((self.moving_mean - tf.scatter_nd(index, mean, n)) * decay)
+            self.moving_variance.assign_sub(
+                (self.moving_variance - tf.scatter_nd(index, variance, n)) * decay
+            )
+        else:
+            mean = tf.gather(self.moving_mean, units)
+            variance = tf.gather(self.moving_variance, units)
+        y = tf.nn.batch_normalization(z, mean, variance, beta, gamma, self.epsilon)
+        out = self.activation_quantizer(y) if self.activation_quantizer else y
+        if training:
+            g = self._reactivation(tf.shape(z)[0])
+            if g.shape.rank:  # (batch, N) draws, read at the engram's units
+                g = tf.gather(g, units, axis=1)
+            active = tf.reduce_sum(tf.broadcast_to(g, tf.shape(z)))
+            total = tf.cast(tf.shape(z)[0] * self.units, active.dtype)
+            self.activation_rate.assign(active / total)
+            out = out * g
+        return out, z
+
+    def engram_deviation(self, z, units):
+        """`call_with_deviation`'s deviation from the engram's pre-activations `z`
+        (batch, |units|): the mean over the engram of (z - mu)^2 / (var + eps)."""
+        mean = tf.gather(self.moving_mean, units)
+        variance = tf.gather(self.moving_variance, units)
+        standardized = tf.square(z - mean) / (variance + self.epsilon)
+        count = tf.cast(tf.maximum(tf.size(units), 1), standardized.dtype)
+        return tf.reduce_sum(standardized, axis=-1) / count
 
     def _normalize_and_sign(self, z, gate, training):
         """BatchNorm (batch statistics and masked moving updates when training) + sign."""

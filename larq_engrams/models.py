@@ -10,6 +10,8 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from larq_engrams.block_updates import BlockSlotCache, supports_block_updates
+from larq_engrams.subnetwork import EngramSubnetwork
 from larq_engrams.layers import (
     EngramDense,
     default_kernel_initializer,
@@ -20,6 +22,7 @@ __all__ = ["EngramModel", "engram_bnn", "bnn", "mlp", "INFERENCE_MODES"]
 
 INFERENCE_MODES = ("task", "union", "infer")
 CONFIDENCE_MEASURES = ("max_softmax", "entropy", "excitation")
+EXECUTION_MODES = ("sparse", "masked")
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_engrams")
@@ -83,6 +86,7 @@ class EngramModel(tf.keras.Model):
         epsilon=1e-5,
         confidence="excitation",
         restrict_to_engram_classes=True,
+        execution="sparse",
         **kwargs,
     ):
         kwargs.setdefault("name", "engram_bnn")
@@ -93,6 +97,7 @@ class EngramModel(tf.keras.Model):
         self.max_tasks = max_tasks
         self.confidence = _check_choice("confidence", confidence, CONFIDENCE_MEASURES)
         self.restrict_to_engram_classes = bool(restrict_to_engram_classes)
+        self.execution = _check_choice("execution", execution, EXECUTION_MODES)
         self._engram_args = dict(
             max_tasks=max_tasks,
             engram_fraction=engram_fraction,
@@ -123,6 +128,7 @@ class EngramModel(tf.keras.Model):
         )
         self._inference_mode = "task"
         self._inference_task = None
+        self._slot_cache = BlockSlotCache()
         self.build((None, *self._input_shape_arg))
         # Which classes each engram was trained on (seen in its training labels): model
         # state, saved with it; "infer" restricts an engram's prediction to them.
@@ -154,6 +160,7 @@ class EngramModel(tf.keras.Model):
         The active task is the one `fit` trains; "task" inference mode follows it
         unless `set_inference("task", task=k)` fixed another one.
         """
+        self.flush_engram_slots()
         for layer in self.engram_layers:
             if not layer.is_allocated(task):
                 layer.allocate(task)
@@ -208,9 +215,64 @@ class EngramModel(tf.keras.Model):
         self.engram_classes.assign(tf.tensor_scatter_nd_update(self.engram_classes, [[task]], [row]))
 
     def train_step(self, data):
-        _, y, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         self.observe_labels(y)
-        return super().train_step(data)
+        if self.execution != "sparse":
+            return super().train_step(data)
+        x, _ = _split_inputs(x)  # training always gates by the active engram
+
+        def loss_fn(logits):
+            return self.compute_loss(x, y, logits, sample_weight)
+
+        logits, _ = self.train_engram(x, loss_fn, self.optimizer)
+        return self.compute_metrics(x, y, logits, sample_weight)
+
+    def train_engram(self, x, loss_fn, optimizer):
+        """One optimizer step on the active engram's sub-network (sparse execution):
+        forward and backward over the engram's blocks of the weights, and an update of
+        those blocks of the weights and optimizer slots only (`EngramSubnetwork`,
+        `apply_block_gradients`). `loss_fn(logits)` returns the loss. Returns
+        `(logits, loss)`."""
+        subnetwork = EngramSubnetwork(self, self.engram_layers[0].active_task)
+        return subnetwork.train_step(x, loss_fn, optimizer, cache=self._slot_cache)
+
+    def load_engram_slots(self, optimizer):
+        """Starts an epoch of sparse training: gathers the active engram's blocks of
+        the optimizer's moments into a compact `BlockSlotCache`, which the steps then
+        update instead of the full slots (`flush_engram_slots` writes them back).
+        `fit` and `ContinualTrainer` do this around every epoch. A no-op unless the
+        steps can be block sparse (sparse execution, Adam or `MetaplasticAdam` without
+        clipping or weight decay, no `model.losses` penalties, one replica)."""
+        if (
+            self.execution != "sparse"
+            or self.active_task is None
+            or self.distribute_strategy.num_replicas_in_sync > 1
+            or self.losses
+            or not supports_block_updates(optimizer)
+        ):
+            return False
+        subnetwork = EngramSubnetwork(self, tf.constant(self.active_task, tf.int32))
+        self._slot_cache.load(optimizer, subnetwork.blocks, self.trainable_variables)
+        return True
+
+    def flush_engram_slots(self):
+        """Writes the compact moments back into the optimizer's slots (if loaded)."""
+        self._slot_cache.flush()
+
+    def fit(self, *args, **kwargs):
+        """`tf.keras.Model.fit`, with the optimizer moments of the active engram's
+        blocks kept compact during each epoch (sparse execution; see
+        `load_engram_slots`). Between epochs and after `fit` the optimizer holds the
+        exact state."""
+        args = list(args)
+        if len(args) > 5:  # callbacks given by position
+            args[5] = [_EngramSlotEpochs(self), *(args[5] or [])]
+        else:
+            kwargs["callbacks"] = [_EngramSlotEpochs(self), *(kwargs.get("callbacks") or [])]
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            self.flush_engram_slots()
 
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=None):
@@ -231,6 +293,29 @@ class EngramModel(tf.keras.Model):
         return self._infer(self.flatten(tf.convert_to_tensor(x)))[1]
 
     def _forward(self, x, training, task=None, mode="task"):
+        # The first call (Keras' build) creates the weights through the masked path.
+        built = all(layer.built for layer in self.engram_layers) and self.classifier.built
+        if self.execution == "sparse" and mode == "task" and built:
+            return self._sparse_forward(x, training, task)
+        return self._masked_forward(x, training, task, mode)
+
+    def _sparse_forward(self, x, training, task):
+        """The engram's sub-network; per-sample task ids run it when they all name one
+        engram, else the masked network (mixed batches are not the usual case)."""
+        if task is None:
+            task = self.engram_layers[0].active_task
+        task = tf.convert_to_tensor(task)
+        if task.shape.rank == 0:
+            return EngramSubnetwork(self, task)(x, training=training)
+        same = tf.reduce_all(tf.equal(task, task[0])) if task.shape[0] != 0 else tf.constant(True)
+        return tf.cond(
+            tf.logical_and(same, tf.size(task) > 0),
+            lambda: EngramSubnetwork(self, task[0])(x, training=training),
+            lambda: self._masked_forward(x, training, task),
+        )
+
+    def _masked_forward(self, x, training, task, mode="task"):
+        """The reference: every unit computed, then gated (`EngramDense.call`)."""
         h = self.flatten(x)
         for layer in self.engram_layers:
             h = layer(h, training=training, task=task, mode=mode)
@@ -246,21 +331,36 @@ class EngramModel(tf.keras.Model):
         return self.classifier_norm(self.classifier(h), training=False), total
 
     def _infer(self, x):
-        """Runs every allocated engram on a tiled batch; keeps the most confident."""
+        """Runs every allocated engram on the batch (its sub-network, or the masked
+        network on a tiled batch); keeps the most confident per sample."""
         tasks = list(self.allocated_tasks if tf.executing_eagerly() else self._infer_tasks)
         if not tasks:
             raise RuntimeError("EngramModel: 'infer' mode needs at least one allocated engram.")
         x = self.flatten(x)
         batch = tf.shape(x)[0]
         k = len(tasks)
-        tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
-        ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
-        if self.confidence == "excitation":
-            logits, score = self._forward_with_excitation(tiled, ids)
-            logits = tf.reshape(logits, [k, batch, self.num_classes])
-            score = tf.reshape(score, [k, batch])
+        if self.execution == "sparse":  # each engram's sub-network on the batch
+            outputs = [
+                EngramSubnetwork(self, tf.constant(t, tf.int32))(
+                    x, with_excitation=self.confidence == "excitation"
+                )
+                for t in tasks
+            ]
+            if self.confidence == "excitation":
+                logits = tf.stack([o[0] for o in outputs])
+                score = tf.stack([o[1] for o in outputs])
+            else:
+                logits = tf.stack(outputs)
         else:
-            logits = tf.reshape(self._forward(tiled, False, task=ids), [k, batch, self.num_classes])
+            tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
+            ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
+            if self.confidence == "excitation":
+                logits, score = self._forward_with_excitation(tiled, ids)
+                score = tf.reshape(score, [k, batch])
+            else:
+                logits = self._forward(tiled, False, task=ids)
+            logits = tf.reshape(logits, [k, batch, self.num_classes])
+        if self.confidence != "excitation":
             probs = tf.nn.softmax(logits, axis=-1)
         if self.confidence == "max_softmax":
             score = tf.reduce_max(probs, axis=-1)
@@ -286,12 +386,28 @@ class EngramModel(tf.keras.Model):
             "seed": self.seed,
             "confidence": self.confidence,
             "restrict_to_engram_classes": self.restrict_to_engram_classes,
+            "execution": self.execution,
             **self._engram_args,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+class _EngramSlotEpochs(tf.keras.callbacks.Callback):
+    """Loads the compact optimizer moments at each epoch's start, flushes them at its
+    end (first in `fit`'s callback list, so later callbacks see exact slots)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._engram_model = model
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._engram_model.load_engram_slots(self._engram_model.optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._engram_model.flush_engram_slots()
 
 
 def engram_bnn(input_shape, num_classes, hidden=(2048, 2048), max_tasks=5, **kwargs):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-__all__ = ["MetaplasticAdam", "is_binary_kernel"]
+__all__ = ["MetaplasticAdam", "attenuate", "is_binary_kernel"]
 
 
 def is_binary_kernel(variable) -> bool:
@@ -145,7 +145,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
             if self._meta_strength.get(key, 0.0) > 0.0:
                 hidden = tf.convert_to_tensor(getattr(var, "latent_variable", var))
                 m = self._momentums[self._index_dict[key]]
-                shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)  # as in _attenuate
+                shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)  # as in attenuate
                 out[_variable_path(var)] = float(tf.reduce_mean(shrinking))
         return out
 
@@ -232,8 +232,9 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
         return config
 
 
-def _attenuate(hidden, m, strength):
-    """where(sign(W_h) * m > 0, (1 - tanh^2(strength |W_h|)) * m, m)."""
+def attenuate(hidden, m, strength):
+    """The attenuated update direction:
+    where(sign(W_h) * m > 0, (1 - tanh^2(strength |W_h|)) * m, m)."""
     shrinks = tf.sign(hidden) * m > 0
     f_meta = 1.0 - tf.square(tf.tanh(strength * tf.abs(hidden)))
     return tf.where(shrinks, f_meta * m, m)
@@ -241,7 +242,7 @@ def _attenuate(hidden, m, strength):
 
 # Fused by XLA into one pass over the kernel, on CPU as on GPU: unfused, these five
 # elementwise ops cost about 3x Adam's own update on a 2048 x 2048 kernel (2-core CPU).
-_attenuated_direction = tf.function(_attenuate, jit_compile=True)
+_attenuated_direction = tf.function(attenuate, jit_compile=True)
 
 
 def _validate_strength(m):

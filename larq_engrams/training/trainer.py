@@ -11,15 +11,10 @@ import tensorflow as tf
 from larq_engrams.benchmarks.scenario import Scenario
 from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.callbacks.memory import PeakMemoryCallback
-from larq_engrams.evaluation import (
-    TaskEvaluator,
-    class_mask_table,
-    masked_logits,
-    model_inputs,
-    split_task_inputs,
-)
+from larq_engrams.evaluation import TaskEvaluator, class_mask_table, split_task_inputs
 from larq_engrams.models import EngramModel
 from larq_engrams.training.result import ContinualResult, environment, write_atomically
+from larq_engrams.training.step import train_step
 
 __all__ = ["ContinualTrainer"]
 
@@ -123,9 +118,6 @@ class ContinualTrainer:
         self.jit_compile = bool(jit_compile)
         self.seed = seed
         self.verbose = int(verbose)
-        self._loss = tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction=tf.keras.losses.Reduction.NONE
-        )
 
     # -------------------------------------------------------------- public API
     def fit(self, scenario):
@@ -246,26 +238,12 @@ class ContinualTrainer:
                 variable.assign(tf.zeros_like(variable))
 
     def _make_train_step(self):
-        model, optimizer, loss_fn, mask_table = self.model, self.optimizer, self._loss, self._mask_table
+        model, optimizer, mask_table = self.model, self.optimizer, self._mask_table
         strategy = self.strategy
-
-        record_labels = isinstance(model, EngramModel)
 
         def replica_step(x, y):
             x, task_ids = split_task_inputs(x)
-            if record_labels:
-                model.observe_labels(y)
-            with tf.GradientTape() as tape:
-                logits = model(model_inputs(model, x, task_ids), training=True)
-                logits = masked_logits(logits, task_ids, mask_table)
-                loss = tf.nn.compute_average_loss(loss_fn(y, logits))
-                if model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            variables = model.trainable_variables
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            correct = tf.reduce_sum(tf.cast(predictions == tf.cast(y, tf.int32), tf.float32))
-            return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
+            return train_step(model, optimizer, x, y, task_ids, mask_table)
 
         def step(x, y):
             loss, correct, count = strategy.run(replica_step, args=(x, y))
@@ -286,6 +264,18 @@ class ContinualTrainer:
         if progbar is not None:
             print(f"task {t + 1}/{self._num_tasks} epoch {epoch + 1}/{self.epochs}")
         callbacks.on_epoch_begin(epoch)
+        if isinstance(self.model, EngramModel):  # compact optimizer moments for the epoch
+            self.model.load_engram_slots(self.optimizer)
+        try:
+            logs = self._run_batches(task, callbacks, progbar)
+        finally:
+            if isinstance(self.model, EngramModel):
+                self.model.flush_engram_slots()
+        logs = {**logs, "task": t}
+        callbacks.on_epoch_end(epoch, logs)
+        return logs
+
+    def _run_batches(self, task, callbacks, progbar):
         loss_sum = correct_sum = count_sum = 0.0
         batches = 0
         for batch, (x, y) in enumerate(self.strategy.experimental_distribute_dataset(task.train)):
@@ -299,9 +289,7 @@ class ContinualTrainer:
             callbacks.on_train_batch_end(batch, logs)
             if progbar is not None:
                 progbar.update(batch + 1, list(logs.items()))
-        logs = {"loss": loss_sum / max(batches, 1), "accuracy": correct_sum / max(count_sum, 1.0), "task": t}
-        callbacks.on_epoch_end(epoch, logs)
-        return logs
+        return {"loss": loss_sum / max(batches, 1), "accuracy": correct_sum / max(count_sum, 1.0)}
 
     # ------------------------------------------------------------- checkpoints
     def _checkpoint_object(self):

@@ -1,0 +1,350 @@
+"""Block-sparse optimizer steps: update only a sub-block of a variable and of its slots.
+
+While task t trains an engram model, the only non-zero gradients sit on blocks of the
+weights: W_1[:, E_1], W_2[E_1, E_2], W_out[E_2, :] and the engram units' BatchNorm
+parameters. `apply_block_gradients` applies an optimizer step to such blocks only: for
+each `Block(variable, rows, cols)` it gathers the block of the variable and of every
+Adam slot, applies the Adam (or `MetaplasticAdam`) update to it, and scatters it back.
+Every entry outside the blocks, of the weights and of the slots, stays exactly as it
+was: not even Adam's momentum moves it.
+
+With a fresh (or reset) optimizer at each task this equals the dense step on the masked
+network: there, the entries outside the blocks have zero gradient and zero moments, so
+their update m / (sqrt(v) + eps) is exactly 0. With an optimizer kept across tasks they
+differ by design: the dense step keeps moving old entries by their decaying momentum.
+
+Optimizers without a block rule (anything but plain Adam and `MetaplasticAdam`, or Adam
+with gradient clipping, weight decay, EMA or AMSGrad), and steps whose loss has terms
+with gradients outside the blocks (a `model.add_loss` penalty such as EWC), fall back
+to the optimizer's own dense `apply_gradients` on the block gradients scattered into
+zeros: the same result as the masked computation, without the saving.
+"""
+import functools
+from typing import NamedTuple, Optional
+
+import tensorflow as tf
+
+from larq_engrams.optimizers import MetaplasticAdam, attenuate
+
+__all__ = ["Block", "BlockSlotCache", "apply_block_gradients", "gather_block", "latent_variable", "supports_block_updates"]
+
+
+class Block(NamedTuple):
+    """The entries `variable[rows][:, cols]` (None: all rows / all columns)."""
+
+    variable: tf.Variable
+    rows: Optional[tf.Tensor] = None
+    cols: Optional[tf.Tensor] = None
+
+
+def latent_variable(variable):
+    """The variable that holds the values: a Larq `QuantizedVariable`'s latent weights
+    W_h (reading the `QuantizedVariable` itself would give sign(W_h))."""
+    return getattr(variable, "latent_variable", variable)
+
+
+def gather_block(tensor, rows=None, cols=None):
+    """`tensor[rows][:, cols]`, either index vector optional."""
+    if rows is not None:
+        tensor = tf.gather(tensor, rows)
+    if cols is not None:
+        tensor = tf.gather(tensor, cols, axis=1)
+    return tensor
+
+
+def _block_indices(shape, rows, cols):
+    """(r, c, 2) or (r, 1) indices of the block's entries, for scatter_nd."""
+    if len(shape) == 1:
+        return rows[:, None]
+    rows = tf.range(shape[0]) if rows is None else rows
+    cols = tf.range(shape[1]) if cols is None else cols
+    return tf.stack(tf.meshgrid(rows, cols, indexing="ij"), axis=-1)
+
+
+def _read(handle):
+    return tf.raw_ops.ReadVariableOp(resource=handle, dtype=tf.float32)
+
+
+def _scatter_block(handle, shape, values, rows, cols):
+    if rows is None and cols is None:
+        tf.raw_ops.AssignVariableOp(resource=handle, value=values)
+    else:
+        indices = _block_indices(shape, rows, cols)
+        tf.raw_ops.ResourceScatterNdUpdate(ref=handle, indices=indices, updates=values)
+
+
+# Gathers, Adam's arithmetic and scatters of a block fuse in one XLA cluster (outside
+# XLA the same scatters cost ~5x more on a 2-core CPU). It takes resource handles, not
+# variables: a tf.function keeps the variables it was first traced with, while handles
+# are ordinary inputs, so one trace serves every model.
+@tf.function(jit_compile=True)
+def _adam_block_steps(handles, gradients, rows, cols, strengths, alpha, epsilon, beta_1, beta_2):
+    for (variable, m, v), gradient, r, c, strength in zip(handles, gradients, rows, cols, strengths):
+        w_full, m_full, v_full = _read(variable), _read(m), _read(v)
+        shape = w_full.shape
+        m_block = gather_block(m_full, r, c)
+        v_block = gather_block(v_full, r, c)
+        w_block = gather_block(w_full, r, c)
+        m_block = m_block + (gradient - m_block) * (1 - beta_1)
+        v_block = v_block + (tf.square(gradient) - v_block) * (1 - beta_2)
+        direction = m_block if strength is None else attenuate(w_block, m_block, strength)
+        w_block = w_block - (direction * alpha) / (tf.sqrt(v_block) + epsilon)
+        _scatter_block(m, shape, m_block, r, c)
+        _scatter_block(v, shape, v_block, r, c)
+        _scatter_block(variable, shape, w_block, r, c)
+
+
+@tf.function(jit_compile=True)
+def _adam_cached_steps(handles, slots, w_blocks, gradients, rows, cols, strengths, alpha, epsilon, beta_1, beta_2):
+    """The step with compact moments: only the weight blocks are scattered."""
+    for variable, (m, v), w_block, gradient, r, c, strength in zip(
+        handles, slots, w_blocks, gradients, rows, cols, strengths
+    ):
+        m_block = _read(m)
+        v_block = _read(v)
+        m_block = m_block + (gradient - m_block) * (1 - beta_1)
+        v_block = v_block + (tf.square(gradient) - v_block) * (1 - beta_2)
+        direction = m_block if strength is None else attenuate(w_block, m_block, strength)
+        tf.raw_ops.AssignVariableOp(resource=m, value=m_block)
+        tf.raw_ops.AssignVariableOp(resource=v, value=v_block)
+        w_block = w_block - (direction * alpha) / (tf.sqrt(v_block) + epsilon)
+        _scatter_block(variable, _read(variable).shape, w_block, r, c)
+
+
+@tf.function(jit_compile=True)
+def _scatter_blocks(handles, values, rows, cols):
+    for handle, value, r, c in zip(handles, values, rows, cols):
+        _scatter_block(handle, _read(handle).shape, value, r, c)
+
+
+class BlockSlotCache:
+    """Adam's moments of the blocks being trained, held compact for a while.
+
+    Gathering and scattering the moments m, v of every block at every step costs more
+    than a dense Adam pass when a block holds a large part of its variable (XLA's
+    scatters cost ~3 ns per entry and array on a 2-core CPU, a dense Adam pass ~1.3 ns
+    per entry). Between `load` (the blocks' moments gathered into compact variables)
+    and `flush` (scattered back), `apply_block_gradients` updates the compact moments
+    with dense arithmetic and scatters only the weights. `EngramModel.fit` and
+    `ContinualTrainer` load at the start of every epoch and flush at its end, so between
+    epochs the optimizer's own slots hold the exact state; inside an epoch they lag
+    (a callback reading Adam's slots per batch sees the epoch's starting values).
+
+    Only for one replica (no `tf.distribute` strategy with several).
+    """
+
+    def __init__(self):
+        self.optimizer = None
+        self.blocks = ()
+        self._slots = []  # per block: (m, v) compact variables of any shape
+        self._indices = []  # per block: (rows, cols) variables or None
+        self.loaded = tf.Variable(False, trainable=False, name="block_slot_cache_loaded")
+
+    @property
+    def is_open(self):
+        """Whether blocks are loaded (Python-side: steps traced now use the cache)."""
+        return self.optimizer is not None
+
+    def slots(self, index):
+        return self._slots[index]
+
+    def load(self, optimizer, blocks, variables):
+        """Gathers the moments of `blocks` (eagerly; the optimizer is built on
+        `variables` first, as by a step)."""
+        if self.is_open:
+            self.flush()
+        with tf.init_scope():
+            optimizer.build(list(variables))
+        for i, block in enumerate(blocks):
+            index = optimizer._index_dict[optimizer._var_key(block.variable)]
+            values = [gather_block(s, block.rows, block.cols)
+                      for s in (optimizer._momentums[index], optimizer._velocities[index])]
+            if i == len(self._slots):
+                self._slots.append(tuple(
+                    tf.Variable(v, shape=tf.TensorShape(None), trainable=False) for v in values))
+                self._indices.append(tuple(
+                    None if t is None else tf.Variable(t, shape=tf.TensorShape(None), trainable=False)
+                    for t in (block.rows, block.cols)))
+            else:
+                for slot, value in zip(self._slots[i], values):
+                    slot.assign(value)
+                for variable, t in zip(self._indices[i], (block.rows, block.cols)):
+                    if variable is not None:
+                        variable.assign(t)
+        self.optimizer, self.blocks = optimizer, tuple(blocks)
+        self.loaded.assign(True)
+
+    def flush(self):
+        """Scatters the compact moments into the optimizer's slots; closes the cache."""
+        if not self.is_open:
+            return
+        optimizer = self.optimizer
+        handles, values, rows, cols = [], [], [], []
+        for i, block in enumerate(self.blocks):
+            index = optimizer._index_dict[optimizer._var_key(block.variable)]
+            r, c = (None if t is None else t.value() for t in self._indices[i])
+            for full, compact in zip(
+                (optimizer._momentums[index], optimizer._velocities[index]), self._slots[i]
+            ):
+                handles.append(full.handle)
+                values.append(compact.value())
+                rows.append(r)
+                cols.append(c)
+        _scatter_blocks(handles, values, rows, cols)
+        self.optimizer, self.blocks = None, ()
+        self.loaded.assign(False)
+
+
+def supports_block_updates(optimizer) -> bool:
+    """Whether `apply_block_gradients` can update `optimizer`'s slots block by block:
+    plain `tf.keras.optimizers.Adam` or `MetaplasticAdam` (or a subclass that keeps their
+    `update_step`), with no clipping, weight decay, EMA or AMSGrad."""
+    adam = tf.keras.optimizers.Adam
+    if not isinstance(optimizer, adam):
+        return False
+    if type(optimizer).update_step not in (adam.update_step, MetaplasticAdam.update_step):
+        return False
+    return not (
+        getattr(optimizer, "clipnorm", None)
+        or getattr(optimizer, "clipvalue", None)
+        or getattr(optimizer, "global_clipnorm", None)
+        or getattr(optimizer, "weight_decay", None)
+        or getattr(optimizer, "use_ema", False)
+        or getattr(optimizer, "amsgrad", False)
+    )
+
+
+def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradients=(), cache=None, weights=None):
+    """One optimizer step from gradients on blocks of the variables.
+
+    Args:
+        optimizer: a Keras optimizer (see `supports_block_updates` for the fast path).
+        gradients: one tensor per block, of the block's shape (None: no gradient).
+        blocks: `Block`s, each naming one of `variables` and its rows / columns.
+        variables: all the variables the optimizer trains (`model.trainable_variables`):
+            it is built on them, in this order, as a dense `apply_gradients` would.
+        extra_gradients: `(gradient, variable)` pairs of further loss terms that reach
+            whole variables (a `model.add_loss` penalty); None gradients are ignored.
+            Any other one makes the step dense.
+        cache: an open `BlockSlotCache` loaded with the same blocks, for this optimizer:
+            the step updates its compact moments (one replica only).
+        weights: with `cache`, the blocks' current values (gathered latent weights; the
+            variables themselves for whole blocks), to save gathering them again.
+
+    Returns:
+        The optimizer's iteration counter, as `apply_gradients`.
+    """
+    variables = list(variables)
+    gradients = list(gradients)
+    extra = [(g, v) for g, v in extra_gradients if g is not None]
+    if extra or not supports_block_updates(optimizer):
+        if cache is not None and cache.is_open and cache.optimizer is optimizer:
+            raise RuntimeError(
+                "BlockSlotCache is open for this optimizer, but this step is dense (a "
+                "loss term reaches whole variables, or the optimizer has no block rule): "
+                "flush the cache before adding penalties or changing the optimizer."
+            )
+        return _apply_densely(optimizer, gradients, blocks, variables, extra)
+
+    optimizer._compute_current_learning_rate()
+    with tf.name_scope(optimizer.name or "optimizer"):
+        with tf.init_scope():  # slots are created once, outside any function, as Keras does
+            optimizer.build(variables)
+        replica = tf.distribute.get_replica_context()
+        if cache is not None and cache.is_open and cache.optimizer is optimizer and (
+            replica is None or replica.num_replicas_in_sync == 1
+        ):
+            return _update_cached_blocks(optimizer, cache, gradients, blocks, weights)
+        if cache is not None:
+            tf.debugging.assert_equal(
+                cache.loaded, False,
+                message="BlockSlotCache: this step was traced while the cache was closed "
+                        "and runs while it is open; retrace it (make a new tf.function).",
+            )
+        pairs = [(g, b) for g, b in zip(gradients, blocks) if g is not None]
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
+            pairs = [(g, b) for g, (_, b) in zip(summed, pairs)]
+        return tf.__internal__.distribute.interim.maybe_merge_call(
+            lambda strategy, pairs: _update_blocks(optimizer, strategy, pairs),
+            optimizer._distribution_strategy,
+            pairs,
+        )
+
+
+def _hyperparameters(optimizer):
+    """Adam's alpha_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t), epsilon, beta_1, beta_2."""
+    local_step = tf.cast(optimizer.iterations + 1, tf.float32)
+    beta_2_power = tf.pow(tf.cast(optimizer.beta_2, tf.float32), local_step)
+    beta_1_power = tf.pow(tf.cast(optimizer.beta_1, tf.float32), local_step)
+    lr = tf.cast(optimizer.learning_rate, tf.float32)
+    alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+    epsilon = tf.constant(optimizer.epsilon, tf.float32)
+    if getattr(optimizer, "adaptive_epsilon", False):
+        epsilon = epsilon * tf.sqrt(1 - beta_2_power)
+    return alpha, epsilon, tf.constant(optimizer.beta_1, tf.float32), tf.constant(optimizer.beta_2, tf.float32)
+
+
+def _strength(optimizer, variable):
+    m = optimizer.metaplastic_strength(variable) if isinstance(optimizer, MetaplasticAdam) else 0.0
+    return tf.constant(m, tf.float32) if m > 0.0 else None
+
+
+def _update_cached_blocks(optimizer, cache, gradients, blocks, weights):
+    tf.debugging.assert_equal(cache.loaded, True, message="BlockSlotCache was flushed: retrace the step.")
+    handles, slots, w_blocks, grads, rows, cols, strengths = [], [], [], [], [], [], []
+    for i, (gradient, block, weight) in enumerate(zip(gradients, blocks, weights)):
+        if gradient is None:
+            continue
+        handles.append(latent_variable(block.variable).handle)
+        slots.append(tuple(s.handle for s in cache.slots(i)))
+        w_blocks.append(tf.convert_to_tensor(weight))
+        grads.append(gradient)
+        rows.append(block.rows)
+        cols.append(block.cols)
+        strengths.append(_strength(optimizer, block.variable))
+    _adam_cached_steps(handles, slots, w_blocks, grads, rows, cols, strengths, *_hyperparameters(optimizer))
+    return optimizer.iterations.assign_add(1)
+
+
+def _update_blocks(optimizer, strategy, pairs):
+    hyper = _hyperparameters(optimizer)
+
+    def slots(block):
+        index = optimizer._index_dict[optimizer._var_key(block.variable)]
+        return optimizer._momentums[index], optimizer._velocities[index]
+
+    def strength(block):
+        return _strength(optimizer, block.variable)
+
+    for gradient, block in pairs:
+        # Slots and indices go through `args`: each device's update gets its own copy
+        # (after the merge, the replicas' tensors arrive as per-replica values).
+        strategy.extended.update(
+            block.variable,
+            functools.partial(_update_one_block, hyper=hyper, strength=strength(block)),
+            args=(gradient, *slots(block), block.rows, block.cols),
+            group=False,
+        )
+    return optimizer.iterations.assign_add(1)
+
+
+def _update_one_block(variable, gradient, m, v, rows, cols, hyper, strength):
+    handles = [(latent_variable(variable).handle, m.handle, v.handle)]
+    _adam_block_steps(handles, [gradient], [rows], [cols], [strength], *hyper)
+
+
+def _apply_densely(optimizer, gradients, blocks, variables, extra):
+    """The optimizer's own step on the block gradients scattered into zeros."""
+    dense = {id(latent_variable(v)): None for v in variables}
+    for gradient, block in [*zip(gradients, blocks), *((g, Block(v)) for g, v in extra)]:
+        if gradient is None:
+            continue
+        if block.rows is not None or block.cols is not None:
+            indices = _block_indices(block.variable.shape, block.rows, block.cols)
+            gradient = tf.scatter_nd(indices, gradient, tf.shape(block.variable))
+        key = id(latent_variable(block.variable))
+        dense[key] = gradient if dense[key] is None else dense[key] + gradient
+    return optimizer.apply_gradients(
+        [(dense[id(latent_variable(v))], v) for v in variables if dense[id(latent_variable(v))] is not None]
+    )
