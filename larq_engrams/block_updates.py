@@ -95,19 +95,23 @@ def _adam_block_steps(handles, gradients, rows, cols, strengths, alpha, epsilon,
 
 
 @tf.function(jit_compile=True)
-def _adam_cached_steps(handles, slots, w_blocks, gradients, rows, cols, strengths, alpha, epsilon, beta_1, beta_2):
-    """The step with compact moments: only the weight blocks are scattered."""
-    for variable, (m, v), w_block, gradient, r, c, strength in zip(
-        handles, slots, w_blocks, gradients, rows, cols, strengths
+def _adam_cached_steps(handles, slots, gradients, rows, cols, strengths, alpha, epsilon, beta_1, beta_2):
+    """The step on compact copies: the new weight blocks are also scattered into the
+    full variables, so those stay current at every step."""
+    for variable, (m, v, w), gradient, r, c, strength in zip(
+        handles, slots, gradients, rows, cols, strengths
     ):
         m_block = _read(m)
         v_block = _read(v)
+        w_block = _read(w) if w is not None else _read(variable)
         m_block = m_block + (gradient - m_block) * (1 - beta_1)
         v_block = v_block + (tf.square(gradient) - v_block) * (1 - beta_2)
         direction = m_block if strength is None else attenuate(w_block, m_block, strength)
         tf.raw_ops.AssignVariableOp(resource=m, value=m_block)
         tf.raw_ops.AssignVariableOp(resource=v, value=v_block)
         w_block = w_block - (direction * alpha) / (tf.sqrt(v_block) + epsilon)
+        if w is not None:
+            tf.raw_ops.AssignVariableOp(resource=w, value=w_block)
         _scatter_block(variable, _read(variable).shape, w_block, r, c)
 
 
@@ -118,25 +122,28 @@ def _scatter_blocks(handles, values, rows, cols):
 
 
 class BlockSlotCache:
-    """Adam's moments of the blocks being trained, held compact for a while.
+    """Compact copies of the blocks being trained: Adam's moments and the weights.
 
     Gathering and scattering the moments m, v of every block at every step costs more
     than a dense Adam pass when a block holds a large part of its variable (XLA's
     scatters cost ~3 ns per entry and array on a 2-core CPU, a dense Adam pass ~1.3 ns
-    per entry). Between `load` (the blocks' moments gathered into compact variables)
-    and `flush` (scattered back), `apply_block_gradients` updates the compact moments
-    with dense arithmetic and scatters only the weights. `EngramModel.fit` and
-    `ContinualTrainer` load at the start of every epoch and flush at its end, so between
-    epochs the optimizer's own slots hold the exact state; inside an epoch they lag
-    (a callback reading Adam's slots per batch sees the epoch's starting values).
+    per entry). Between `load` (the blocks gathered into compact variables) and `flush`
+    (the moments scattered back), a step reads the compact weight blocks, updates the
+    compact moments and weights with dense arithmetic, and scatters only the new
+    weight blocks into the full variables, which therefore stay current at every step.
+    `EngramModel.fit` and `ContinualTrainer` load at the start of every epoch and flush
+    at its end, so between epochs the optimizer's own slots hold the exact state;
+    inside an epoch they lag (a callback reading Adam's slots per batch sees the
+    epoch's starting values), and weights must change only through the steps.
 
     Only for one replica (no `tf.distribute` strategy with several).
     """
 
     def __init__(self):
         self.optimizer = None
+        self.model = None
         self.blocks = ()
-        self._slots = []  # per block: (m, v) compact variables of any shape
+        self._slots = []  # per block: (m, v, w or None) compact variables of any shape
         self._indices = []  # per block: (rows, cols) variables or None
         self.loaded = tf.Variable(False, trainable=False, name="block_slot_cache_loaded")
 
@@ -146,32 +153,37 @@ class BlockSlotCache:
         return self.optimizer is not None
 
     def slots(self, index):
+        """(m, v, w) of block `index`: compact variables; w is None for whole blocks."""
         return self._slots[index]
 
-    def load(self, optimizer, blocks, variables):
-        """Gathers the moments of `blocks` (eagerly; the optimizer is built on
-        `variables` first, as by a step)."""
+    def weights(self, index):
+        return self._slots[index][2]
+
+    def load(self, optimizer, blocks, variables, model=None):
+        """Gathers `blocks` of the weights and moments (eagerly; the optimizer is built
+        on `variables` first, as a step would). `model`: the model whose steps may
+        read the compact weights."""
         if self.is_open:
             self.flush()
         with tf.init_scope():
             optimizer.build(list(variables))
         for i, block in enumerate(blocks):
             index = optimizer._index_dict[optimizer._var_key(block.variable)]
-            values = [gather_block(s, block.rows, block.cols)
-                      for s in (optimizer._momentums[index], optimizer._velocities[index])]
+            whole = block.rows is None and block.cols is None
+            sources = [optimizer._momentums[index], optimizer._velocities[index]]
+            sources += [None if whole else latent_variable(block.variable)]
+            values = [None if s is None else gather_block(tf.convert_to_tensor(s), block.rows, block.cols)
+                      for s in sources]
             if i == len(self._slots):
-                self._slots.append(tuple(
-                    tf.Variable(v, shape=tf.TensorShape(None), trainable=False) for v in values))
-                self._indices.append(tuple(
-                    None if t is None else tf.Variable(t, shape=tf.TensorShape(None), trainable=False)
-                    for t in (block.rows, block.cols)))
+                shape = _block_shape(block)
+                self._slots.append(tuple(_dynamic_variable(v, shape) for v in values))
+                self._indices.append(tuple(_dynamic_variable(t, [None]) for t in (block.rows, block.cols)))
             else:
-                for slot, value in zip(self._slots[i], values):
-                    slot.assign(value)
-                for variable, t in zip(self._indices[i], (block.rows, block.cols)):
+                for variable, value in [*zip(self._slots[i], values),
+                                        *zip(self._indices[i], (block.rows, block.cols))]:
                     if variable is not None:
-                        variable.assign(t)
-        self.optimizer, self.blocks = optimizer, tuple(blocks)
+                        variable.assign(value)
+        self.optimizer, self.model, self.blocks = optimizer, model, tuple(blocks)
         self.loaded.assign(True)
 
     def flush(self):
@@ -184,15 +196,32 @@ class BlockSlotCache:
             index = optimizer._index_dict[optimizer._var_key(block.variable)]
             r, c = (None if t is None else t.value() for t in self._indices[i])
             for full, compact in zip(
-                (optimizer._momentums[index], optimizer._velocities[index]), self._slots[i]
+                (optimizer._momentums[index], optimizer._velocities[index]), self._slots[i][:2]
             ):
                 handles.append(full.handle)
                 values.append(compact.value())
                 rows.append(r)
                 cols.append(c)
         _scatter_blocks(handles, values, rows, cols)
-        self.optimizer, self.blocks = None, ()
+        self.optimizer, self.model, self.blocks = None, None, ()
         self.loaded.assign(False)
+
+
+def _block_shape(block):
+    """The block's static shape: None along the indexed (engram-sized) axes."""
+    shape = list(block.variable.shape)
+    if block.rows is not None:
+        shape[0] = None
+    if block.cols is not None:
+        shape[1] = None
+    return shape
+
+
+def _dynamic_variable(value, shape):
+    """A variable that later loads may give another size (engrams differ in size)."""
+    if value is None:
+        return None
+    return tf.Variable(value, shape=tf.TensorShape(shape), trainable=False)
 
 
 def supports_block_updates(optimizer) -> bool:
@@ -214,7 +243,7 @@ def supports_block_updates(optimizer) -> bool:
     )
 
 
-def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradients=(), cache=None, weights=None):
+def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradients=(), cache=None):
     """One optimizer step from gradients on blocks of the variables.
 
     Args:
@@ -227,9 +256,7 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
             whole variables (a `model.add_loss` penalty); None gradients are ignored.
             Any other one makes the step dense.
         cache: an open `BlockSlotCache` loaded with the same blocks, for this optimizer:
-            the step updates its compact moments (one replica only).
-        weights: with `cache`, the blocks' current values (gathered latent weights; the
-            variables themselves for whole blocks), to save gathering them again.
+            the step updates its compact copies (one replica only).
 
     Returns:
         The optimizer's iteration counter, as `apply_gradients`.
@@ -254,13 +281,7 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
         if cache is not None and cache.is_open and cache.optimizer is optimizer and (
             replica is None or replica.num_replicas_in_sync == 1
         ):
-            return _update_cached_blocks(optimizer, cache, gradients, blocks, weights)
-        if cache is not None:
-            tf.debugging.assert_equal(
-                cache.loaded, False,
-                message="BlockSlotCache: this step was traced while the cache was closed "
-                        "and runs while it is open; retrace it (make a new tf.function).",
-            )
+            return _update_cached_blocks(optimizer, cache, gradients, blocks)
         pairs = [(g, b) for g, b in zip(gradients, blocks) if g is not None]
         if replica is not None and replica.num_replicas_in_sync > 1:
             summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
@@ -290,20 +311,18 @@ def _strength(optimizer, variable):
     return tf.constant(m, tf.float32) if m > 0.0 else None
 
 
-def _update_cached_blocks(optimizer, cache, gradients, blocks, weights):
-    tf.debugging.assert_equal(cache.loaded, True, message="BlockSlotCache was flushed: retrace the step.")
-    handles, slots, w_blocks, grads, rows, cols, strengths = [], [], [], [], [], [], []
-    for i, (gradient, block, weight) in enumerate(zip(gradients, blocks, weights)):
+def _update_cached_blocks(optimizer, cache, gradients, blocks):
+    handles, slots, grads, rows, cols, strengths = [], [], [], [], [], []
+    for i, (gradient, block) in enumerate(zip(gradients, blocks)):
         if gradient is None:
             continue
         handles.append(latent_variable(block.variable).handle)
-        slots.append(tuple(s.handle for s in cache.slots(i)))
-        w_blocks.append(tf.convert_to_tensor(weight))
+        slots.append(tuple(None if s is None else s.handle for s in cache.slots(i)))
         grads.append(gradient)
         rows.append(block.rows)
         cols.append(block.cols)
         strengths.append(_strength(optimizer, block.variable))
-    _adam_cached_steps(handles, slots, w_blocks, grads, rows, cols, strengths, *_hyperparameters(optimizer))
+    _adam_cached_steps(handles, slots, grads, rows, cols, strengths, *_hyperparameters(optimizer))
     return optimizer.iterations.assign_add(1)
 
 

@@ -232,9 +232,24 @@ class EngramModel(tf.keras.Model):
         forward and backward over the engram's blocks of the weights, and an update of
         those blocks of the weights and optimizer slots only (`EngramSubnetwork`,
         `apply_block_gradients`). `loss_fn(logits)` returns the loss. Returns
-        `(logits, loss)`."""
-        subnetwork = EngramSubnetwork(self, self.engram_layers[0].active_task)
-        return subnetwork.train_step(x, loss_fn, optimizer, cache=self._slot_cache)
+        `(logits, loss)`.
+
+        The engram's unit indices are computed first and the step itself is compiled
+        with XLA (`jit_engram_steps`), once per engram shape: XLA needs static shapes,
+        and an engram's size is fixed for its task.
+        """
+        units = [layer.engram_units(layer.active_task) for layer in self.engram_layers]
+        cache = self._slot_cache
+        # Which path a step takes is fixed when it is traced: refuse to run it with the
+        # cache in the other state (its copies and the full slots would diverge).
+        tf.debugging.assert_equal(
+            cache.loaded, cache.is_open and cache.optimizer is optimizer,
+            message="EngramModel: this train step was traced with the optimizer-slot cache "
+                    "(load_engram_slots) in another state than it runs with; retrace it "
+                    "(make a new tf.function).",
+        )
+        subnetwork = EngramSubnetwork(self, self.engram_layers[0].active_task, cache=cache)
+        return subnetwork.train_step(x, loss_fn, optimizer, cache=cache)
 
     def load_engram_slots(self, optimizer):
         """Starts an epoch of sparse training: gathers the active engram's blocks of
@@ -252,7 +267,7 @@ class EngramModel(tf.keras.Model):
         ):
             return False
         subnetwork = EngramSubnetwork(self, tf.constant(self.active_task, tf.int32))
-        self._slot_cache.load(optimizer, subnetwork.blocks, self.trainable_variables)
+        self._slot_cache.load(optimizer, subnetwork.blocks, self.trainable_variables, model=self)
         return True
 
     def flush_engram_slots(self):

@@ -37,7 +37,10 @@ class EngramSubnetwork:
     gather; `train_step` does exactly that.
     """
 
-    def __init__(self, model, task):
+    def __init__(self, model, task, cache=None):
+        """`task`: an int32 scalar. `cache`: a `BlockSlotCache` loaded with this
+        engram's blocks, whose compact copies of the weight blocks are then read instead
+        of gathering them."""
         self.model = model
         self.units = [layer.engram_units(task) for layer in model.engram_layers]
         blocks, rows = [], None
@@ -47,10 +50,12 @@ class EngramSubnetwork:
         blocks.append(Block(model.classifier.kernel, rows))
         blocks += [Block(v) for v in model.classifier_norm.trainable_weights]
         self.blocks = blocks
+        use_cache = cache is not None and cache.is_open and cache.model is model
         self.weights = [
             b.variable if b.rows is None and b.cols is None
+            else cache.weights(i).value() if use_cache
             else gather_block(tf.convert_to_tensor(latent_variable(b.variable)), b.rows, b.cols)
-            for b in blocks
+            for i, b in enumerate(blocks)
         ]
 
     @property
@@ -98,6 +103,5 @@ class EngramSubnetwork:
             self.model.trainable_variables,
             extra_gradients=zip(extra, partial),
             cache=cache,
-            weights=self.weights,
         )
         return logits, loss
