@@ -145,7 +145,8 @@ class BlockSlotCache:
         self.blocks = ()
         self._slots = []  # per block: (m, v, w or None) compact variables of any shape
         self._indices = []  # per block: (rows, cols) variables or None
-        self.loaded = tf.Variable(False, trainable=False, name="block_slot_cache_loaded")
+        self.loaded = tf.Variable(False, trainable=False, name="block_slot_cache_loaded",
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     @property
     def is_open(self):

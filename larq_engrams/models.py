@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import larq as lq
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model import save_context
 
 from larq_engrams.block_updates import BlockSlotCache, supports_block_updates
-from larq_engrams.subnetwork import EngramSubnetwork
+from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache, StackedEngramSubnetworks
 from larq_engrams.layers import (
     EngramDense,
     default_kernel_initializer,
@@ -129,6 +130,7 @@ class EngramModel(tf.keras.Model):
         self._inference_mode = "task"
         self._inference_task = None
         self._slot_cache = BlockSlotCache()
+        self._inference_blocks = InferenceBlockCache()
         self.build((None, *self._input_shape_arg))
         # Which classes each engram was trained on (seen in its training labels): model
         # state, saved with it; "infer" restricts an engram's prediction to them.
@@ -191,9 +193,19 @@ class EngramModel(tf.keras.Model):
         """`{layer name: E_task}` (boolean arrays)."""
         return {layer.name: layer.engram_mask(task) for layer in self.engram_layers}
 
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        self._inference_blocks.invalidate()
+
+    def load_weights(self, *args, **kwargs):
+        status = super().load_weights(*args, **kwargs)
+        self._inference_blocks.invalidate()
+        return status
+
     def _reset_compiled_functions(self):
         # The graph depends on the mode and, in "infer", on the allocated tasks: take
         # them here, eagerly, and make Keras retrace.
+        self._inference_blocks.invalidate()
         self._infer_tasks = tuple(self.allocated_tasks)
         self.train_function = self.test_function = self.predict_function = None
 
@@ -208,6 +220,7 @@ class EngramModel(tf.keras.Model):
     def observe_labels(self, labels):
         """Records the classes in `labels` as trained by the active engram (in-graph;
         called by `train_step` and by `ContinualTrainer` at every training step)."""
+        self._inference_blocks.invalidate()  # a training step: the weights change
         seen = tf.reduce_max(tf.one_hot(tf.cast(labels, tf.int32), self.num_classes), axis=0)
         task = self.engram_layers[0].active_task
         row = tf.maximum(tf.gather(self.engram_classes, task), seen)
@@ -354,18 +367,14 @@ class EngramModel(tf.keras.Model):
         x = self.flatten(x)
         batch = tf.shape(x)[0]
         k = len(tasks)
-        if self.execution == "sparse":  # each engram's sub-network on the batch
-            outputs = [
-                EngramSubnetwork(self, tf.constant(t, tf.int32))(
-                    x, with_excitation=self.confidence == "excitation"
-                )
-                for t in tasks
-            ]
+        if self.execution == "sparse":  # the engrams' sub-networks, stacked
+            stacked = StackedEngramSubnetworks(self, tasks)
+            # A SavedModel export must not capture the cache: it is transient state.
+            cache = None if save_context.in_save_context() else self._inference_blocks
             if self.confidence == "excitation":
-                logits = tf.stack([o[0] for o in outputs])
-                score = tf.stack([o[1] for o in outputs])
+                logits, score = stacked(x, with_excitation=True, cache=cache)
             else:
-                logits = tf.stack(outputs)
+                logits = stacked(x, cache=cache)
         else:
             tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
             ids = tf.repeat(tf.constant(tasks, tf.int32), batch)

@@ -13,11 +13,12 @@ outputs 0 there, so the rows of W_{l+1} outside E_l multiply zeros and the colum
 outside E_l feed units that are gated off. At rho = 0.2 and 784-2048-2048-10 the blocks
 hold about 8.5 % of the weights, and training and inference cost scale with them.
 """
+import numpy as np
 import tensorflow as tf
 
 from larq_engrams.block_updates import Block, apply_block_gradients, gather_block, latent_variable
 
-__all__ = ["EngramSubnetwork"]
+__all__ = ["EngramSubnetwork", "InferenceBlockCache", "StackedEngramSubnetworks"]
 
 
 class EngramSubnetwork:
@@ -105,3 +106,153 @@ class EngramSubnetwork:
             cache=cache,
         )
         return logits, loss
+
+
+class StackedEngramSubnetworks:
+    r"""Several engrams' sub-networks run together: "infer" mode in sparse execution.
+
+    The engrams' unit indices are read once (they are fixed after allocation, and
+    `EngramModel` retraces its inference graph when an engram is allocated), padded to
+    the largest engram of each layer, and stacked. Each layer is then one gather and
+    one batched matmul over the K engrams,
+
+    ```
+    Z_l[k] = H_{l-1}[k] @ sign(W_l[E_{l-1}^k, E_l^k])          (K, batch, r_l)
+    H_l[k] = sign(BN_l[E_l^k](Z_l[k])) * valid_l[k]              padded units output 0
+    ```
+
+    instead of K separate chains of small ops. Padded units point at unit 0 and are
+    zeroed, so they add nothing downstream; the excitation averages over the valid
+    units only.
+    """
+
+    def __init__(self, model, tasks):
+        self.model = model
+        self.tasks = list(tasks)
+        self.units, self.valid = [], []
+        for layer in model.engram_layers:
+            with tf.init_scope():  # constants of the traced graph
+                masks = [layer.engram_mask(t) for t in self.tasks]
+            width = max(1, max(int(m.sum()) for m in masks))
+            units = np.zeros((len(masks), width), np.int32)
+            valid = np.zeros((len(masks), width), np.float32)
+            for k, mask in enumerate(masks):
+                index = np.flatnonzero(mask)
+                units[k, : index.size] = index
+                valid[k, : index.size] = 1.0
+            self.units.append(tf.constant(units))
+            self.valid.append(tf.constant(valid))
+
+    def kernel_blocks(self):
+        """The quantized kernel blocks: per hidden layer (inputs, K, r_1) for the first
+        and (K, r_{l-1}, r_l) after it, then (K, r_L, classes) for the output."""
+        model, blocks, rows = self.model, [], None
+        for layer, units in zip(model.engram_layers, self.units):
+            kernel = tf.convert_to_tensor(latent_variable(layer.dense.kernel))
+            if rows is None:  # every engram sees all inputs
+                block = tf.gather(kernel, units, axis=1)
+            else:  # rows of the previous layer's engram, columns of this one
+                block = tf.gather(tf.gather(kernel, rows), units, axis=2, batch_dims=1)
+            blocks.append(_quantize(layer.dense.kernel_quantizer, block))
+            rows = units
+        kernel = tf.gather(tf.convert_to_tensor(latent_variable(model.classifier.kernel)), rows)
+        blocks.append(_quantize(model.classifier.kernel_quantizer, kernel))
+        return blocks
+
+    def __call__(self, x, with_excitation=False, cache=None):
+        """(K, batch, classes) logits (and (K, batch) excitation scores). With an
+        `InferenceBlockCache`, the kernel blocks are read from it (computed and stored
+        when it is not valid)."""
+        model = self.model
+        blocks = self.kernel_blocks() if cache is None else cache.blocks(self)
+        h = model.flatten(x)
+        excitation = 0.0
+        for i, (layer, units, valid) in enumerate(zip(model.engram_layers, self.units, self.valid)):
+            if i == 0:
+                x_in = h if layer.dense.input_quantizer is None else layer.dense.input_quantizer(h)
+                z = tf.einsum("bi,ikr->kbr", x_in, blocks[0])
+            else:
+                z = tf.matmul(h, blocks[i])
+            mean = tf.gather(layer.moving_mean, units)[:, None, :]
+            variance = tf.gather(layer.moving_variance, units)[:, None, :]
+            gamma = tf.gather(layer.gamma, units)[:, None, :]
+            beta = tf.gather(layer.beta, units)[:, None, :]
+            y = tf.nn.batch_normalization(z, mean, variance, beta, gamma, layer.epsilon)
+            out = layer.activation_quantizer(y) if layer.activation_quantizer else y
+            h = out * valid[:, None, :]
+            if with_excitation:
+                standardized = tf.square(z - mean) / (variance + layer.epsilon)
+                count = tf.reduce_sum(valid, axis=-1)[:, None]
+                excitation += tf.reduce_sum(standardized * valid[:, None, :], axis=-1) / tf.maximum(count, 1.0)
+        classifier = model.classifier
+        if classifier.input_quantizer is not None:
+            h = classifier.input_quantizer(h)
+        logits = tf.matmul(h, blocks[-1])
+        shape = tf.shape(logits)
+        logits = tf.reshape(
+            model.classifier_norm(tf.reshape(logits, [-1, shape[-1]]), training=False), shape
+        )
+        return (logits, excitation) if with_excitation else logits
+
+
+def _quantize(quantizer, kernel):
+    return kernel if quantizer is None else quantizer(kernel)
+
+
+class InferenceBlockCache:
+    """The stacked engrams' quantized kernel blocks, kept between inference calls.
+
+    Gathering the blocks costs about as much as a dense forward pass at 2048-2048 (it
+    reads most of W_2's rows), while the weights do not change between the batches of
+    an evaluation. The first call after `invalidate()` computes and stores them (in the
+    graph, under `tf.cond`); later calls read them. `EngramModel` invalidates it at
+    every training step, `begin_task`, `set_inference`, `set_weights` and
+    `load_weights`; code that assigns the model's variables directly must call
+    `invalidate()` (or `set_inference`) itself.
+    """
+
+    def __init__(self):
+        # Written in training steps, which may run in a replica context.
+        self.valid = tf.Variable(False, trainable=False, name="inference_blocks_valid",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._variables = []
+
+    def invalidate(self):
+        self.valid.assign(False)
+
+    def blocks(self, stacked):
+        shapes = [b.shape for b in _static_block_shapes(stacked)]
+        with tf.init_scope():
+            while len(self._variables) < len(shapes):
+                rank = len(shapes[len(self._variables)])
+                self._variables.append(tf.Variable(
+                    tf.zeros([0] * rank), shape=tf.TensorShape([None] * rank), trainable=False))
+        variables = self._variables[: len(shapes)]
+
+        def refresh():
+            blocks = stacked.kernel_blocks()
+            with tf.control_dependencies([v.assign(b) for v, b in zip(variables, blocks)]):
+                with tf.control_dependencies([self.valid.assign(True)]):
+                    return [tf.identity(b) for b in blocks]
+
+        def read():
+            return [v.value() for v in variables]
+
+        blocks = tf.cond(self.valid, read, refresh)
+        for block, shape in zip(blocks, shapes):
+            block.set_shape(shape)
+        return blocks
+
+
+def _static_block_shapes(stacked):
+    """tf.TensorSpecs of `kernel_blocks()` (known from the index tables)."""
+    model, specs, previous = stacked.model, [], None
+    for layer, units in zip(model.engram_layers, stacked.units):
+        k, r = units.shape
+        if previous is None:
+            specs.append(tf.TensorSpec([layer.dense.kernel.shape[0], k, r]))
+        else:
+            specs.append(tf.TensorSpec([k, previous, r]))
+        previous = r
+    specs.append(tf.TensorSpec([stacked.units[-1].shape[0], previous, model.classifier.kernel.shape[1]]))
+    return specs

@@ -226,3 +226,32 @@ def test_slot_cache_is_not_used_when_steps_cannot_be_block_sparse():
     assert sparse.load_engram_slots(tf.keras.optimizers.SGD()) is False
     assert sparse.load_engram_slots(tf.keras.optimizers.Adam(clipnorm=1.0)) is False
     assert masked.load_engram_slots(tf.keras.optimizers.Adam()) is False
+
+
+def test_infer_never_serves_blocks_of_older_weights():
+    sparse, masked = model_pair(OVERLAPPING)
+    x, _ = task_data(1)
+
+    def same_predictions():
+        for model in (sparse, masked):
+            model.set_inference("infer")
+        predict = [tf.function(lambda a, m=m: m(a, training=False)) for m in (sparse, masked)]
+        np.testing.assert_allclose(predict[0](x).numpy(), predict[1](x).numpy(), rtol=1e-5, atol=1e-5)
+        return predict
+
+    for task in range(2):
+        for model in (sparse, masked):
+            train(model, tf.keras.optimizers.Adam(0.01), task)
+    predict = same_predictions()
+    before = predict[0](x).numpy()
+    for model in (sparse, masked):  # more training: the cached blocks must be dropped
+        x1, y1 = task_data(1)
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.05), loss=LOSS)
+        model.fit(x1, y1, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    after = predict[0](x).numpy()  # the same traced function, new weights
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, predict[1](x).numpy(), rtol=1e-5, atol=1e-5)
+    weights = [-w if "kernel" in v.name else w for v, w in zip(sparse.weights, sparse.get_weights())]
+    for model in (sparse, masked):
+        model.set_weights(weights)
+    np.testing.assert_allclose(predict[0](x).numpy(), predict[1](x).numpy(), rtol=1e-5, atol=1e-5)

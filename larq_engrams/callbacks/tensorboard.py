@@ -20,7 +20,8 @@ class EngramTensorBoard(ContinualCallback):
       - `engram/activation_rate/<layer>`: fraction of the layer's units that were
         non-zero in the last step (engram size x reactivation), every `update_freq` steps;
       - `metaplasticity/attenuated_fraction/<kernel>`: for `MetaplasticAdam`, the
-        fraction of hidden weights whose update is attenuated, every `update_freq` steps;
+        fraction of hidden weights whose update is attenuated, at each epoch end (where
+        the optimizer's slots are exact also under sparse engram training);
       - `engram/size/<layer>`, `engram/overlap/<layer>/<s>-<t>` (|E_s and E_t| / N): at
         each task start, step = task index;
       - `eval/accuracy/task_<k>`, `eval/acc_seen`, `eval/accuracy_matrix` (an image): at
@@ -64,10 +65,14 @@ class EngramTensorBoard(ContinualCallback):
                     tf.summary.scalar(f"train/{key}", float(logs[key]))
             for layer in self._engram_layers():
                 tf.summary.scalar(f"engram/activation_rate/{layer.name}", float(layer.activation_rate))
-            fractions = getattr(self._optimizer(), "attenuated_fractions", None)
-            if fractions is not None:
-                for path, value in fractions().items():
-                    tf.summary.scalar(f"metaplasticity/attenuated_fraction/{path}", value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        fractions = getattr(self._optimizer(), "attenuated_fractions", None)
+        if fractions is None:
+            return
+        with self.writer.as_default(step=self.step):
+            for path, value in fractions().items():
+                tf.summary.scalar(f"metaplasticity/attenuated_fraction/{path}", value)
 
     def on_task_begin(self, task, logs=None):
         with self.writer.as_default(step=task):
