@@ -237,3 +237,14 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert len(set(out["steps"])) == 1 and out["steps"][0] > 0  # one reactivation counter
     R = np.array(out["R"])
     assert R[0, 0] > 0.9 and np.isfinite(R).all()
+
+
+def test_jit_compile_auto_leaves_the_sparse_engram_step_outside_xla(two_tasks):
+    sparse = ContinualTrainer(small_engram_model(two_tasks), "adam", verbose=0)
+    assert sparse.jit_compile is False
+    dense = ContinualTrainer(le.bnn(two_tasks.input_shape, two_tasks.num_classes, hidden=(16,)), "adam", verbose=0)
+    assert dense.jit_compile is True
+    with pytest.raises(ValueError, match="jit_compile"):
+        ContinualTrainer(small_engram_model(two_tasks), "adam", jit_compile=True)
+    with pytest.raises(ValueError, match="jit_compile"):
+        ContinualTrainer(small_engram_model(two_tasks), "adam", jit_compile="yes")

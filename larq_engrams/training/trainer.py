@@ -308,7 +308,7 @@ class ContinualTrainer:
             read = batch_logs or (every is not None and batches % every == 0)
             logs = self._epoch_logs() if read else None
             callbacks.on_train_batch_end(batch, logs)
-            if read and progbar is not None:
+            if read and progbar is not None and batches != progbar.target:
                 progbar.update(batches, list(logs.items()))
         logs = self._epoch_logs()
         if progbar is not None:
