@@ -51,6 +51,11 @@ flags.DEFINE_enum("inference", "infer", ["infer", "union"], "Engram inference wi
 flags.DEFINE_list("seeds", ["0"], "Seeds; several give mean and standard error.")
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir, or the folder of original files (--source=local, CORe50).")
+flags.DEFINE_enum("evaluate_on", "test", list(benchmarks.EVALUATION_SPLITS),
+                  "'validation': evaluate on a held-out part of the training data (for choosing "
+                  "settings; the test split is never read); 'test': the final evaluation.")
+flags.DEFINE_float("validation_fraction", 0.1, "With --evaluate_on=validation: the fraction of training "
+                   "data held out (stratified by class, seeded by the run's seed).")
 flags.DEFINE_string("outdir", "runs/results", "Where results go.")
 flags.DEFINE_string("logdir", "runs/logs", "Where TensorBoard logs go.")
 flags.DEFINE_string("name", None, "Run name (default: scenario-setting).")
@@ -129,7 +134,8 @@ def main(argv):
     config = experiment.ExperimentConfig(
         scenario=FLAGS.scenario, setting=setting, num_tasks=FLAGS.num_tasks, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, source=FLAGS.source, data_dir=FLAGS.data_dir,
-        engram_inference=FLAGS.inference,
+        engram_inference=FLAGS.inference, evaluate_on=FLAGS.evaluate_on,
+        validation_fraction=FLAGS.validation_fraction,
         hparams=methods.HyperParameters(
             hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
             activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,

@@ -38,20 +38,31 @@ class ExperimentConfig:
     data_dir: str = None
     engram_inference: str = "infer"
     hparams: methods.HyperParameters = methods.HyperParameters()
+    # "validation": evaluate on held-out training data, never on the test split (for
+    # choosing settings); "test": the one final evaluation.
+    evaluate_on: str = "test"
+    validation_fraction: float = 0.1
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
             raise ValueError(f"`scenario` must be one of {SCENARIOS}, got {self.scenario!r}.")
         if self.scenario in ("permuted_mnist", "core50_ni") and self.setting != "domain":
             raise ValueError(f"{self.scenario} is domain-incremental: use setting='domain'.")
+        if self.evaluate_on not in benchmarks.EVALUATION_SPLITS:
+            raise ValueError(f"`evaluate_on` must be one of {benchmarks.EVALUATION_SPLITS}, got {self.evaluate_on!r}.")
+        if self.evaluate_on == "validation" and self.scenario == "core50_ni":
+            raise ValueError("core50_ni has no validation split yet: use evaluate_on='test'.")
 
     @property
     def name(self):
-        return f"{self.scenario}-{self.setting}"
+        suffix = "-validation" if self.evaluate_on == "validation" else ""
+        return f"{self.scenario}-{self.setting}{suffix}"
 
 
 def make_scenario(config, seed):
     common = dict(batch_size=config.batch_size)
+    if config.scenario != "core50_ni":
+        common.update(evaluate_on=config.evaluate_on, validation_fraction=config.validation_fraction)
     if config.scenario == "permuted_mnist":
         return benchmarks.permuted_mnist(config.num_tasks or 10, seed=seed, source=config.source,
                                          data_dir=config.data_dir, **common)

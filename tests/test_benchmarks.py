@@ -128,8 +128,9 @@ def test_normalization_is_stated_and_applied(no_tfds):
     np.testing.assert_allclose(x, (raw - 0.1307) / 0.3081, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_without_tfds_and_without_sample_says_what_to_do(no_tfds):
-    with pytest.raises(FileNotFoundError, match="source='local'"):
+def test_auto_without_tfds_and_without_sample_says_what_to_do(no_tfds, monkeypatch, tmp_path):
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist.*source='local'"):
         B.split_fashion_mnist()
     with pytest.raises(ValueError, match="no bundled sample"):
         B.split_cifar10(source="bundled")
@@ -266,3 +267,55 @@ def test_core50_ni(core50_dir):
     os.remove(folder / "LUP.pkl")
     with pytest.raises(FileNotFoundError, match="LUP.pkl"):
         B.core50_ni(str(folder))
+
+
+# ------------------------------------------------------------------ validation protocol
+def _rows(x):
+    return {bytes(row) for row in np.asarray(x).reshape(len(x), -1)}
+
+
+def test_validation_split_is_held_out_of_training_stratified_and_seeded(bundled):
+    arrays = B.hold_out_validation(bundled, 0.1, seed=3)
+    assert len(arrays.y_test) + len(arrays.y_train) == 8000
+    train_rows, val_rows = _rows(arrays.x_train), _rows(arrays.x_test)
+    assert not train_rows & val_rows  # disjoint from what is trained on
+    assert val_rows <= _rows(bundled.x_train) and not val_rows & _rows(bundled.x_test)
+    counts, held = np.bincount(bundled.y_train), np.bincount(arrays.y_test)
+    np.testing.assert_array_equal(held, np.maximum(1, np.round(0.1 * counts)).astype(int))  # per class
+    again = B.hold_out_validation(bundled, 0.1, seed=3)
+    np.testing.assert_array_equal(again.y_test, arrays.y_test)
+    assert _rows(B.hold_out_validation(bundled, 0.1, seed=4).x_test) != val_rows
+    assert "validation[0.1 of train, seed 3]" in arrays.source
+    with pytest.raises(ValueError, match="validation_fraction"):
+        B.hold_out_validation(bundled, 1.5)
+
+
+@pytest.mark.parametrize("build", [
+    lambda **k: B.split_mnist("class", **k),
+    lambda **k: B.split_mnist("task", **k),
+    lambda **k: B.permuted_mnist(2, **k),
+], ids=["split_class", "split_task", "permuted"])
+def test_selection_scenarios_never_read_the_test_split(build, bundled, monkeypatch):
+    """The test arrays are replaced by None: a validation scenario still builds and
+    evaluates on held-out training data; a test scenario cannot."""
+    no_test = sources.DatasetArrays(bundled.x_train, bundled.y_train, None, None, bundled.source)
+    for module in ("split", "permuted"):
+        monkeypatch.setattr(f"larq_engrams.benchmarks.{module}.load_arrays", lambda *a, **k: no_test)
+    scenario = build(evaluate_on="validation", seed=1)
+    assert scenario.details["evaluated_on"] == "validation" and "validation[" in scenario.source
+    x_val, _ = as_arrays(scenario[0].test)
+    x_train, _ = as_arrays(scenario[0].train)
+    x_val = x_val[0] if isinstance(x_val, tuple) else x_val
+    assert len(x_val) and len(x_train)
+    with pytest.raises((TypeError, AttributeError, ValueError)):
+        build(evaluate_on="test")
+    with pytest.raises(ValueError, match="evaluate_on"):
+        build(evaluate_on="train")
+
+
+@pytest.mark.skipif(not os.path.isdir(sources.DEBIAN_FASHION_MNIST),
+                    reason="the Debian package dataset-fashion-mnist is not installed")
+def test_auto_finds_the_debian_fashion_mnist(no_tfds):
+    scenario = B.split_fashion_mnist("class", evaluate_on="validation")
+    assert scenario.source.startswith(f"local:{sources.DEBIAN_FASHION_MNIST}")
+    assert sum(t.num_train + t.num_test for t in scenario) == 60000

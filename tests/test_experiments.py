@@ -63,3 +63,20 @@ def test_reproduce_smoke_grid_resumes(tmp_path):
     assert not list(tmp_path.rglob("checkpoints")), "finished runs drop their checkpoints"
     again = run_script("reproduce.py", *args)  # finished runs are loaded, not re-run
     assert again.returncode == 0 and open(tmp_path / "table.md").read() == table
+
+
+def test_tune_ranks_settings_on_validation_data_only(tmp_path):
+    proc = run_script("tune.py", "--scenario=split_mnist", "--setting=class", "--num_tasks=2", "--method=engram",
+                      "--grid=engram_fraction=0.2,0.5", "--hidden=16", "--epochs=1", "--batch_size=64",
+                      "--source=bundled", f"--outdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "split_mnist-class-engram"
+    rows = json.load(open(root / "selection.json"))["rows"]
+    assert [r["setting"]["engram_fraction"] for r in rows] in ([0.2, 0.5], [0.5, 0.2])
+    assert rows[0]["mean_validation_acc"] >= rows[1]["mean_validation_acc"]
+    assert json.load(open(root / "chosen.json")) == rows[0]["setting"]
+    for point in ("point_0", "point_1"):
+        result = json.load(open(root / point / "engram" / "seed_0" / "result.json"))
+        assert result["config"]["scenario"]["evaluated_on"] == "validation"
+        assert "validation[0.1 of train, seed 0]" in result["config"]["scenario"]["source"]
+    assert "test split was not read" in open(root / "selection.md").read()

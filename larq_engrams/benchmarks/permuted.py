@@ -9,7 +9,7 @@ from larq_engrams.benchmarks.scenario import (
     check_batch_size,
     make_dataset,
 )
-from larq_engrams.benchmarks.sources import load_arrays
+from larq_engrams.benchmarks.sources import load_arrays, select_evaluation
 
 __all__ = ["permuted_mnist", "pixel_permutations"]
 
@@ -32,17 +32,20 @@ def permuted_mnist(
     batch_size=100,
     eval_batch_size=1000,
     normalize=False,
+    evaluate_on="test",
+    validation_fraction=0.1,
 ):
     """Permuted MNIST: `num_tasks` tasks, each all 10 digits under its own permutation
     of the 784 pixels, fixed by `seed`. One shared 10-way output (domain-incremental).
 
     The permutation is applied per batch inside the pipeline (`tf.gather`), so all tasks
-    share one in-memory uint8 array.
+    share one in-memory uint8 array. `evaluate_on="validation"`: evaluate on a held-out
+    part of the training data, never on the test split (see `split_mnist`).
     """
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
         raise ValueError(f"`num_tasks` must be a positive int, got {num_tasks!r}.")
     batch_size, eval_batch_size = check_batch_size(batch_size), check_batch_size(eval_batch_size)
-    data = load_arrays("mnist", source, data_dir)
+    data = select_evaluation(load_arrays("mnist", source, data_dir), evaluate_on, validation_fraction, seed)
     prep = Preprocessing(flatten=True, normalize=normalize, mean=0.1307, std=0.3081)
     perms = pixel_permutations(num_tasks, data.x_train[0].size, seed, first_task_unpermuted)
     # One copy of the images in memory, shared by every task's pipelines.
@@ -71,5 +74,5 @@ def permuted_mnist(
         source=data.source,
         tasks=tasks,
         details={"batch_size": batch_size, "seed": seed, "first_task_unpermuted": bool(first_task_unpermuted),
-                 "normalize": bool(normalize)},
+                 "normalize": bool(normalize), "evaluated_on": evaluate_on},
     )

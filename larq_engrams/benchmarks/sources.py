@@ -3,12 +3,14 @@ bundled MNIST sample. Every scenario records the source it used."""
 import dataclasses
 import importlib.resources
 import logging
+import os
 
 import numpy as np
 
 from larq_engrams.benchmarks.formats import read_cifar10, read_idx, read_idx_dataset
 
-__all__ = ["SOURCES", "DatasetArrays", "load_arrays", "load_bundled_mnist"]
+__all__ = ["SOURCES", "EVALUATION_SPLITS", "DatasetArrays", "hold_out_validation", "load_arrays",
+           "load_bundled_mnist", "select_evaluation"]
 
 log = logging.getLogger("larq_engrams.benchmarks")
 
@@ -20,6 +22,9 @@ _DOWNLOAD_HINTS = {
     "cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extracted",
 }
 BUNDLED_TRAIN = 8000  # of the 10,000 bundled MNIST test images; the last 2,000 test
+# Where the Debian package `dataset-fashion-mnist` installs the original IDX files.
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+EVALUATION_SPLITS = ("test", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,39 @@ def load_bundled_mnist():
         images[:n], labels[:n], images[n:], labels[n:],
         f"bundled:mnist-t10k[{n}/{len(images) - n}]",
     )
+
+
+def hold_out_validation(arrays, fraction=0.1, seed=0):
+    """The arrays for model selection: a seeded, class-stratified `fraction` of the
+    *training* data becomes the evaluation split, the rest stays for training, and the
+    test split is dropped, so nothing built from the result can read test data.
+
+    Per class c with n_c training examples, round(fraction * n_c) of them (at least
+    one) are drawn without replacement by `numpy.random.default_rng([seed, c])`.
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`validation_fraction` must be in (0, 1), got {fraction!r}.")
+    held = np.zeros(len(arrays.y_train), bool)
+    for c in np.unique(arrays.y_train):
+        index = np.flatnonzero(arrays.y_train == c)
+        count = max(1, int(round(fraction * index.size)))
+        if count >= index.size:
+            raise ValueError(f"class {c} has {index.size} training examples: too few to hold out {fraction:g}.")
+        held[np.random.default_rng([int(seed), int(c)]).choice(index, count, replace=False)] = True
+    return DatasetArrays(
+        arrays.x_train[~held], arrays.y_train[~held], arrays.x_train[held], arrays.y_train[held],
+        f"{arrays.source} validation[{fraction:g} of train, seed {int(seed)}]",
+    )
+
+
+def select_evaluation(arrays, evaluate_on="test", validation_fraction=0.1, seed=0):
+    """`arrays` unchanged for "test"; `hold_out_validation(...)` for "validation"."""
+    if evaluate_on not in EVALUATION_SPLITS:
+        raise ValueError(f"`evaluate_on` must be one of {EVALUATION_SPLITS}, got {evaluate_on!r}.")
+    if evaluate_on == "test":
+        return arrays
+    return hold_out_validation(arrays, validation_fraction, seed)
 
 
 def _load_tfds(name, data_dir):
@@ -87,8 +125,10 @@ def load_arrays(name, source="auto", data_dir=None):
         source: "tfds" (`tfds.load(..., download=False)`, `data_dir` is TFDS' data
             directory), "local" (`data_dir` holds the original files), "bundled" (the
             MNIST sample inside the package; MNIST only) or "auto": TFDS when it can
-            load the set, otherwise the bundled sample where one exists, saying so in
-            the log. Nothing is ever downloaded.
+            load the set; otherwise, for Fashion-MNIST, the Debian package's folder
+            (`apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist),
+            and for MNIST the bundled sample, saying so in the log. Nothing is ever
+            downloaded.
     """
     if name not in _TFDS_NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(_TFDS_NAMES)}")
@@ -108,6 +148,17 @@ def load_arrays(name, source="auto", data_dir=None):
         except Exception as err:  # not prepared, no tfds metadata, no network...
             first_sentence = (str(err).splitlines() or [""])[0].split(". ")[0][:160]
             reason = f"{type(err).__name__}: {first_sentence}"
+            if name == "fashion_mnist":
+                if os.path.isdir(DEBIAN_FASHION_MNIST):
+                    arrays = _load_local(name, DEBIAN_FASHION_MNIST)
+                    log.info("Data source for %s: %s", name, arrays.source)
+                    return arrays
+                raise FileNotFoundError(
+                    f"no source for 'fashion_mnist': TFDS cannot load it ({reason}) and "
+                    f"{DEBIAN_FASHION_MNIST} does not exist. On Debian/Ubuntu: `apt-get install "
+                    f"dataset-fashion-mnist`; elsewhere download {_DOWNLOAD_HINTS[name]} and pass "
+                    f"source='local', data_dir=<folder>."
+                ) from err
             if name != "mnist":
                 raise FileNotFoundError(
                     f"no source for {name!r}: TFDS cannot load it ({reason}) and there is "

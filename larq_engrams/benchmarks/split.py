@@ -16,7 +16,7 @@ from larq_engrams.benchmarks.scenario import (
     check_setting,
     make_dataset,
 )
-from larq_engrams.benchmarks.sources import load_arrays
+from larq_engrams.benchmarks.sources import load_arrays, select_evaluation
 
 __all__ = ["split_mnist", "split_fashion_mnist", "split_cifar10", "class_pairs"]
 
@@ -50,10 +50,10 @@ def class_pairs(class_order=None, seed=0, num_classes=10, classes_per_task=2):
 
 
 def _split(name, dataset, setting, class_order, seed, source, data_dir, batch_size,
-           eval_batch_size, flatten, normalize):
+           eval_batch_size, flatten, normalize, evaluate_on, validation_fraction):
     setting = check_setting(setting)
     batch_size, eval_batch_size = check_batch_size(batch_size), check_batch_size(eval_batch_size)
-    data = load_arrays(dataset, source, data_dir)
+    data = select_evaluation(load_arrays(dataset, source, data_dir), evaluate_on, validation_fraction, seed)
     mean, std = _NORMALIZATION[dataset]
     prep = Preprocessing(flatten=flatten, normalize=normalize, mean=mean, std=std)
     pairs = class_pairs(class_order, seed)
@@ -96,29 +96,37 @@ def _split(name, dataset, setting, class_order, seed, source, data_dir, batch_si
         source=data.source,
         tasks=tasks,
         details={"class_order": [c for p in pairs for c in p], "batch_size": batch_size, "seed": seed,
-                 "normalize": bool(normalize)},
+                 "normalize": bool(normalize), "evaluated_on": evaluate_on},
     )
 
 
 def split_mnist(setting="class", class_order=None, seed=0, source="auto", data_dir=None,
-                batch_size=100, eval_batch_size=1000, flatten=True, normalize=False):
+                batch_size=100, eval_batch_size=1000, flatten=True, normalize=False,
+                evaluate_on="test", validation_fraction=0.1):
     """Split MNIST: digits {0,1}, {2,3}, ..., {8,9} by default. See the module docstring
-    for the settings; `source` as in `larq_engrams.benchmarks.sources.load_arrays`."""
+    for the settings; `source` as in `larq_engrams.benchmarks.sources.load_arrays`.
+
+    `evaluate_on="validation"` builds the scenario for model selection: every task is
+    evaluated on its classes' part of a seeded, class-stratified `validation_fraction`
+    of the training data (`hold_out_validation`), trains on the rest, and the test
+    split is never loaded into a pipeline. The same holds for every benchmark."""
     return _split("split_mnist", "mnist", setting, class_order, seed, source, data_dir,
-                  batch_size, eval_batch_size, flatten, normalize)
+                  batch_size, eval_batch_size, flatten, normalize, evaluate_on, validation_fraction)
 
 
 def split_fashion_mnist(setting="class", class_order=None, seed=0, source="auto", data_dir=None,
-                        batch_size=100, eval_batch_size=1000, flatten=True, normalize=False):
+                        batch_size=100, eval_batch_size=1000, flatten=True, normalize=False,
+                evaluate_on="test", validation_fraction=0.1):
     """Split Fashion-MNIST: 5 tasks of 2 clothing classes (no bundled sample: TFDS or
     local IDX files)."""
     return _split("split_fashion_mnist", "fashion_mnist", setting, class_order, seed, source,
-                  data_dir, batch_size, eval_batch_size, flatten, normalize)
+                  data_dir, batch_size, eval_batch_size, flatten, normalize, evaluate_on, validation_fraction)
 
 
 def split_cifar10(setting="class", class_order=None, seed=0, source="auto", data_dir=None,
-                  batch_size=100, eval_batch_size=1000, flatten=True, normalize=False):
+                  batch_size=100, eval_batch_size=1000, flatten=True, normalize=False,
+                evaluate_on="test", validation_fraction=0.1):
     """Split CIFAR-10: 5 tasks of 2 classes (TFDS or the local python pickles). Images
     are flattened to 3072 values for dense backbones unless `flatten=False`."""
     return _split("split_cifar10", "cifar10", setting, class_order, seed, source, data_dir,
-                  batch_size, eval_batch_size, flatten, normalize)
+                  batch_size, eval_batch_size, flatten, normalize, evaluate_on, validation_fraction)
