@@ -26,7 +26,10 @@ import tensorflow as tf
 
 from larq_engrams.optimizers import MetaplasticAdam, attenuate
 
-__all__ = ["Block", "BlockSlotCache", "apply_block_gradients", "gather_block", "latent_variable", "supports_block_updates"]
+__all__ = [
+    "Block", "BlockSlotCache", "apply_block_gradients", "gather_block", "latent_variable",
+    "supports_block_updates",
+]
 
 
 class Block(NamedTuple):
@@ -73,43 +76,38 @@ def _scatter_block(handle, shape, values, rows, cols):
         tf.raw_ops.ResourceScatterNdUpdate(ref=handle, indices=indices, updates=values)
 
 
+def _adam_on_block(w, m, v, gradient, strength, alpha, epsilon, beta_1, beta_2):
+    """Adam's (or MetaplasticAdam's) update of one block: the new (w, m, v)."""
+    m = m + (gradient - m) * (1 - beta_1)
+    v = v + (tf.square(gradient) - v) * (1 - beta_2)
+    direction = m if strength is None else attenuate(w, m, strength)
+    return w - (direction * alpha) / (tf.sqrt(v) + epsilon), m, v
+
+
 # Gathers, Adam's arithmetic and scatters of a block fuse in one XLA cluster (outside
 # XLA the same scatters cost ~5x more on a 2-core CPU). It takes resource handles, not
 # variables: a tf.function keeps the variables it was first traced with, while handles
 # are ordinary inputs, so one trace serves every model.
 @tf.function(jit_compile=True)
-def _adam_block_steps(handles, gradients, rows, cols, strengths, alpha, epsilon, beta_1, beta_2):
+def _adam_block_steps(handles, gradients, rows, cols, strengths, *hyper):
     for (variable, m, v), gradient, r, c, strength in zip(handles, gradients, rows, cols, strengths):
-        w_full, m_full, v_full = _read(variable), _read(m), _read(v)
-        shape = w_full.shape
-        m_block = gather_block(m_full, r, c)
-        v_block = gather_block(v_full, r, c)
-        w_block = gather_block(w_full, r, c)
-        m_block = m_block + (gradient - m_block) * (1 - beta_1)
-        v_block = v_block + (tf.square(gradient) - v_block) * (1 - beta_2)
-        direction = m_block if strength is None else attenuate(w_block, m_block, strength)
-        w_block = w_block - (direction * alpha) / (tf.sqrt(v_block) + epsilon)
-        _scatter_block(m, shape, m_block, r, c)
-        _scatter_block(v, shape, v_block, r, c)
-        _scatter_block(variable, shape, w_block, r, c)
+        w_full = _read(variable)
+        blocks = [gather_block(_read(h), r, c) for h in (variable, m, v)]
+        for handle, value in zip((variable, m, v), _adam_on_block(*blocks, gradient, strength, *hyper)):
+            _scatter_block(handle, w_full.shape, value, r, c)
 
 
 @tf.function(jit_compile=True)
-def _adam_cached_steps(handles, slots, gradients, rows, cols, strengths, alpha, epsilon, beta_1, beta_2):
+def _adam_cached_steps(handles, slots, gradients, rows, cols, strengths, *hyper):
     """The step on compact copies: the new weight blocks are also scattered into the
     full variables, so those stay current at every step."""
     for variable, (m, v, w), gradient, r, c, strength in zip(
         handles, slots, gradients, rows, cols, strengths
     ):
-        m_block = _read(m)
-        v_block = _read(v)
         w_block = _read(w) if w is not None else _read(variable)
-        m_block = m_block + (gradient - m_block) * (1 - beta_1)
-        v_block = v_block + (tf.square(gradient) - v_block) * (1 - beta_2)
-        direction = m_block if strength is None else attenuate(w_block, m_block, strength)
+        w_block, m_block, v_block = _adam_on_block(w_block, _read(m), _read(v), gradient, strength, *hyper)
         tf.raw_ops.AssignVariableOp(resource=m, value=m_block)
         tf.raw_ops.AssignVariableOp(resource=v, value=v_block)
-        w_block = w_block - (direction * alpha) / (tf.sqrt(v_block) + epsilon)
         if w is not None:
             tf.raw_ops.AssignVariableOp(resource=w, value=w_block)
         _scatter_block(variable, _read(variable).shape, w_block, r, c)
@@ -169,10 +167,8 @@ class BlockSlotCache:
         with tf.init_scope():
             optimizer.build(list(variables))
         for i, block in enumerate(blocks):
-            index = optimizer._index_dict[optimizer._var_key(block.variable)]
             whole = block.rows is None and block.cols is None
-            sources = [optimizer._momentums[index], optimizer._velocities[index]]
-            sources += [None if whole else latent_variable(block.variable)]
+            sources = [*_moments(optimizer, block.variable), None if whole else latent_variable(block.variable)]
             values = [None if s is None else gather_block(tf.convert_to_tensor(s), block.rows, block.cols)
                       for s in sources]
             if i == len(self._slots):
@@ -194,11 +190,8 @@ class BlockSlotCache:
         optimizer = self.optimizer
         handles, values, rows, cols = [], [], [], []
         for i, block in enumerate(self.blocks):
-            index = optimizer._index_dict[optimizer._var_key(block.variable)]
             r, c = (None if t is None else t.value() for t in self._indices[i])
-            for full, compact in zip(
-                (optimizer._momentums[index], optimizer._velocities[index]), self._slots[i][:2]
-            ):
+            for full, compact in zip(_moments(optimizer, block.variable), self._slots[i][:2]):
                 handles.append(full.handle)
                 values.append(compact.value())
                 rows.append(r)
@@ -294,6 +287,12 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
         )
 
 
+def _moments(optimizer, variable):
+    """Adam's (m, v) slot variables of `variable`."""
+    index = optimizer._index_dict[optimizer._var_key(variable)]
+    return optimizer._momentums[index], optimizer._velocities[index]
+
+
 def _hyperparameters(optimizer):
     """Adam's alpha_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t), epsilon, beta_1, beta_2."""
     local_step = tf.cast(optimizer.iterations + 1, tf.float32)
@@ -329,21 +328,13 @@ def _update_cached_blocks(optimizer, cache, gradients, blocks):
 
 def _update_blocks(optimizer, strategy, pairs):
     hyper = _hyperparameters(optimizer)
-
-    def slots(block):
-        index = optimizer._index_dict[optimizer._var_key(block.variable)]
-        return optimizer._momentums[index], optimizer._velocities[index]
-
-    def strength(block):
-        return _strength(optimizer, block.variable)
-
     for gradient, block in pairs:
         # Slots and indices go through `args`: each device's update gets its own copy
         # (after the merge, the replicas' tensors arrive as per-replica values).
         strategy.extended.update(
             block.variable,
-            functools.partial(_update_one_block, hyper=hyper, strength=strength(block)),
-            args=(gradient, *slots(block), block.rows, block.cols),
+            functools.partial(_update_one_block, hyper=hyper, strength=_strength(optimizer, block.variable)),
+            args=(gradient, *_moments(optimizer, block.variable), block.rows, block.cols),
             group=False,
         )
     return optimizer.iterations.assign_add(1)

@@ -284,7 +284,7 @@ class EngramDense(tf.keras.layers.Layer):
         z = self.dense(inputs)
         gate = self._engram_gate(task, _TASK_MODE)
         out = self._normalize_and_sign(z, gate, training=False) * gate
-        standardized = tf.square(z - self.moving_mean) / (self.moving_variance + self.epsilon)
+        standardized = self.standardized_square(z, self.moving_mean, self.moving_variance)
         gate = tf.broadcast_to(gate, tf.shape(z))
         deviation = tf.reduce_sum(standardized * gate, axis=-1) / tf.maximum(tf.reduce_sum(gate, axis=-1), 1.0)
         return out, deviation
@@ -338,8 +338,7 @@ class EngramDense(tf.keras.layers.Layer):
         else:
             mean = tf.gather(self.moving_mean, units)
             variance = tf.gather(self.moving_variance, units)
-        y = tf.nn.batch_normalization(z, mean, variance, beta, gamma, self.epsilon)
-        out = self.activation_quantizer(y) if self.activation_quantizer else y
+        out = self.normalized_sign(z, mean, variance, gamma, beta)
         if training:
             g = self._reactivation(tf.shape(z)[0])
             if g.shape.rank:  # (batch, N) draws, read at the engram's units
@@ -355,9 +354,19 @@ class EngramDense(tf.keras.layers.Layer):
         (batch, |units|): the mean over the engram of (z - mu)^2 / (var + eps)."""
         mean = tf.gather(self.moving_mean, units)
         variance = tf.gather(self.moving_variance, units)
-        standardized = tf.square(z - mean) / (variance + self.epsilon)
+        standardized = self.standardized_square(z, mean, variance)
         count = tf.cast(tf.maximum(tf.size(units), 1), standardized.dtype)
         return tf.reduce_sum(standardized, axis=-1) / count
+
+    def normalized_sign(self, z, mean, variance, gamma, beta):
+        """sign(gamma (z - mean) / sqrt(variance + eps) + beta): BatchNorm with the given
+        statistics, then the activation quantizer (all broadcast against z)."""
+        y = tf.nn.batch_normalization(z, mean, variance, beta, gamma, self.epsilon)
+        return self.activation_quantizer(y) if self.activation_quantizer else y
+
+    def standardized_square(self, z, mean, variance):
+        """(z - mean)^2 / (variance + eps): the excitation of each unit."""
+        return tf.square(z - mean) / (variance + self.epsilon)
 
     def _normalize_and_sign(self, z, gate, training):
         """BatchNorm (batch statistics and masked moving updates when training) + sign."""
@@ -369,8 +378,7 @@ class EngramDense(tf.keras.layers.Layer):
             self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
         else:
             mean, variance = self.moving_mean, self.moving_variance
-        y = tf.nn.batch_normalization(z, mean, variance, self.beta, self.gamma, self.epsilon)
-        return self.activation_quantizer(y) if self.activation_quantizer else y
+        return self.normalized_sign(z, mean, variance, self.gamma, self.beta)
 
     def _engram_gate(self, task, mode):
         if mode == _UNION_MODE:

@@ -246,12 +246,7 @@ class EngramModel(tf.keras.Model):
         those blocks of the weights and optimizer slots only (`EngramSubnetwork`,
         `apply_block_gradients`). `loss_fn(logits)` returns the loss. Returns
         `(logits, loss)`.
-
-        The engram's unit indices are computed first and the step itself is compiled
-        with XLA (`jit_engram_steps`), once per engram shape: XLA needs static shapes,
-        and an engram's size is fixed for its task.
         """
-        units = [layer.engram_units(layer.active_task) for layer in self.engram_layers]
         cache = self._slot_cache
         # Which path a step takes is fixed when it is traced: refuse to run it with the
         # cache in the other state (its copies and the full slots would diverge).
@@ -335,7 +330,7 @@ class EngramModel(tf.keras.Model):
         task = tf.convert_to_tensor(task)
         if task.shape.rank == 0:
             return EngramSubnetwork(self, task)(x, training=training)
-        same = tf.reduce_all(tf.equal(task, task[0])) if task.shape[0] != 0 else tf.constant(True)
+        same = tf.reduce_all(tf.equal(task, task[:1]))  # True for an empty batch too
         return tf.cond(
             tf.logical_and(same, tf.size(task) > 0),
             lambda: EngramSubnetwork(self, task[0])(x, training=training),

@@ -177,11 +177,9 @@ class StackedEngramSubnetworks:
             variance = tf.gather(layer.moving_variance, units)[:, None, :]
             gamma = tf.gather(layer.gamma, units)[:, None, :]
             beta = tf.gather(layer.beta, units)[:, None, :]
-            y = tf.nn.batch_normalization(z, mean, variance, beta, gamma, layer.epsilon)
-            out = layer.activation_quantizer(y) if layer.activation_quantizer else y
-            h = out * valid[:, None, :]
+            h = layer.normalized_sign(z, mean, variance, gamma, beta) * valid[:, None, :]
             if with_excitation:
-                standardized = tf.square(z - mean) / (variance + layer.epsilon)
+                standardized = layer.standardized_square(z, mean, variance)
                 count = tf.reduce_sum(valid, axis=-1)[:, None]
                 excitation += tf.reduce_sum(standardized * valid[:, None, :], axis=-1) / tf.maximum(count, 1.0)
         classifier = model.classifier

@@ -24,7 +24,7 @@ from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fash
 
 __all__ = [
     "DataFormatError", "DatasetArrays", "EVALUATION_SPLITS", "Preprocessing", "SETTINGS", "SOURCES",
-    "Scenario", "Task", "class_pairs", "core50_ni", "hold_out_validation", "joint", "load_arrays", "load_bundled_mnist", "make_dataset",
-    "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",
+    "Scenario", "Task", "class_pairs", "core50_ni", "hold_out_validation", "joint", "load_arrays",
+    "load_bundled_mnist", "make_dataset", "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",
     "split_cifar10", "split_fashion_mnist", "split_mnist",
 ]

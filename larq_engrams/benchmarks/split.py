@@ -116,16 +116,16 @@ def split_mnist(setting="class", class_order=None, seed=0, source="auto", data_d
 
 def split_fashion_mnist(setting="class", class_order=None, seed=0, source="auto", data_dir=None,
                         batch_size=100, eval_batch_size=1000, flatten=True, normalize=False,
-                evaluate_on="test", validation_fraction=0.1):
-    """Split Fashion-MNIST: 5 tasks of 2 clothing classes (no bundled sample: TFDS or
-    local IDX files)."""
+                        evaluate_on="test", validation_fraction=0.1):
+    """Split Fashion-MNIST: 5 tasks of 2 clothing classes (no bundled sample: TFDS, the
+    Debian package's files, or local IDX files; see `load_arrays`)."""
     return _split("split_fashion_mnist", "fashion_mnist", setting, class_order, seed, source,
                   data_dir, batch_size, eval_batch_size, flatten, normalize, evaluate_on, validation_fraction)
 
 
 def split_cifar10(setting="class", class_order=None, seed=0, source="auto", data_dir=None,
                   batch_size=100, eval_batch_size=1000, flatten=True, normalize=False,
-                evaluate_on="test", validation_fraction=0.1):
+                  evaluate_on="test", validation_fraction=0.1):
     """Split CIFAR-10: 5 tasks of 2 classes (TFDS or the local python pickles). Images
     are flattened to 3072 values for dense backbones unless `flatten=False`."""
     return _split("split_cifar10", "cifar10", setting, class_order, seed, source, data_dir,
