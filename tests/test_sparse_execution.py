@@ -36,6 +36,7 @@ def train(model, optimizer, task, steps=6, cached=False):
     model.begin_task(task)
     step = tf.function(lambda x, y: train_step(model, optimizer, x, y))
     x, y = task_data(task)
+    model.observe_task_data(x, y)  # task inference's statistics ("infer" below)
     for i in range(steps):
         if cached and i % 3 == 0:
             model.load_engram_slots(optimizer)
@@ -46,10 +47,13 @@ def train(model, optimizer, task, steps=6, cached=False):
 
 
 def assert_same_state(sparse, masked, sparse_opt, masked_opt):
+    # atol 1e-5 on weights of scale 0.05: float32 rounding of the two summation orders
+    # over 18 metaplastic steps reaches 2e-6 on some CPUs (measured), a sign flip would
+    # move a weight by ~lr = 1e-2.
     for a, b in zip(sparse.weights, masked.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.name)
     for a, b in zip(sparse_opt.variables(), masked_opt.variables()):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.name)
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["slots_in_place", "compact_slots"])
@@ -199,8 +203,9 @@ def test_trainer_runs_the_sparse_path_to_the_masked_result():
     # The step-level tests above match to 1e-5; over ~100 steps the two summation orders
     # (x @ W[:, E] against (x @ W)[:, E]) let a pre-activation near 0 take the other
     # sign now and then, so the runs drift apart slightly: measured 3 of 437 test
-    # predictions after task 1.
-    np.testing.assert_array_equal(results[0].R[0], results[1].R[0])
+    # predictions after task 1, and 1 of 437 after task 0 (where the training order
+    # is the one after task inference's pass over the data).
+    np.testing.assert_allclose(results[0].R[0], results[1].R[0], atol=0.005)
     np.testing.assert_allclose(results[0].R, results[1].R, atol=0.02)
 
 

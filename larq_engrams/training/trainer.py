@@ -25,7 +25,8 @@ _STATE_FILE = "trainer_state.json"
 class ContinualTrainer:
     """Sequences the tasks of a `Scenario` through a model and measures forgetting.
 
-    For each task t: `model.begin_task(t)` (engram models), optimizer reset or
+    For each task t: `model.begin_task(t)` and, without task ids at test,
+    `model.observe_task_data(task.train)` (engram models), optimizer reset or
     re-creation, `epochs` epochs of a `tf.function` train step over `task.train`, then
     evaluation on every task's test set, which fills row t of R. Before the first task
     the untrained model is evaluated on every task (b_k, for FWT; an engram model is
@@ -181,6 +182,8 @@ class ContinualTrainer:
             task = scenario[t]
             if is_engram:
                 self.model.begin_task(t)
+                if not scenario.provides_task_id:  # inputs for "infer"'s task inference
+                    self.model.observe_task_data(task.train)
             self._prepare_optimizer(t)
             for cb in (self.memory, *self.user_callbacks):
                 if isinstance(cb, ContinualCallback):

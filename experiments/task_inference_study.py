@@ -1,0 +1,175 @@
+"""Compare task-inference rules of an engram model on validation data only.
+
+Trains `engram_bnn` once through a scenario built with `evaluate_on="validation"` (the
+test split is never loaded), records at each task's end the engram's first-layer
+pre-activations and the inputs of that task's training data, and then scores rules for
+choosing an engram without a task id, on every task's validation data:
+
+- `input_lda` (this package's default, `task_inference.InputDiscriminant`): streaming
+  LDA over M random ReLU features of the inputs (or the raw inputs) of every
+  (engram, class) group with one shared covariance, shrinkage λ; each `--lda` entry
+  'M:λ' is one variant (M = 0: raw inputs);
+- `engram_gaussian`: per engram, class-conditional Gaussians on its own first-layer
+  pre-activations with the engram's own tied covariance (shrinkage λ from
+  `--shrinkage`), score -min_c MD² / dim;
+- `excitation`: the trainer's own "infer" evaluation with confidence="excitation";
+- `... alone`: the discriminant's own class prediction (its best group; no network),
+  for reference.
+
+The chosen engram predicts among its classes with its logits. Prints a table of task-
+inference accuracy and ACC per rule and writes it as JSON.
+
+    python experiments/task_inference_study.py --scenario=split_mnist --hidden=1024,1024 --epochs=5
+"""
+import json
+import os
+import sys
+
+from absl import app, flags
+
+import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 first)
+import numpy as np
+import tensorflow as tf
+
+from larq_engrams import benchmarks, methods
+from larq_engrams.callbacks.base import ContinualCallback
+from larq_engrams.subnetwork import EngramSubnetwork
+from larq_engrams.task_inference import InputDiscriminant
+from larq_engrams.training import ContinualTrainer, write_atomically
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("scenario", "split_mnist", ["split_mnist", "split_fashion_mnist", "permuted_mnist"], "Benchmark.")
+flags.DEFINE_enum("setting", "class", ["class", "domain"], "Split benchmarks: class or domain incremental.")
+flags.DEFINE_integer("num_tasks", 5, "Permuted MNIST: how many tasks.", lower_bound=2)
+flags.DEFINE_list("hidden", ["1024", "1024"], "Hidden layer widths.")
+flags.DEFINE_integer("epochs", 5, "Epochs per task.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed (also of the validation split).")
+flags.DEFINE_list("lda", ["2048:0.01", "1024:0.01", "0:0.1", "0:0.01"],
+                  "input_lda variants 'M:λ' (M random features, 0 for the raw inputs).")
+flags.DEFINE_list("shrinkage", ["0.1"], "engram_gaussian: shrinkage values λ.")
+flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
+flags.DEFINE_string("output", None, "JSON output path (default: runs/task_inference/<name>.json).")
+
+
+def _arrays(dataset):
+    xs, ys = [], []
+    for x, y in dataset:
+        xs.append((x[0] if isinstance(x, tuple) else x).numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs).reshape(sum(len(y) for y in ys), -1).astype(np.float64), np.concatenate(ys)
+
+
+def _engram_outputs(model, x, task):
+    """(first-layer pre-activations, logits) of engram `task` on inputs x."""
+    sub = EngramSubnetwork(model, tf.constant(task, tf.int32))
+    z0, logits = [], []
+    for start in range(0, len(x), 2000):
+        batch = tf.constant(x[start:start + 2000], tf.float32)
+        layer, units = model.engram_layers[0], sub.units[0]
+        _, z = layer.call_engram(batch, units, sub.weights[:3], training=False)
+        z0.append(z.numpy())
+        logits.append(sub(batch).numpy())
+    return np.concatenate(z0).astype(np.float64), np.concatenate(logits)
+
+
+def _shrunk_precision(residuals, shrinkage):
+    cov = residuals.T @ residuals / len(residuals)
+    d = cov.shape[0]
+    return np.linalg.inv((1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d))
+
+
+def _class_il_accuracy(choices, logits, labels, classes):
+    """Per task: (task-inference accuracy, accuracy) when engram choices[k] predicts."""
+    out = []
+    for k, chosen in enumerate(choices):
+        prediction = np.empty(len(chosen), int)
+        for s, cs in enumerate(classes):
+            sel = chosen == s
+            prediction[sel] = cs[logits[k][s][sel][:, cs].argmax(1)]
+        out.append((np.mean(chosen == k), np.mean(prediction == labels[k])))
+    return np.array(out)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.scenario == "permuted_mnist":
+        scenario = benchmarks.permuted_mnist(num_tasks=FLAGS.num_tasks, seed=FLAGS.seed, source=FLAGS.source,
+                                             evaluate_on="validation")
+    else:
+        make = getattr(benchmarks, FLAGS.scenario)
+        scenario = make(FLAGS.setting, seed=FLAGS.seed, source=FLAGS.source, evaluate_on="validation")
+    hidden = tuple(int(h) for h in FLAGS.hidden)
+    name = f"{scenario.name}-{scenario.setting}-{'-'.join(map(str, hidden))}-{FLAGS.epochs}ep-seed{FLAGS.seed}"
+    setup = methods.build("engram_bnn", scenario, methods.HyperParameters(hidden=hidden, seed=FLAGS.seed))
+    setup.model.confidence = "excitation"  # the trainer's own evaluation gives this rule
+    T = scenario.num_tasks
+    train = {}
+
+    class RecordAtTaskEnd(ContinualCallback):  # statistics as they are when the task ends
+        def on_task_end(self, task, logs=None):
+            x, y = _arrays(scenario[task].train)
+            train[task] = (x, y, _engram_outputs(self.model, x, task)[0])
+
+    result = ContinualTrainer(setup.model, setup.optimizer, epochs=FLAGS.epochs, verbose=0, seed=FLAGS.seed,
+                              callbacks=[RecordAtTaskEnd()]).fit(setup.scenario)
+    model = setup.model
+    val = [_arrays(task.test) for task in scenario]
+    labels = [y for _, y in val]
+    classes = [np.unique(train[s][1]) for s in range(T)]
+    outputs = [[_engram_outputs(model, x, s) for s in range(T)] for x, _ in val]
+    logits = [[o[1] for o in row] for row in outputs]
+    rows = {"excitation": (np.mean(result.task_inference), result.metrics["acc"])}
+
+    for variant in FLAGS.lda:
+        features, shrinkage = variant.split(":")
+        features, shrinkage = int(features) or None, float(shrinkage)
+        discriminant = InputDiscriminant(T, scenario.num_classes, features, shrinkage, seed=FLAGS.seed)
+        discriminant.build((None, val[0][0].shape[1]))
+        for s in range(T):
+            x, y, _ = train[s]
+            for start in range(0, len(x), 1000):
+                discriminant.observe(x[start:start + 1000], y[start:start + 1000], s)
+        discriminant.refresh()
+        label = f"input_lda M={features or 'raw inputs'} λ={shrinkage:g}"
+        # group scores g_{s,c}(x): (n, tasks, classes)
+        scores = [(tf.einsum("bd,tcd->btc", discriminant.transform(x), discriminant.kernel)
+                   + discriminant.bias).numpy() for x, _ in val]
+        choices = [g.max(-1).argmax(-1) for g in scores]
+        rows[label] = tuple(_class_il_accuracy(choices, logits, labels, classes).mean(0))
+        alone = np.mean([np.mean(g.reshape(len(g), -1).argmax(1) % scenario.num_classes == y)
+                         for g, y in zip(scores, labels)])
+        rows[label + " alone (no network)"] = (float("nan"), alone)
+
+    for shrinkage in map(float, FLAGS.shrinkage):
+        # engram_gaussian: each engram's own space and covariance.
+        models = []
+        for s in range(T):
+            _, y, z = train[s]
+            mus = np.stack([z[y == c].mean(0) for c in classes[s]])
+            resid = z - mus[np.searchsorted(classes[s], y)]
+            models.append((mus, _shrunk_precision(resid, shrinkage)))
+
+        def engram_score(k, s):
+            z, (mus, P) = outputs[k][s][0], models[s]
+            d2 = np.stack([np.einsum("nd,de,ne->n", z - mu, P, z - mu) for mu in mus], 1)
+            return -d2.min(1) / z.shape[1]
+
+        choices = [np.stack([engram_score(k, s) for s in range(T)]).argmax(0) for k in range(T)]
+        rows[f"engram_gaussian λ={shrinkage:g}"] = tuple(_class_il_accuracy(choices, logits, labels, classes).mean(0))
+
+    print(f"{name}  (validation data: {scenario.source})")
+    print("| rule | task inference | ACC |\n|---|---|---|")
+    for rule, (ti, acc) in rows.items():
+        print(f"| {rule} | {'—' if np.isnan(ti) else f'{100 * ti:.1f} %'} | {100 * acc:.1f} % |")
+    output = FLAGS.output or os.path.join("runs", "task_inference", name + ".json")
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    write_atomically(output, json.dumps({
+        "name": name, "source": scenario.source, "command": " ".join(sys.argv),
+        "commit": result.environment.get("git_commit"),
+        "rules": {rule: {"task_inference": None if np.isnan(ti) else float(ti), "acc": float(acc)}
+                  for rule, (ti, acc) in rows.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,186 @@
+"""Task inference from input statistics: `InputDiscriminant` against closed-form LDA, and
+`EngramModel`'s "infer" mode with `confidence="input_lda"`."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import larq_engrams as le
+from larq_engrams import benchmarks, methods
+from larq_engrams.task_inference import InputDiscriminant
+from larq_engrams.training import ContinualTrainer
+
+LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def closed_form_scores(groups, x, shrinkage, projection=None):
+    """Numpy LDA: groups = {(task, class): inputs}; returns {task: max_c g_{task,c}(x)},
+    on relu(x R) with a projection R."""
+    if projection is not None:
+        features = lambda v: np.maximum(v.astype(np.float64) @ projection.astype(np.float64), 0)  # noqa: E731
+        groups = {g: features(v) for g, v in groups.items()}
+        x = features(x)
+    means = {g: v.mean(0) for g, v in groups.items()}
+    resid = np.concatenate([v - means[g] for g, v in groups.items()])
+    cov = resid.T @ resid / len(resid)
+    d = cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+    prec = np.linalg.inv(cov)
+    scores = {}
+    for (t, c), mu in means.items():
+        g = x @ prec @ mu - 0.5 * mu @ prec @ mu
+        scores[t] = np.maximum(scores.get(t, -np.inf), g)
+    return scores
+
+
+@pytest.mark.parametrize("features", [None, 9], ids=["raw_inputs", "random_features"])
+def test_discriminant_matches_closed_form_lda(features):
+    rng = np.random.default_rng(0)
+    d, tasks, classes = 6, 3, 5
+    layer = InputDiscriminant(tasks, classes, features=features, shrinkage=0.2)
+    layer.build((None, d))
+    projection = None if features is None else layer.projection.numpy()
+    if features is not None:  # R: seeded signs / sqrt(D)
+        np.testing.assert_allclose(np.abs(projection), 1 / np.sqrt(d), rtol=1e-6)
+        again = InputDiscriminant(tasks, classes, features=features)
+        again.build((None, d))
+        np.testing.assert_array_equal(again.projection.numpy(), projection)
+    groups = {}
+    # engram 0: classes 0, 1; engram 2: classes 1, 3 (engram 1 has no data)
+    for task, pair in ((0, (0, 1)), (2, (1, 3))):
+        y = rng.choice(pair, 60).astype(np.int32)
+        x = (rng.normal(size=(60, d)) + 2 * y[:, None] * (np.arange(d) == task)).astype(np.float32)
+        for start in range(0, 60, 25):  # streaming: uneven batches
+            layer.observe(x[start:start + 25], y[start:start + 25], task)
+        for c in pair:
+            groups[(task, c)] = x[y == c].astype(np.float64)
+    layer.refresh()
+    probe = rng.normal(size=(7, d)).astype(np.float32)
+    scores = layer(probe).numpy()
+    expected = closed_form_scores(groups, probe.astype(np.float64), 0.2, projection)
+    np.testing.assert_allclose(scores[:, 0], expected[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores[:, 2], expected[2], rtol=1e-4, atol=1e-4)
+    assert np.all(scores[:, 1] < -1e8)  # no data: never chosen
+    np.testing.assert_array_equal(layer.observed_tasks().numpy(), [True, False, True])
+
+
+def test_discriminant_rejects_bad_settings():
+    with pytest.raises(ValueError, match="shrinkage"):
+        InputDiscriminant(2, 2, shrinkage=1.5)
+    with pytest.raises(ValueError, match="at most"):
+        InputDiscriminant(2, 2, features=None).build((None, 5000))
+    with pytest.raises(ValueError, match="at most"):
+        InputDiscriminant(2, 2, features=5000).build((None, 10))
+    with pytest.raises(ValueError, match="features"):
+        InputDiscriminant(2, 2, features=0)
+    with pytest.raises(ValueError, match="input_lda"):
+        le.engram_bnn((5000,), 2, hidden=(8,), max_tasks=2, confidence="excitation",
+                      lda_features=None).set_inference(
+            "infer", confidence="input_lda")
+
+
+def _two_domain_tasks(seed=0, n=400, d=16):
+    """Task 0: classes 0/1 around +3 on feature 0; task 1: classes 2/3 around -3."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t, pair in enumerate(((0, 1), (2, 3))):
+        y = rng.choice(pair, n).astype(np.int32)
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        x[:, 0] += 3.0 if t == 0 else -3.0
+        x[:, 1] += np.where(y == pair[0], 2.0, -2.0)
+        out.append((x, y))
+    return out
+
+
+def test_fit_records_inputs_and_infer_picks_the_discriminants_engram():
+    tasks = _two_domain_tasks()
+    model = le.engram_bnn((16,), 4, hidden=(32,), max_tasks=2, engram_fraction=0.5)
+    for t, (x, y) in enumerate(tasks):
+        model.begin_task(t)
+        model.compile(optimizer="adam", loss=LOSS)
+        model.fit(x, y, batch_size=50, epochs=1, verbose=0, validation_split=0.25)
+    # fit observed the training rows only (Keras validates on the last 25 %).
+    np.testing.assert_allclose(model.task_discriminant.counts.numpy().sum(axis=1), [300, 300])
+    groups = {(t, c): x[:300][y[:300] == c] for t, (x, y) in enumerate(tasks) for c in np.unique(y)}
+    x = np.concatenate([tasks[0][0], tasks[1][0]])
+    expected = closed_form_scores({g: v.astype(np.float64) for g, v in groups.items()}, x, 0.01,
+                                  model.task_discriminant.projection.numpy())
+    best = np.stack([expected[0], expected[1]]).argmax(axis=0)
+    model.set_inference("infer")
+    np.testing.assert_array_equal(model.infer_tasks(x).numpy(), best)
+    truth = np.repeat([0, 1], 400)
+    assert (best == truth).mean() > 0.95  # the tasks differ in their inputs: inferred
+
+
+def test_infer_without_statistics_is_a_clear_error():
+    model = le.engram_bnn((16,), 4, hidden=(32,), max_tasks=2)
+    model.begin_task(0)
+    model.set_inference("infer")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="observe_task_data"):
+        model.predict(np.zeros((4, 16), np.float32), verbose=0)
+    with pytest.raises(ValueError, match="`y`"):
+        model.observe_task_data(np.zeros((4, 16), np.float32))
+
+
+def test_statistics_are_saved_with_the_model(tmp_path):
+    (x, y), _ = _two_domain_tasks()
+    model = le.engram_bnn((16,), 4, hidden=(32,), max_tasks=2)
+    model.begin_task(0)
+    model.observe_task_data(x, y)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    restored = tf.keras.models.load_model(path)
+    np.testing.assert_array_equal(restored.task_discriminant.kernel.numpy(), model.task_discriminant.kernel.numpy())
+    np.testing.assert_array_equal(restored.task_discriminant.projection.numpy(),
+                                  model.task_discriminant.projection.numpy())
+    assert restored.confidence == "input_lda" and restored.lda_shrinkage == pytest.approx(0.01)
+
+
+def test_input_lda_infers_tasks_on_real_split_mnist_far_better_than_excitation():
+    """Bundled MNIST, class-IL, validation split of 3 tasks: the discriminant picks the
+    right engram far above chance (1/3) and above the excitation score."""
+    scenario = benchmarks.split_mnist("class", source="bundled", evaluate_on="validation").take(3)
+    inference = {}
+    for confidence in ("input_lda", "excitation"):
+        setup = methods.build("engram", scenario, methods.HyperParameters(hidden=(64, 64)))
+        setup.model.confidence = confidence
+        result = ContinualTrainer(setup.model, setup.optimizer, epochs=1, verbose=0, seed=0).fit(setup.scenario)
+        inference[confidence] = result.metrics["task_inference"]
+    print("task inference", inference)
+    assert inference["input_lda"] > 0.85
+    assert inference["input_lda"] > inference["excitation"] + 0.05
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)")
+def test_input_lda_infers_tasks_on_real_split_fashion_mnist():
+    scenario = benchmarks.split_fashion_mnist("class", evaluate_on="validation").take(2)
+    setup = methods.build("engram", scenario, methods.HyperParameters(hidden=(64, 64)))
+    result = ContinualTrainer(setup.model, setup.optimizer, epochs=1, verbose=0, seed=0).fit(setup.scenario)
+    print("task inference", result.task_inference)
+    assert result.metrics["task_inference"] > 0.8  # chance: 0.5
+
+
+def test_infer_output_is_the_product_of_the_engram_and_the_discriminant():
+    """log_softmax(engram logits over its classes) + w * log_softmax(g_{s,c}) per sample."""
+    tasks = _two_domain_tasks()
+    model = le.engram_bnn((16,), 4, hidden=(32,), max_tasks=2, engram_fraction=0.5, lda_features=None,
+                          lda_weight=0.5)
+    for t, (x, y) in enumerate(tasks):
+        model.begin_task(t)
+        model.compile(optimizer="adam", loss=LOSS)
+        model.fit(x, y, batch_size=50, epochs=1, verbose=0)
+    x = np.concatenate([tasks[0][0][:20], tasks[1][0][:20]])
+    model.set_inference("infer")
+    chosen = model.infer_tasks(x).numpy()
+    got = model.predict(x, verbose=0)
+    groups = model.task_discriminant.group_scores(model.flatten(x)).numpy().astype(np.float64)
+    for i, s in enumerate(chosen):
+        classes = np.flatnonzero(model.engram_classes.numpy()[s])
+        logits = model((x[i:i + 1], np.array([s], np.int32))).numpy()[0, classes].astype(np.float64)
+        expected = (logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+                    + 0.5 * (groups[i, s, classes] - groups[i, s, classes].max()
+                             - np.log(np.exp(groups[i, s, classes] - groups[i, s, classes].max()).sum())))
+        np.testing.assert_allclose(got[i, classes], expected, rtol=1e-4, atol=1e-4)
+        assert np.all(got[i, np.setdiff1d(np.arange(4), classes)] < -1e8)
