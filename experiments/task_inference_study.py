@@ -13,6 +13,8 @@ choosing an engram without a task id, on every task's validation data:
   pre-activations with the engram's own tied covariance (shrinkage λ from
   `--shrinkage`), score -min_c MD² / dim;
 - `excitation`: the trainer's own "infer" evaluation with confidence="excitation";
+- `..., output × discriminant^w`: the chosen engram predicts with the product of its
+  posterior and the discriminant's over its classes (`EngramModel(lda_weight=w)`);
 - `... alone`: the discriminant's own class prediction (its best group; no network),
   for reference.
 
@@ -47,6 +49,7 @@ flags.DEFINE_integer("seed", 0, "Seed (also of the validation split).")
 flags.DEFINE_list("lda", ["2048:0.01", "1024:0.01", "0:0.1", "0:0.01"],
                   "input_lda variants 'M:λ' (M random features, 0 for the raw inputs).")
 flags.DEFINE_list("shrinkage", ["0.1"], "engram_gaussian: shrinkage values λ.")
+flags.DEFINE_list("lda_weight", ["0.2"], "input_lda: product-of-experts weights w to compare.")
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("output", None, "JSON output path (default: runs/task_inference/<name>.json).")
 
@@ -78,14 +81,24 @@ def _shrunk_precision(residuals, shrinkage):
     return np.linalg.inv((1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d))
 
 
-def _class_il_accuracy(choices, logits, labels, classes):
-    """Per task: (task-inference accuracy, accuracy) when engram choices[k] predicts."""
+def _log_softmax(v):
+    v = v - v.max(1, keepdims=True)
+    return v - np.log(np.exp(v).sum(1, keepdims=True))
+
+
+def _class_il_accuracy(choices, logits, labels, classes, groups=None, weight=0.0):
+    """Per task: (task-inference accuracy, accuracy) when engram choices[k] predicts,
+    with its logits, or (with `groups`, the discriminant's (n, tasks, classes) scores)
+    with the product log_softmax(logits) + weight * log_softmax(g) over its classes."""
     out = []
     for k, chosen in enumerate(choices):
         prediction = np.empty(len(chosen), int)
         for s, cs in enumerate(classes):
             sel = chosen == s
-            prediction[sel] = cs[logits[k][s][sel][:, cs].argmax(1)]
+            score = _log_softmax(logits[k][s][sel][:, cs].astype(np.float64))
+            if groups is not None:
+                score = score + weight * _log_softmax(groups[k][sel][:, s, cs].astype(np.float64))
+            prediction[sel] = cs[score.argmax(1)]
         out.append((np.mean(chosen == k), np.mean(prediction == labels[k])))
     return np.array(out)
 
@@ -137,6 +150,9 @@ def main(argv):
                    + discriminant.bias).numpy() for x, _ in val]
         choices = [g.max(-1).argmax(-1) for g in scores]
         rows[label] = tuple(_class_il_accuracy(choices, logits, labels, classes).mean(0))
+        for weight in map(float, FLAGS.lda_weight):
+            rows[f"{label}, output × discriminant^{weight:g}"] = tuple(
+                _class_il_accuracy(choices, logits, labels, classes, scores, weight).mean(0))
         alone = np.mean([np.mean(g.reshape(len(g), -1).argmax(1) % scenario.num_classes == y)
                          for g, y in zip(scores, labels)])
         rows[label + " alone (no network)"] = (float("nan"), alone)

@@ -95,7 +95,7 @@ def test_engram_model_argument_errors():
 
 def _trained_engram_model(tasks, epochs=3, optimizer=None, **kwargs):
     kwargs = {"engram_fraction": 0.4, "excitability": 4.0, **kwargs}
-    model = engram_bnn((32,), 4, hidden=(128, 128), max_tasks=3, **kwargs)
+    model = engram_bnn((32,), 4, hidden=(128, 128), max_tasks=3, lda_features=64, **kwargs)
     for t, ((x, y), _) in enumerate(tasks):
         model.begin_task(t)
         model.compile(

@@ -15,7 +15,7 @@ DISJOINT = dict(engram_fraction=0.3, excitability=50.0)
 
 def model_pair(engrams, activation_probability=0.8, hidden=(24, 16)):
     models = [
-        le.engram_bnn((12,), 4, hidden=hidden, max_tasks=3, seed=3, execution=execution,
+        le.engram_bnn((12,), 4, hidden=hidden, max_tasks=3, seed=3, execution=execution, lda_features=64,
                       activation_probability=activation_probability, **engrams)
         for execution in ("sparse", "masked")
     ]
@@ -191,7 +191,7 @@ def test_trainer_runs_the_sparse_path_to_the_masked_result():
         return benchmarks.split_mnist("class", source="bundled", batch_size=64).take(2)
 
     models = [
-        le.engram_bnn((28, 28), 10, hidden=(48, 32), max_tasks=2, engram_fraction=0.4,
+        le.engram_bnn((28, 28), 10, hidden=(48, 32), max_tasks=2, engram_fraction=0.4, lda_features=256,
                       execution=execution, seed=1)
         for execution in ("sparse", "masked")
     ]

@@ -28,7 +28,8 @@ def two_tasks():
 
 def small_engram_model(scenario, max_tasks=None, seed=0):
     return le.engram_bnn(scenario.input_shape, scenario.num_classes, hidden=(64, 64),
-                         max_tasks=max_tasks or scenario.num_tasks, engram_fraction=0.4, seed=seed)
+                         max_tasks=max_tasks or scenario.num_tasks, engram_fraction=0.4, seed=seed,
+                         lda_features=256)  # task inference at a test's size
 
 
 def test_short_real_run_fills_r_and_metrics(two_tasks, tmp_path):
@@ -218,7 +219,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         scenario = B.split_mnist("class", source="bundled", batch_size=32).take(2)
         trainer = ContinualTrainer(
-            lambda: le.engram_bnn(scenario.input_shape, 10, hidden=(64, 64), max_tasks=2, engram_fraction=0.4),
+            lambda: le.engram_bnn(scenario.input_shape, 10, hidden=(64, 64), max_tasks=2, engram_fraction=0.4,
+                                 lda_features=256),
             lambda: le.MetaplasticAdam(0.005), strategy=strategy, epochs=2, seed=0, verbose=0)
         result = trainer.fit(scenario)
         layer = trainer.model.engram_layers[0]
