@@ -292,6 +292,10 @@ class EngramModel(tf.keras.Model):
             if y is None:
                 raise ValueError("observe_task_data: give `y` with array inputs.")
             data = tf.data.Dataset.from_tensor_slices((data, y)).batch(batch_size)
+        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError(
+                "observe_task_data: the dataset repeats for ever; pass one pass over the "
+                "task's training data (e.g. the dataset before `.repeat()`).")
         if self._observe_step is None:
             def observe(x, y):
                 x, _ = _split_inputs(x)
@@ -384,6 +388,11 @@ class EngramModel(tf.keras.Model):
         x = args[0] if args else kwargs.get("x")
         y = args[1] if len(args) > 1 else kwargs.get("y")
         if isinstance(x, tf.data.Dataset):
+            if int(x.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+                log.warning("EngramModel.fit: a repeating dataset is not recorded for task "
+                            "inference; call `model.observe_task_data(...)` with one pass over "
+                            "this task's data.")
+                return
             return self.observe_task_data(x)
         if y is None or isinstance(x, (dict, tf.keras.utils.Sequence)) or callable(getattr(x, "__next__", None)):
             log.warning("EngramModel.fit: inputs of type %s are not recorded for task inference; "

@@ -121,6 +121,9 @@ def test_infer_without_statistics_is_a_clear_error():
         model.predict(np.zeros((4, 16), np.float32), verbose=0)
     with pytest.raises(ValueError, match="`y`"):
         model.observe_task_data(np.zeros((4, 16), np.float32))
+    endless = tf.data.Dataset.from_tensor_slices((np.zeros((4, 16), np.float32), np.zeros(4, np.int32))).batch(2).repeat()
+    with pytest.raises(ValueError, match="repeats"):
+        model.observe_task_data(endless)
 
 
 def test_statistics_are_saved_with_the_model(tmp_path):
