@@ -11,7 +11,7 @@ from larq_engrams.benchmarks.core50 import core50_ni
 from larq_engrams.benchmarks.formats import DataFormatError, read_cifar10, read_core50, read_idx
 from larq_engrams.benchmarks.joint import joint
 from larq_engrams.benchmarks.permuted import permuted_mnist, pixel_permutations
-from larq_engrams.benchmarks.scenario import SETTINGS, Preprocessing, Scenario, Task, make_dataset
+from larq_engrams.benchmarks.scenario import SETTINGS, Preprocessing, Scenario, ShuffleOrder, Task, make_dataset
 from larq_engrams.benchmarks.sources import (
     EVALUATION_SPLITS,
     SOURCES,
@@ -24,7 +24,7 @@ from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fash
 
 __all__ = [
     "DataFormatError", "DatasetArrays", "EVALUATION_SPLITS", "Preprocessing", "SETTINGS", "SOURCES",
-    "Scenario", "Task", "class_pairs", "core50_ni", "hold_out_validation", "joint", "load_arrays",
+    "Scenario", "ShuffleOrder", "Task", "class_pairs", "core50_ni", "hold_out_validation", "joint", "load_arrays",
     "load_bundled_mnist", "make_dataset", "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",
     "split_cifar10", "split_fashion_mnist", "split_mnist",
 ]

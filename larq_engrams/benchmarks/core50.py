@@ -8,6 +8,7 @@ from larq_engrams.benchmarks.formats import read_core50
 from larq_engrams.benchmarks.scenario import (
     Preprocessing,
     Scenario,
+    ShuffleOrder,
     Task,
     check_batch_size,
     make_dataset,
@@ -52,16 +53,18 @@ def core50_ni(data_dir, labels="object", run=0, image_size=32, batch_size=100,
     tasks = []
     for t, (idx, y) in enumerate(sessions):
         y = to_label(y)
+        order = ShuffleOrder(run * 1000 + t)
         tasks.append(
             Task(
                 task_id=t,
                 classes=tuple(int(c) for c in np.unique(y)),
                 train=make_dataset(_gather_resized(images, idx, image_size), y, batch_size, prep,
-                                   shuffle_seed=run * 1000 + t),
+                                   shuffle_seed=order),
                 test=test,
                 num_train=len(y),
                 num_test=len(test_y),
                 labels=tuple(int(c) for c in np.unique(y)),
+                train_order=order,
             )
         )
     return Scenario(

@@ -5,6 +5,7 @@ import tensorflow as tf
 from larq_engrams.benchmarks.scenario import (
     Preprocessing,
     Scenario,
+    ShuffleOrder,
     Task,
     check_batch_size,
     make_dataset,
@@ -54,16 +55,17 @@ def permuted_mnist(
     for t, perm in enumerate(perms):
         identity = first_task_unpermuted and t == 0
         perm = None if identity else perm
+        order = ShuffleOrder(seed * 1000 + t)
         tasks.append(
             Task(
                 task_id=t,
                 classes=tuple(range(10)),
-                train=make_dataset(x_train, data.y_train, batch_size, prep,
-                                   shuffle_seed=seed * 1000 + t, permutation=perm),
+                train=make_dataset(x_train, data.y_train, batch_size, prep, shuffle_seed=order, permutation=perm),
                 test=make_dataset(x_test, data.y_test, eval_batch_size, prep, permutation=perm),
                 num_train=len(data.y_train),
                 num_test=len(data.y_test),
                 labels=tuple(range(10)),
+                train_order=order,
             )
         )
     return Scenario(

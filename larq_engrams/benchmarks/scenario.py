@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["SETTINGS", "Preprocessing", "Task", "Scenario", "make_dataset"]
+__all__ = ["SETTINGS", "Preprocessing", "ShuffleOrder", "Task", "Scenario", "make_dataset"]
 
 SETTINGS = ("class", "domain", "task")
 
@@ -46,6 +46,40 @@ class Preprocessing:
         return (int(np.prod(image_shape)),) if self.flatten else tuple(image_shape)
 
 
+class ShuffleOrder(tf.Module):
+    """The order in which a training pipeline visits its examples, as a function of
+    how many passes were made over it:
+
+    ```
+    pass e (the e-th iteration of the dataset, e = 0, 1, ...) visits
+        stateless_shuffle(range(n), seed=(seed, e))
+    ```
+
+    The pass count is a variable (`passes`), incremented when an iteration starts.
+    Checkpointing it, as `ContinualTrainer` does, makes a run resumed in a new process
+    see exactly the orders a run straight through would have seen (tf.data's own
+    `reshuffle_each_iteration` keeps its position in a hidden resource that cannot be
+    saved). Every replica and worker of a `tf.distribute` strategy draws the same order.
+    """
+
+    def __init__(self, seed, name=None):
+        super().__init__(name=name)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"ShuffleOrder: `seed` must be an int, got {seed!r}.")
+        self.seed = int(seed)
+        self.passes = tf.Variable(0, dtype=tf.int64, trainable=False, name="passes")
+
+    def indices(self, n):
+        """A dataset of the indices 0..n-1 in the order of the current pass."""
+        seed, passes = tf.constant(self.seed, tf.int64), self.passes
+
+        def order(_):
+            e = passes.assign_add(1) - 1
+            return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed, e]))
+
+        return tf.data.Dataset.from_tensors(0).map(order).unbatch()
+
+
 def make_dataset(
     images,
     labels,
@@ -61,8 +95,8 @@ def make_dataset(
         images: uint8 array or tensor (N, ...). Pass one tensor to several datasets
             to share the memory (as permuted MNIST's tasks do).
         labels: int array (N,).
-        shuffle_seed: None for a fixed order (test sets); an int to reshuffle every
-            epoch from that seed (training sets).
+        shuffle_seed: None for a fixed order (test sets); for training sets a
+            `ShuffleOrder` (or an int seed for one), reshuffling every pass.
         permutation: optional int array over the flattened pixels.
         task_id: if given, inputs are `(x, task_id)` (task-incremental settings).
     """
@@ -71,9 +105,12 @@ def make_dataset(
     # fast as slicing (image, label) tuples; the point is the sharing.)
     images = tf.convert_to_tensor(images)  # no copy when already a tensor
     labels = tf.convert_to_tensor(np.asarray(labels, np.int32))
-    ds = tf.data.Dataset.range(int(labels.shape[0]))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(int(labels.shape[0]), seed=shuffle_seed, reshuffle_each_iteration=True)
+    n = int(labels.shape[0])
+    if shuffle_seed is None:
+        ds = tf.data.Dataset.range(n)
+    else:
+        order = shuffle_seed if isinstance(shuffle_seed, ShuffleOrder) else ShuffleOrder(shuffle_seed)
+        ds = order.indices(n)
     ds = ds.batch(batch_size)
     perm = None if permutation is None else tf.constant(permutation, tf.int32)
 
@@ -99,6 +136,8 @@ class Task:
         num_train, num_test: example counts.
         labels: the labels `y` takes in this task (== `classes` unless the setting
             relabels, as domain-incremental split benchmarks do).
+        train_order: the `ShuffleOrder` of `train` (its pass count is checkpointed
+            with a run), or None.
     """
 
     task_id: int
@@ -108,6 +147,7 @@ class Task:
     num_train: int
     num_test: int
     labels: tuple
+    train_order: ShuffleOrder = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +189,11 @@ class Scenario:
 
     def __getitem__(self, index):
         return self.tasks[index]
+
+    def data_state(self):
+        """`{name: ShuffleOrder}` of the training pipelines: what a checkpoint must hold
+        for a resumed run to see the same data orders."""
+        return {f"task_{t.task_id}": t.train_order for t in self.tasks if t.train_order is not None}
 
     def take(self, num_tasks):
         """The same scenario restricted to its first `num_tasks` tasks (quick runs)."""

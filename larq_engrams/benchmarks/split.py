@@ -11,6 +11,7 @@ import numpy as np
 from larq_engrams.benchmarks.scenario import (
     Preprocessing,
     Scenario,
+    ShuffleOrder,
     Task,
     check_batch_size,
     check_setting,
@@ -76,16 +77,17 @@ def _split(name, dataset, setting, class_order, seed, source, data_dir, batch_si
                 f"{name}: task {t} (classes {pair}) has {len(y_train)} training and "
                 f"{len(y_test)} test examples in {data.source}; every task needs both."
             )
+        order = ShuffleOrder(seed * 1000 + t)
         tasks.append(
             Task(
                 task_id=t,
                 classes=pair,
-                train=make_dataset(x_train, y_train, batch_size, prep,
-                                   shuffle_seed=seed * 1000 + t, task_id=task_id),
+                train=make_dataset(x_train, y_train, batch_size, prep, shuffle_seed=order, task_id=task_id),
                 test=make_dataset(x_test, y_test, eval_batch_size, prep, task_id=task_id),
                 num_train=len(y_train),
                 num_test=len(y_test),
                 labels=labels,
+                train_order=order,
             )
         )
     return Scenario(
