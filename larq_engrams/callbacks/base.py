@@ -17,10 +17,27 @@ class ContinualCallback(tf.keras.callbacks.Callback):
     treat each `fit` as one task check it. Before `on_task_begin` it sets
     `self.optimizer` (the optimizer of this task: it may be re-created per task) and,
     where a callback has a `scenario` attribute left at None, `self.scenario`.
+
+    Resuming: a callback whose method keeps state across tasks (a regularizer's
+    importances, a step counter) returns it from `checkpoint_variables()` (TensorFlow
+    variables, saved in the trainer's per-task checkpoint) and `get_state()` (plain
+    JSON-serializable values, saved in its state file); `set_state` takes the latter
+    back. A run resumed from a task boundary then continues as if never stopped.
     """
 
     optimizer = None
     task_hooks = False
+
+    def checkpoint_variables(self):
+        """`{name: tf.Variable or list of them}` a resumed run needs (default: none)."""
+        return {}
+
+    def get_state(self):
+        """JSON-serializable values a resumed run needs (default: none)."""
+        return {}
+
+    def set_state(self, state):
+        """Restores what `get_state` returned."""
 
     def on_task_begin(self, task, logs=None):
         """Called before training on `task` (an int)."""

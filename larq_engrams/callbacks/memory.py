@@ -68,7 +68,10 @@ class PeakMemoryCallback(ContinualCallback):
 
     - GPU (where one exists): `tf.config.experimental.reset_memory_stats(device)` at
       task start, `get_memory_info(device)["peak"]` at task end, per GPU. Without a GPU
-      the GPU entries are None ("absent"), never an error.
+      the GPU entries are None ("absent"), never an error. Where the reset fails (an
+      allocator without it), the peak read at the task's end is the process' lifetime
+      peak: it is recorded as such (`peak_gpu_scope: "lifetime"`, else "task"), with
+      the reason, never passed off as the task's; a peak that cannot be read is None.
     - Host: the RSS before training (at the start of the first task), each task's RSS
       at its start, and the peak RSS during each task (never below its start): the larger of
       Linux' VmHWM (reset at task start through /proc/self/clear_refs) and an RSS
@@ -87,6 +90,7 @@ class PeakMemoryCallback(ContinualCallback):
         self.tasks = []
         self._sampler = None
         self._task = None
+        self._gpu_reset_errors = {}
 
     @staticmethod
     def gpu_devices():
@@ -100,11 +104,12 @@ class PeakMemoryCallback(ContinualCallback):
         start = current_rss_bytes()
         if self.rss_before_bytes is None:
             self.rss_before_bytes = start
+        self._gpu_reset_errors = {}
         for device in self.gpu_devices():
             try:
                 tf.config.experimental.reset_memory_stats(device)
-            except (ValueError, tf.errors.OpError):
-                pass
+            except (ValueError, tf.errors.OpError) as error:
+                self._gpu_reset_errors[device] = str(error).splitlines()[0]
         self._vmhwm_reset = _reset_vmhwm()
         self._sampler = _RssSampler(self.sample_interval, initial=start)
         self._sampler.start()
@@ -132,19 +137,30 @@ class PeakMemoryCallback(ContinualCallback):
             "peak_rss_method": "VmHWM+sampled" if hwm else "sampled",
             "peak_gpu_bytes": max(gpu.values()) if gpu and None not in gpu.values() else None,
             "peak_gpu_bytes_per_device": gpu or None,
+            "peak_gpu_scope": (None if not gpu else "lifetime" if self._gpu_reset_errors else "task"),
+            "peak_gpu_reset_errors": self._gpu_reset_errors or None,
             "seconds": time.perf_counter() - self._started,
         }
         self.tasks.append(record)
         if logs is not None:
-            logs.update({k: record[k] for k in ("peak_rss_bytes", "rss_before_bytes", "peak_gpu_bytes")})
+            logs.update({k: record[k] for k in ("peak_rss_bytes", "rss_before_bytes", "peak_gpu_bytes",
+                                                "peak_gpu_scope")})
+
+    def abort(self):
+        """Stops measuring the current task without recording it (a run that failed)."""
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
 
     def summary(self):
         """Overall peaks across tasks: a JSON-serializable dict."""
         gpu = [t["peak_gpu_bytes"] for t in self.tasks]
+        scopes = {t.get("peak_gpu_scope") for t in self.tasks} - {None}
         return {
             "rss_before_bytes": self.rss_before_bytes,
             "peak_rss_bytes": max((t["peak_rss_bytes"] for t in self.tasks), default=None),
             "peak_gpu_bytes": max(gpu) if gpu and None not in gpu else None,
+            "peak_gpu_scope": ("lifetime" if "lifetime" in scopes else "task") if scopes else None,
             "gpu_devices": self.gpu_devices(),
             "tasks": list(self.tasks),
         }

@@ -46,6 +46,12 @@ class EngramTensorBoard(ContinualCallback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         return self._writer
 
+    def get_state(self):
+        return {"step": self.step}
+
+    def set_state(self, state):
+        self.step = int(state["step"])
+
     def _engram_layers(self):
         return [layer for layer in getattr(self.model, "layers", []) if isinstance(layer, EngramDense)] or [
             layer for layer in getattr(self.model, "engram_layers", [])

@@ -48,6 +48,13 @@ class ConsolidationPenalty(ContinualCallback):
     def penalty(self):
         raise NotImplementedError
 
+    def get_state(self):
+        return {"consolidated_tasks": list(self.consolidated_tasks), "fits": self._fits}
+
+    def set_state(self, state):
+        self.consolidated_tasks = list(state["consolidated_tasks"])
+        self._fits = int(state["fits"])
+
     def consolidate(self, task, dataset):
         raise NotImplementedError
 

@@ -77,6 +77,10 @@ class EWC(_FisherPenalty):
         super().__init__(model, strength, num_samples, scenario)
         self.fisher_sum, self.weighted_anchor, self.weighted_square = self.state(), self.state(), self.state()
 
+    def checkpoint_variables(self):
+        return {"fisher_sum": self.fisher_sum, "weighted_anchor": self.weighted_anchor,
+                "weighted_square": self.weighted_square}
+
     def penalty(self):
         total = tf.add_n([
             tf.reduce_sum(a * tf.square(latent(p)) - 2.0 * b * latent(p) + c)
@@ -112,6 +116,9 @@ class OnlineEWC(_FisherPenalty):
             raise ValueError(f"OnlineEWC: `gamma` must be in [0, 1], got {gamma!r}.")
         self.gamma = float(gamma)
         self.running_fisher, self.anchor = self.state(), self.state()
+
+    def checkpoint_variables(self):
+        return {"running_fisher": self.running_fisher, "anchor": self.anchor}
 
     def penalty(self):
         total = tf.add_n([

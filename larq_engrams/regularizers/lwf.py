@@ -61,7 +61,8 @@ class LearningWithoutForgetting(tf.keras.Model):
         self.distilling = tf.Variable(0.0, trainable=False, name="distilling")
         outputs = int(model.output_shape[-1])
         self.old_classes = tf.Variable(tf.ones(outputs), trainable=False, name="old_classes")
-        self._classes_recorded = False
+        # A variable, not a Python flag, so that checkpoints of the model hold it.
+        self.classes_recorded = tf.Variable(False, trainable=False, name="classes_recorded")
 
     def call(self, inputs, training=None):
         logits = self.student(inputs, training=training)
@@ -80,10 +81,11 @@ class LearningWithoutForgetting(tf.keras.Model):
         self.teacher.set_weights(self.student.get_weights())
         self.distilling.assign(1.0)
         if classes is not None:
-            mask = self.old_classes.numpy() if self._classes_recorded else tf.zeros_like(self.old_classes).numpy()
+            recorded = bool(self.classes_recorded.numpy())
+            mask = self.old_classes.numpy() if recorded else tf.zeros_like(self.old_classes).numpy()
             mask[list(classes)] = 1.0
             self.old_classes.assign(mask)
-            self._classes_recorded = True
+            self.classes_recorded.assign(True)
 
 
 class LwFUpdate(ContinualCallback):
@@ -99,6 +101,12 @@ class LwFUpdate(ContinualCallback):
 
     def _labels(self, task):
         return None if self.scenario is None else self.scenario[task].labels
+
+    def get_state(self):
+        return {"fits": self._fits}
+
+    def set_state(self, state):
+        self._fits = int(state["fits"])
 
     def on_task_end(self, task, logs=None):
         self.lwf_model.update_teacher(self._labels(task))

@@ -46,6 +46,10 @@ class SynapticIntelligence(ConsolidationPenalty):
         self._momentum_before = self.state()
         self.optimizer = None
 
+    def checkpoint_variables(self):
+        # omega is zero at a task boundary, but saving it keeps a mid-task save exact.
+        return {"omega": self.omega, "importance": self.importance, "anchor": self.anchor}
+
     def penalty(self):
         total = tf.add_n([
             tf.reduce_sum(w * tf.square(latent(p) - a))
