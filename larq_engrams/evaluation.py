@@ -7,7 +7,10 @@ both fill the accuracy matrix R the same way:
   in its no-task-id inference mode (`"infer"` by default, or `"union"`).
 - task incremental: the task id is given. An `EngramModel` gates by it (per-sample
   engrams); every model's logits are restricted to the task's classes (multi-head
-  evaluation, as in van de Ven & Tolias 2019): argmax over `task.labels` only.
+  evaluation, as in van de Ven & Tolias 2019): argmax over `task.labels` only. A task
+  whose engram is not allocated yet has no network to evaluate: its accuracy is NaN
+  (so are the entries above R's diagonal and the untrained baseline b_k for k > 0 of
+  an engram model in task-IL, and with them FWT), never the output of an all-off gate.
 """
 import numpy as np
 import tensorflow as tf
@@ -86,8 +89,8 @@ class TaskEvaluator:
             correct = tf.reduce_sum(tf.cast(predictions == tf.cast(y, tf.int32), tf.int64))
             return correct, tf.cast(tf.shape(y)[0], tf.int64)
 
-        # Test sets end in batches of other sizes: one shape-generic trace, not one each.
-        return tf.function(step, jit_compile=self.jit_compile, reduce_retracing=True)
+        # Test sets have batches of many sizes: one trace for all, from the data's spec.
+        return tf.function(step, input_signature=self.scenario[0].test.element_spec, jit_compile=self.jit_compile)
 
     def _prepare(self):
         """Sets the engram inference mode; retraces when the allocated engrams changed
@@ -103,6 +106,9 @@ class TaskEvaluator:
 
     def accuracy(self, task):
         self._prepare()
+        if (self.scenario.provides_task_id and isinstance(self.model, EngramModel)
+                and task.task_id not in self._traced_for):
+            return float("nan")  # no engram for this task yet: nothing to evaluate
         correct = total = 0
         for x, y in task.test:
             c, n = self._step(x, y)

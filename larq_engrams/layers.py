@@ -387,12 +387,18 @@ class EngramDense(tf.keras.layers.Layer):
             raise ValueError(
                 f"EngramDense: `mode` must be {_TASK_MODE!r} or {_UNION_MODE!r}, got {mode!r}."
             )
-        if task is None:
-            task = self.active_task
-        elif isinstance(task, (int, np.integer)):
-            self._check_task(task)
-        task = tf.convert_to_tensor(task)
-        return tf.gather(self.engram_masks, tf.cast(task, tf.int32))
+        if task is None:  # the active engram (EngramModel refuses to run without one)
+            return tf.gather(self.engram_masks, self.active_task)
+        if isinstance(task, (int, np.integer)):
+            self._check_task(task)  # static; the allocation is checked in-graph below
+        task = tf.cast(tf.convert_to_tensor(task), tf.int32)
+        # An unallocated engram's mask is all zeros: gating by it would turn the whole
+        # layer off and look like a trained network with a constant output.
+        tf.debugging.assert_greater(
+            tf.gather(self.allocated, task), 0.5,
+            message=f"EngramDense {self.name!r}: gated by a task id that has no engram yet; "
+                    f"allocate it first (model.begin_task(t)).")
+        return tf.gather(self.engram_masks, task)
 
     def _reactivation(self, batch_size):
         """g ~ Bernoulli(q) per (sample, unit), stateless and keyed by (seed, step)."""
