@@ -57,6 +57,7 @@ class HyperParameters:
     engram_fraction: float = 0.2
     activation_probability: float = 0.9
     excitability: float = 6.0
+    lda_features: int = None  # engram task inference's random features; None: the model's default
     seed: int = 0
     backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
     ewc_lambda: float = None  # None: the standard value for the scenario (below)
@@ -146,6 +147,8 @@ def _engram_model(scenario, hp, **kwargs):
         excitability=hp.excitability,
         seed=hp.seed,
     )
+    if hp.lda_features is not None:
+        args["lda_features"] = hp.lda_features
     args.update(kwargs)
     return engram_bnn(scenario.input_shape, scenario.num_classes, hidden=hp.hidden, **args)
 

@@ -3,6 +3,7 @@ tf.data loop and fills the accuracy matrix."""
 import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -16,10 +17,11 @@ from larq_engrams.models import EngramModel
 from larq_engrams.training.result import ContinualResult, environment, write_atomically
 from larq_engrams.training.step import train_step
 
-__all__ = ["ContinualTrainer"]
+__all__ = ["ContinualTrainer", "CheckpointError"]
 
 log = logging.getLogger("larq_engrams.training")
 _STATE_FILE = "trainer_state.json"
+_STATE_FORMAT = "larq_engrams.trainer_state/2"
 
 
 class ContinualTrainer:
@@ -30,7 +32,9 @@ class ContinualTrainer:
     re-creation, `epochs` epochs of a `tf.function` train step over `task.train`, then
     evaluation on every task's test set, which fills row t of R. Before the first task
     the untrained model is evaluated on every task (b_k, for FWT; an engram model is
-    evaluated gated by its first engram, which allocation does not train).
+    evaluated gated by its first engram, which allocation does not train; in task-IL,
+    where the task id picks the engram, tasks without an engram yet have no accuracy:
+    NaN in b, above R's diagonal and in FWT).
 
     Settings: in task-incremental scenarios the task id reaches the model (engram
     models gate by it) and the logits are restricted to the task's classes, in training
@@ -62,9 +66,16 @@ class ContinualTrainer:
             `MirroredStrategy` (one machine) or `MultiWorkerMirroredStrategy` (several,
             `TF_CONFIG` on each worker; see the README), pass `model` and `optimizer` as
             callables so they are created in `strategy.scope()`.
-        checkpoint_dir: if set, a checkpoint (model, optimizer, R so far) is written after
-            every task, and `fit` resumes from it when started again with the same
-            scenario.
+        checkpoint_dir: if set, a checkpoint is written after every task and `fit`
+            resumes from the last one when started again with the same scenario: the
+            model, the optimizer, every `ContinualCallback`'s state (regularizers' and
+            LwF's included, `ContinualCallback.checkpoint_variables` / `get_state`),
+            the training pipelines' shuffle positions (`ShuffleOrder`), R so far and
+            the memory records, so a resumed run gives the R of one run straight
+            through. A run killed at any point resumes from the last task boundary;
+            the previous checkpoint is removed only once the new one is complete.
+            Under `MultiWorkerMirroredStrategy` every worker takes part in writing
+            (TensorFlow requires it) and only the chief's copy is kept.
         jit_compile: compile the train and evaluation steps with XLA: True, False or
             "auto" (default): XLA for every model but an `EngramModel` in sparse
             execution, whose engram-sized shapes XLA cannot compile as one program
@@ -137,6 +148,9 @@ class ContinualTrainer:
         # (sum of batch losses, correct predictions, examples, batches) of the current
         # epoch, updated on the device by the train step.
         self._sums = tf.Variable(tf.zeros(4), trainable=False, name="epoch_sums")
+        # The first batch of the epoch with a non-finite input, a label outside
+        # [0, outputs), a non-finite loss (inf: none): checked whenever the sums are read.
+        self._health = tf.Variable(tf.fill([3], np.inf), trainable=False, name="epoch_health")
 
     # -------------------------------------------------------------- public API
     def fit(self, scenario):
@@ -151,6 +165,7 @@ class ContinualTrainer:
                 f"the engram model holds {self.model.max_tasks} engrams but the scenario has "
                 f"{scenario.num_tasks} tasks; build it with max_tasks >= {scenario.num_tasks}."
             )
+        self._check_scenario(scenario)
         T = self._num_tasks = scenario.num_tasks
         self._mask_table = tf.constant(class_mask_table(scenario)) if scenario.provides_task_id else None
         evaluator = TaskEvaluator(self.model, scenario, self.engram_inference, self.jit_compile)
@@ -178,36 +193,40 @@ class ContinualTrainer:
             if isinstance(cb, ContinualCallback):
                 cb.task_hooks = True  # before on_train_begin: no fit-as-task fallbacks
         callbacks.on_train_begin()
-        for t in range(first, T):
-            task = scenario[t]
-            if is_engram:
-                self.model.begin_task(t)
-                if not scenario.provides_task_id:  # inputs for "infer"'s task inference
-                    self.model.observe_task_data(task.train)
-            self._prepare_optimizer(t)
-            for cb in (self.memory, *self.user_callbacks):
-                if isinstance(cb, ContinualCallback):
-                    cb.optimizer = self.optimizer
-                    if getattr(cb, "scenario", False) is None:  # penalties that need the data
-                        cb.scenario = scenario
-                    cb.on_task_begin(t)
-            started = time.perf_counter()
-            for epoch in range(self.epochs):
-                logs = self._train_epoch(task, t, epoch, callbacks)
-                if self.eval_every_epoch:
-                    epoch_accuracies.append({"task": t, "epoch": epoch, "accuracies": evaluator.accuracies()})
-            task_seconds.append(time.perf_counter() - started)
-            R[t] = evaluator.accuracies()
-            logs = {**logs, "accuracies": R[t].tolist(), "accuracy_matrix": R[: t + 1].tolist()}
-            self.memory.on_task_end(t, logs)
-            for cb in self.user_callbacks:
-                if isinstance(cb, ContinualCallback):
-                    cb.on_task_end(t, logs)
-            if self.verbose:
-                seen = np.mean(R[t, : t + 1])
-                print(f"task {t}: {task_seconds[-1]:.1f}s, accuracy on tasks 0..{t}: "
-                      + " ".join(f"{100 * a:.1f}" for a in R[t, : t + 1]) + f" (mean {100 * seen:.1f}%)")
-            self._checkpoint(scenario, t, R, baseline, task_seconds, epoch_accuracies)
+        try:
+            for t in range(first, T):
+                task = scenario[t]
+                if is_engram:
+                    self.model.begin_task(t)
+                    if not scenario.provides_task_id:  # inputs for "infer"'s task inference
+                        self.model.observe_task_data(task.train)
+                self._prepare_optimizer(t)
+                for cb in (self.memory, *self.user_callbacks):
+                    if isinstance(cb, ContinualCallback):
+                        cb.optimizer = self.optimizer
+                        if getattr(cb, "scenario", False) is None:  # penalties that need the data
+                            cb.scenario = scenario
+                        cb.on_task_begin(t)
+                started = time.perf_counter()
+                for epoch in range(self.epochs):
+                    logs = self._train_epoch(task, t, epoch, callbacks)
+                    if self.eval_every_epoch:
+                        epoch_accuracies.append({"task": t, "epoch": epoch, "accuracies": evaluator.accuracies()})
+                task_seconds.append(time.perf_counter() - started)
+                R[t] = evaluator.accuracies()
+                logs = {**logs, "accuracies": R[t].tolist(), "accuracy_matrix": R[: t + 1].tolist()}
+                self.memory.on_task_end(t, logs)
+                for cb in self.user_callbacks:
+                    if isinstance(cb, ContinualCallback):
+                        cb.on_task_end(t, logs)
+                if self.verbose:
+                    seen = np.mean(R[t, : t + 1])
+                    print(f"task {t}: {task_seconds[-1]:.1f}s, accuracy on tasks 0..{t}: "
+                          + " ".join(f"{100 * a:.1f}" for a in R[t, : t + 1]) + f" (mean {100 * seen:.1f}%)")
+                self._checkpoint(scenario, t, R, baseline, task_seconds, epoch_accuracies)
+        except BaseException:
+            self.memory.abort()  # no sampler thread outlives a failed or interrupted run
+            raise
         callbacks.on_train_end()
 
         result = ContinualResult.from_matrix(
@@ -224,6 +243,37 @@ class ContinualTrainer:
             if result.task_inference is not None:
                 result.metrics["task_inference"] = float(np.mean(result.task_inference))
         return result
+
+    def _check_scenario(self, scenario):
+        """Clear errors, before any step, for data the model cannot train on."""
+        try:
+            outputs = int(self.model.output_shape[-1])
+        except (AttributeError, RuntimeError, TypeError):  # a subclassed model not built yet
+            outputs = scenario.num_classes
+        self._num_outputs = outputs
+        if scenario.num_tasks < 1:
+            raise ValueError("ContinualTrainer: the scenario has no tasks.")
+        try:
+            shape = self.model.input_shape
+        except (AttributeError, RuntimeError):  # not built yet
+            shape = None
+        # Sizes, not shapes: models that flatten take (28, 28) or (784,) alike. (A list:
+        # several inputs, such as (x, task id), which the model checks itself.)
+        if (isinstance(shape, tuple) and None not in shape[1:]
+                and int(np.prod(shape[1:])) != int(np.prod(scenario.input_shape))):
+            raise ValueError(
+                f"ContinualTrainer: the model takes inputs of shape {tuple(shape[1:])} but the scenario's are "
+                f"{tuple(scenario.input_shape)}; build the model with input_shape=scenario.input_shape.")
+        for task in scenario:
+            if not task.num_train or not task.num_test or int(task.train.cardinality()) == 0:
+                raise ValueError(
+                    f"ContinualTrainer: task {task.task_id} is empty ({task.num_train} training and "
+                    f"{task.num_test} evaluation examples); every task needs both.")
+            outside = [c for c in task.labels if not 0 <= int(c) < outputs]
+            if outside:
+                raise ValueError(
+                    f"ContinualTrainer: task {task.task_id} has labels {outside} outside [0, {outputs}): "
+                    f"the model has {outputs} outputs and the scenario {scenario.num_classes} classes.")
 
     def config(self, scenario=None):
         """The run's settings: JSON-serializable."""
@@ -256,27 +306,43 @@ class ContinualTrainer:
         if fresh and self.optimizer.variables():
             for variable in self.optimizer.variables():
                 variable.assign(tf.zeros_like(variable))
+        # Slots made now, not inside the first step: a tf.function that creates variables
+        # is traced twice.
+        with self.strategy.scope():
+            self.optimizer.build(self.model.trainable_variables)
 
-    def _make_train_step(self):
+    def _make_train_step(self, element_spec):
         model, optimizer, mask_table = self.model, self.optimizer, self._mask_table
         strategy = self.strategy
 
+        outputs = self._num_outputs
+
         def replica_step(x, y):
             x, task_ids = split_task_inputs(x)
-            return train_step(model, optimizer, x, y, task_ids, mask_table)
+            # Checked before the step, whose ops may raise on such labels (reported then
+            # with this context by `_run_batches`) or silently give NaN (XLA, GPU).
+            bad_inputs = tf.logical_not(tf.reduce_all(tf.math.is_finite(x))) if x.dtype.is_floating else False
+            y_int = tf.cast(y, tf.int32)
+            bad_labels = tf.reduce_any((y_int < 0) | (y_int >= outputs))
+            loss, correct, count = train_step(model, optimizer, x, y, task_ids, mask_table)
+            return loss, correct, count, tf.cast(tf.stack([bad_inputs, bad_labels]), tf.float32)
 
-        sums = self._sums
+        sums, health = self._sums, self._health
 
         def step(x, y):
-            loss, correct, count = strategy.run(replica_step, args=(x, y))
+            loss, correct, count, problems = strategy.run(replica_step, args=(x, y))
             reduce = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa: E731
-            sums.assign_add(tf.stack([reduce(loss), reduce(correct), reduce(count), 1.0]))
+            loss, problems = reduce(loss), reduce(problems)
+            flags = tf.stack([problems[0] > 0, problems[1] > 0, tf.logical_not(tf.math.is_finite(loss))])
+            health.assign(tf.minimum(health, tf.where(flags, sums[3], np.inf)))
+            sums.assign_add(tf.stack([loss, reduce(correct), reduce(count), 1.0]))
 
-        return tf.function(step, jit_compile=self.jit_compile, reduce_retracing=True)
+        # One trace for every batch size (the last batch of an epoch is smaller), from the
+        # data's own spec: tracing costs far more than these small steps.
+        return tf.function(step, input_signature=element_spec, jit_compile=self.jit_compile)
 
     def _train_epoch(self, task, t, epoch, callbacks):
-        if getattr(self, "_train_step", None) is None:
-            self._train_step = self._make_train_step()
+        where = f"task {t}, epoch {epoch + 1}/{self.epochs}"
         steps = int(task.train.cardinality())
         steps = steps if steps >= 0 else None  # unknown (e.g. joint training's mixture)
         progbar = (
@@ -289,7 +355,7 @@ class ContinualTrainer:
         if isinstance(self.model, EngramModel):  # compact optimizer moments for the epoch
             self.model.load_engram_slots(self.optimizer)
         try:
-            logs = self._run_batches(task, callbacks, progbar)
+            logs = self._run_batches(task, callbacks, progbar, where)
         finally:
             if isinstance(self.model, EngramModel):
                 self.model.flush_engram_slots()
@@ -297,41 +363,95 @@ class ContinualTrainer:
         callbacks.on_epoch_end(epoch, logs)
         return logs
 
-    def _run_batches(self, task, callbacks, progbar):
+    def _run_batches(self, task, callbacks, progbar, where):
         # Loss, correct predictions and examples are summed on the device by the step;
         # Python reads them only for callbacks with batch hooks and the progress bar.
         self._sums.assign(tf.zeros(4))
+        self._health.assign(tf.fill([3], np.inf))
         batch_logs = callbacks._should_call_train_batch_hooks  # Keras' own flag
-        every = max(1, (progbar.target or 50) // 50) if progbar is not None else None
+        every = max(1, (progbar.target or 50) // 50) if progbar is not None else 50
         batches = 0
-        for batch, (x, y) in enumerate(self.strategy.experimental_distribute_dataset(task.train)):
+        data = self.strategy.experimental_distribute_dataset(task.train)
+        if getattr(self, "_train_step_spec", None) != data.element_spec:
+            self._train_step = self._make_train_step(data.element_spec)
+            self._train_step_spec = data.element_spec
+        for batch, (x, y) in enumerate(data):
             callbacks.on_train_batch_begin(batch)
-            self._train_step(x, y)
+            try:
+                self._train_step(x, y)
+            except tf.errors.InvalidArgumentError as error:
+                # Where the step's own ops refuse bad labels (CPU), say so as the check does.
+                labels = np.concatenate([np.ravel(v) for v in self.strategy.experimental_local_results(y)])
+                outside = sorted(set(labels[(labels < 0) | (labels >= self._num_outputs)].tolist()))
+                problem = f"a label outside [0, {self._num_outputs}) ({outside[:5]})" if outside else "the train step failed"
+                raise ValueError(f"ContinualTrainer: {problem} at {where}, step {batch + 1}: {error.message}") from error
             batches = batch + 1
-            read = batch_logs or (every is not None and batches % every == 0)
-            logs = self._epoch_logs() if read else None
+            read = batch_logs or batches % every == 0
+            logs = self._epoch_logs(where) if read else None
             callbacks.on_train_batch_end(batch, logs)
             if read and progbar is not None and batches != progbar.target:
                 progbar.update(batches, list(logs.items()))
-        logs = self._epoch_logs()
+        if batches == 0:
+            raise ValueError(f"ContinualTrainer: the training data of {where} is empty.")
+        logs = self._epoch_logs(where)
         if progbar is not None:
             progbar.update(batches, list(logs.items()), finalize=True)
         return logs
 
-    def _epoch_logs(self):
+    def _epoch_logs(self, where):
+        self._check_health(where)
         loss, correct, count, batches = self._sums.numpy().tolist()
         return {"loss": loss / max(batches, 1.0), "accuracy": correct / max(count, 1.0)}
 
+    def _check_health(self, where):
+        """Stops training at the first sign of bad data or divergence, before anything
+        is checkpointed: the last good checkpoint (the previous task's) stays."""
+        first = self._health.numpy()
+        if not np.isfinite(first).any():
+            return
+        kept = (f" The last good checkpoint, in {self.checkpoint_dir}, is kept: run again to resume from it."
+                if self.checkpoint_dir else "")
+        problem = int(np.argmin(first))  # the earliest; at one step, bad data before the loss
+        step = int(first[problem]) + 1
+        if problem == 0:
+            raise FloatingPointError(f"ContinualTrainer: NaN or Inf in the inputs at {where}, step {step}: "
+                                     f"check the data.{kept}")
+        if problem == 1:
+            raise ValueError(f"ContinualTrainer: a label outside [0, {self._num_outputs}) at {where}, step "
+                             f"{step}: the model has {self._num_outputs} outputs.{kept}")
+        raise FloatingPointError(f"ContinualTrainer: the loss is NaN or Inf at {where}, step {step} (the inputs "
+                                 f"are finite): lower the learning rate or the regularization strength.{kept}")
+
     # ------------------------------------------------------------- checkpoints
-    def _checkpoint_object(self):
-        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+    def _stateful_callbacks(self):
+        """The callbacks whose state a checkpoint holds (those without state may differ
+        between the run that wrote it and the one that resumes)."""
+        return [cb for cb in self.user_callbacks
+                if isinstance(cb, ContinualCallback) and (cb.checkpoint_variables() or cb.get_state())]
+
+    def _checkpoint_object(self, scenario):
+        callbacks = {f"callback_{i}": tf.train.Checkpoint(**cb.checkpoint_variables())
+                     for i, cb in enumerate(self._stateful_callbacks())}
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                   callbacks=tf.train.Checkpoint(**callbacks),
+                                   data=tf.train.Checkpoint(**scenario.data_state()))
 
     def _checkpoint(self, scenario, t, R, baseline, task_seconds, epoch_accuracies):
         if not self.checkpoint_dir:
             return
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        prefix = self._checkpoint_object().write(os.path.join(self.checkpoint_dir, f"after_task_{t}"))
+        name = f"after_task_{t}"
+        chief = _is_chief(self.strategy)
+        # Every worker writes (variables read across workers need all of them); the
+        # others write to a folder of their own, removed at once.
+        folder = self.checkpoint_dir if chief else os.path.join(
+            self.checkpoint_dir, f".worker_{self.strategy.cluster_resolver.task_id}")
+        prefix = self._checkpoint_object(scenario).write(os.path.join(folder, name))
+        if not chief:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
         state = {
+            "format": _STATE_FORMAT,
             "scenario": _scenario_key(scenario),
             "completed": t + 1,
             "checkpoint": os.path.basename(prefix),
@@ -341,11 +461,16 @@ class ContinualTrainer:
             "epoch_accuracies": epoch_accuracies,
             "memory_tasks": self.memory.tasks,
             "rss_before_bytes": self.memory.rss_before_bytes,
+            "callbacks": [{"class": type(cb).__name__, "state": cb.get_state()}
+                          for cb in self._stateful_callbacks()],
         }
         # The state file names the checkpoint it belongs to and is replaced atomically
-        # after the checkpoint is complete: a run killed mid-write resumes from the
-        # previous task.
+        # after the checkpoint is complete: a run killed at any point resumes from the
+        # last complete one. Only then are the older checkpoints removed.
         write_atomically(os.path.join(self.checkpoint_dir, _STATE_FILE), json.dumps(state, indent=1))
+        for file in os.listdir(self.checkpoint_dir):
+            if file.startswith("after_task_") and not file.startswith(os.path.basename(prefix) + "."):
+                os.remove(os.path.join(self.checkpoint_dir, file))
 
     def _restore(self, scenario):
         if not self.checkpoint_dir:
@@ -353,19 +478,59 @@ class ContinualTrainer:
         path = os.path.join(self.checkpoint_dir, _STATE_FILE)
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            state = json.load(f)
+        start_over = (f"Delete the folder {self.checkpoint_dir} to start the run over, or give another "
+                      f"checkpoint_dir.")
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            if state.get("format") != _STATE_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, expected {_STATE_FORMAT!r}")
+            completed, prefix = int(state["completed"]), state["checkpoint"]
+            saved_callbacks = [entry["class"] for entry in state["callbacks"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(
+                f"{path} is not a trainer state file this version can resume from ({error}): it is "
+                f"truncated, corrupt, or written by another program or version. {start_over}") from error
         if state["scenario"] != _scenario_key(scenario):
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} belongs to a different scenario ({state['scenario']}) than this run "
-                f"({_scenario_key(scenario)}); use another checkpoint_dir or delete it."
+                f"({_scenario_key(scenario)}). {start_over}"
             )
+        callbacks = self._stateful_callbacks()
+        if saved_callbacks != [type(cb).__name__ for cb in callbacks]:
+            raise CheckpointError(
+                f"{path} was written with the callbacks {saved_callbacks}, this run has "
+                f"{[type(cb).__name__ for cb in callbacks]}: it is another method's run. {start_over}")
         with self.strategy.scope():  # slots must exist to be restored (build is idempotent)
             self.optimizer.build(self.model.trainable_variables)
-        self._checkpoint_object().read(os.path.join(self.checkpoint_dir, state["checkpoint"])).assert_existing_objects_matched()
+        checkpoint = os.path.join(self.checkpoint_dir, prefix)
+        try:
+            self._checkpoint_object(scenario).read(checkpoint).assert_existing_objects_matched()
+        except Exception as error:  # TensorFlow raises many kinds for a broken file
+            raise CheckpointError(
+                f"cannot restore the checkpoint {checkpoint} named by {path}: {str(error).splitlines()[0]}. "
+                f"It is missing, truncated, or holds another model. {start_over}") from error
+        for cb, entry in zip(callbacks, state["callbacks"]):
+            cb.set_state(entry["state"])
         if isinstance(self.model, EngramModel):
-            self.model.begin_task(state["completed"] - 1)
+            self.model.begin_task(completed - 1)
         return state
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or trainer state file that cannot be resumed from."""
+
+
+def _is_chief(strategy):
+    """Whether this process keeps the checkpoints: always, except on the workers of a
+    multi-worker strategy other than the chief (or worker 0 without a chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _scenario_key(scenario):
