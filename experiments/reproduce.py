@@ -44,6 +44,7 @@ flags.DEFINE_list("hidden", ["256", "256"], "Hidden widths (every method).")
 flags.DEFINE_list("methods", None, "Restrict to these methods.")
 flags.DEFINE_enum("source", "auto", ["auto", "tfds", "local", "bundled"], "Data source.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir or folder of original files.")
+flags.register_validator("data_dir", lambda d: d is None or os.path.isdir(d), "--data_dir must be an existing folder")
 flags.DEFINE_string("outdir", "results", "Where results go.")
 flags.DEFINE_string("logdir", None, "TensorBoard logs (none by default: the grid is large).")
 flags.DEFINE_bool("isolate", True, "Run every experiment in a fresh process, so that its peak memory is its "

@@ -118,6 +118,8 @@ def validate():
         seeds = None
     if FLAGS.scenario == "core50_ni" and not FLAGS.data_dir:
         errors.append("--scenario=core50_ni needs --data_dir (the folder of the official CORe50 files)")
+    if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
+        errors.append(f"--data_dir {FLAGS.data_dir!r} is not a folder")
     if FLAGS.scenario in ("permuted_mnist", "core50_ni") and FLAGS["setting"].present and FLAGS.setting != "domain":
         errors.append(f"--setting: {FLAGS.scenario} is domain-incremental only")
     if errors:
@@ -154,9 +156,15 @@ def main(argv):
                                                verbose=FLAGS.verbose, command=command)
             print(result.format_matrix())
             results[method].append(result)
+    # The summary holds every finished run in the folder: methods of earlier commands
+    # into the same --name keep their rows (with their own epochs and widths).
+    everything = experiment.collect_results(out_root)
+    earlier = sorted(set(everything) - set(results))
+    if earlier:
+        print(f"\nThe summary also keeps the rows of earlier runs in {out_root}: {', '.join(earlier)}.")
     title = f"{config.scenario} ({config.setting})"
-    table = experiment.write_summary(os.path.join(out_root, "summary"), experiment.summarize(results), title,
-                                     {"command": command, "wall_seconds": time.perf_counter() - started})
+    table = experiment.write_summary(os.path.join(out_root, "summary"), experiment.summarize({**everything, **results}),
+                                     title, {"command": command, "wall_seconds": time.perf_counter() - started})
     print("\n" + table)
     print(f"\nResults: {out_root}/  (summary.md, per method and seed: result.json/csv and plots)")
     print(f"TensorBoard: tensorboard --logdir {log_root}")

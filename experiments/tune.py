@@ -39,6 +39,7 @@ flags.DEFINE_list("seeds", ["0"], "Seeds (each also draws its own validation spl
 flags.DEFINE_float("validation_fraction", 0.1, "Fraction of the training data held out.")
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("data_dir", None, "Folder of original files (--source=local).")
+flags.register_validator("data_dir", lambda d: d is None or os.path.isdir(d), "--data_dir must be an existing folder")
 flags.DEFINE_string("outdir", "runs/selection", "Where the selection goes.")
 flags.DEFINE_integer("verbose", 0, "0: a line per run; 1: progress bars.")
 
@@ -93,7 +94,9 @@ def main(argv):
         label = ", ".join(f"{k}={v}" for k, v in point.items()) or "defaults"
         accs, inference = [], []
         for seed in seeds:
-            result = experiment.run_experiment(config, FLAGS.method, seed, os.path.join(root, f"point_{i}"),
+            # One folder per setting (not per position), so a changed grid reuses what it can.
+            point_dir = os.path.join(root, "point_" + ("_".join(f"{k}={v}" for k, v in point.items()) or "defaults"))
+            result = experiment.run_experiment(config, FLAGS.method, seed, point_dir,
                                                logdir=None, verbose=FLAGS.verbose, command=command)
             accs.append(result.metrics["acc"])
             if "task_inference" in result.metrics:

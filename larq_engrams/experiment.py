@@ -3,8 +3,15 @@
 Shared by `experiments/run.py` (one scenario, several methods and seeds) and
 `experiments/reproduce.py` (the comparison grid), so that both produce the same files:
 
+    <outdir>/<method>/seed_<s>/run.json        the run's settings (written first)
     <outdir>/<method>/seed_<s>/result.json, result.csv, accuracy_matrix.png, task_accuracies.png
+    <outdir>/<method>/seed_<s>/checkpoints/   per-task checkpoints while the run is unfinished
     <logdir>/<method>/seed_<s>/  (TensorBoard)
+
+A folder is reused only for the same run: its settings (`run_settings`: method,
+hyperparameters, scenario, data source, epochs, batch, seed, package version) must
+equal the ones asked for, otherwise `run_experiment` stops with a `StaleRunError`
+before training.
 """
 import dataclasses
 import json
@@ -14,12 +21,16 @@ import time
 
 import numpy as np
 
+import larq_engrams
 from larq_engrams import benchmarks, methods
 from larq_engrams.callbacks import EngramTensorBoard
 from larq_engrams.metrics import mean_and_sem
-from larq_engrams.training import ContinualResult, ContinualTrainer
+from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
-__all__ = ["ExperimentConfig", "SCENARIOS", "make_scenario", "run_experiment", "summarize", "summary_table"]
+__all__ = [
+    "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "make_scenario", "run_experiment",
+    "run_settings", "summarize", "summary_table",
+]
 
 SCENARIOS = ("split_mnist", "split_fashion_mnist", "split_cifar10", "permuted_mnist", "core50_ni")
 METRICS = ("acc", "bwt", "forgetting", "fwt", "avg_incremental_acc")
@@ -42,6 +53,7 @@ class ExperimentConfig:
     # choosing settings); "test": the one final evaluation.
     evaluate_on: str = "test"
     validation_fraction: float = 0.1
+    jit_compile: object = "auto"  # ContinualTrainer's: True, False or "auto"
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
@@ -74,19 +86,105 @@ def make_scenario(config, seed):
     return scenario.take(config.num_tasks) if config.num_tasks else scenario
 
 
+class StaleRunError(ValueError):
+    """A results folder holds a run with other settings, or files that cannot be read."""
+
+
+def run_settings(config, method, seed, source):
+    """What makes two runs the same run (JSON values): the method, its hyperparameters,
+    the experiment's settings, the data source actually read, the seed and the
+    package version."""
+    settings = {
+        "method": method,
+        "seed": int(seed),
+        "hparams": dataclasses.asdict(config.hparams.replace(seed=seed)),
+        "experiment": {k: v for k, v in dataclasses.asdict(config).items() if k != "hparams"},
+        "source": source,
+        "larq_engrams": larq_engrams.__version__,
+    }
+    return json.loads(json.dumps(settings, default=str))  # tuples -> lists, as read back
+
+
+def _settings_of_result(result):
+    """`run_settings` of a finished run, also of one saved before `run.json` existed."""
+    if "settings" in result.config:
+        return result.config["settings"]
+    method = result.config.get("method", {})
+    return {"method": method.get("name"), "seed": method.get("hparams", {}).get("seed"),
+            "hparams": method.get("hparams"), "experiment": result.config.get("experiment"),
+            "source": result.config.get("scenario", {}).get("source"),
+            "larq_engrams": result.environment.get("larq_engrams")}
+
+
+def _differences(saved, wanted, prefix=""):
+    out = []
+    for key in sorted(set(saved or {}) | set(wanted or {})):
+        a, b = (saved or {}).get(key), (wanted or {}).get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} there, {b!r} here")
+    return out
+
+
+def _read_json(path, what):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise StaleRunError(
+            f"{path} ({what}) cannot be read: {error}. It is truncated or corrupt: delete its folder "
+            f"{os.path.dirname(path)} to run it again.") from error
+
+
+def _check_reuse(run_dir, settings):
+    """Raises `StaleRunError` if `run_dir` holds a run with other settings; returns the
+    finished result if there is one."""
+    finished, started = os.path.join(run_dir, "result.json"), os.path.join(run_dir, "run.json")
+    saved, result = None, None
+    if os.path.exists(finished):
+        try:
+            result = ContinualResult.from_json(json.dumps(_read_json(finished, "a finished run's result")))
+        except TypeError as error:
+            raise StaleRunError(f"{finished} is not a result file of this package ({error}); delete "
+                                f"{run_dir} to run it again.") from error
+        saved = _settings_of_result(result)
+    elif os.path.exists(started):
+        saved = _read_json(started, "an unfinished run's settings").get("settings")
+    if saved is not None:
+        differences = _differences(saved, settings)
+        if differences:
+            raise StaleRunError(
+                f"{run_dir} holds a run with other settings ({'; '.join(differences)}). Nothing was run. "
+                f"Give another --name or --outdir, delete that folder, or pass --noresume to overwrite it.")
+    return result
+
+
 def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbose=1, command=None,
                    keep_checkpoints=True):
     """Runs `method` with `seed`; saves under `outdir/<method>/seed_<seed>/`.
 
-    With `resume`, a finished run (its `result.json` exists) is loaded instead of run
-    again, and an interrupted one continues from its per-task checkpoints (deleted once
-    the run is finished unless `keep_checkpoints`).
+    With `resume`, a finished run of the same settings (`run_settings`) is loaded
+    instead of run again, and an interrupted one continues from its per-task
+    checkpoints (deleted once the run is finished unless `keep_checkpoints`); each
+    reuse prints one line. A folder holding another run's settings, or files that
+    cannot be read, raises `StaleRunError` before any training. Without `resume` the
+    folder is overwritten.
     """
     run_dir = os.path.join(outdir, method, f"seed_{seed}")
-    finished = os.path.join(run_dir, "result.json")
-    if resume and os.path.exists(finished):
-        return ContinualResult.from_json(finished)
     scenario = make_scenario(config, seed)
+    settings = run_settings(config, method, seed, scenario.source)
+    if resume:
+        finished = _check_reuse(run_dir, settings)
+        if finished is not None:
+            print(f"Reusing the finished run in {run_dir} (same settings; --noresume runs it again).")
+            return finished
+        if os.path.exists(os.path.join(run_dir, "checkpoints", "trainer_state.json")):
+            print(f"Resuming the unfinished run in {run_dir} from its last task checkpoint.")
+    elif os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)  # overwritten: no file of the old run may be mixed in
+    write_atomically(os.path.join(run_dir, "run.json"),
+                     json.dumps({"settings": settings, "command": command}, indent=1))
     hp = config.hparams.replace(seed=seed)
     setup = methods.build(method, scenario, hp)
     callbacks = list(setup.callbacks)
@@ -95,19 +193,38 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     trainer = ContinualTrainer(
         setup.model, setup.optimizer, epochs=config.epochs, engram_inference=config.engram_inference,
         callbacks=callbacks, checkpoint_dir=os.path.join(run_dir, "checkpoints") if resume else None,
-        seed=seed, verbose=verbose,
+        jit_compile=config.jit_compile, seed=seed, verbose=verbose,
     )
     started = time.perf_counter()
     result = trainer.fit(setup.scenario)
     result.config["method"] = {"name": method, "description": setup.description,
                                "hparams": dataclasses.asdict(hp)}
     result.config["experiment"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "hparams"}
+    result.config["settings"] = settings
     result.config["wall_seconds"] = time.perf_counter() - started
     result.config["command"] = command
     result.save(run_dir)
     if not keep_checkpoints:
         shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
     return result
+
+
+def collect_results(outdir):
+    """`{method: [ContinualResult per seed]}` of every finished run under `outdir`
+    (`<method>/seed_<s>/result.json`), so a summary holds every method run into a
+    folder, not only the last command's."""
+    out = {}
+    if not os.path.isdir(outdir):
+        return out
+    for method in sorted(os.listdir(outdir)):
+        folder = os.path.join(outdir, method)
+        seeds = sorted((d for d in os.listdir(folder) if d.startswith("seed_")) if os.path.isdir(folder) else [],
+                       key=lambda d: int(d[5:]) if d[5:].isdigit() else -1)
+        results = [ContinualResult.from_json(json.dumps(_read_json(os.path.join(folder, d, "result.json"), "a result")))
+                   for d in seeds if os.path.exists(os.path.join(folder, d, "result.json"))]
+        if results:
+            out[method] = results
+    return out
 
 
 def summarize(results_by_method):
@@ -123,6 +240,9 @@ def summarize(results_by_method):
         entry["peak_gpu_bytes"] = max(gpu) if None not in gpu else None
         entry["train_seconds"] = float(np.mean([sum(r.task_seconds) for r in results]))
         entry["source"] = results[0].config["scenario"]["source"]
+        trainer = results[0].config.get("trainer", {})
+        entry["epochs"] = trainer.get("epochs")
+        entry["hidden"] = results[0].config.get("method", {}).get("hparams", {}).get("hidden")
         summary[method] = entry
     return summary
 
@@ -133,19 +253,19 @@ def summary_table(summary, title):
     lines = [
         f"{title}; data: {any_entry['source']}; seeds: {any_entry['seeds']} (mean ± s.e.m.)",
         "",
-        "| method | ACC % | BWT % | forgetting % | task inference % | peak RSS MiB | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| method | ACC % | BWT % | forgetting % | task inference % | epochs | hidden | peak RSS MiB | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
         fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}" if key in s else "—"  # noqa: E731
+        hidden = "-".join(map(str, s.get("hidden") or [])) or "—"
         lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | "
-                     f"{s['peak_rss_bytes'] / 2**20:.0f} | {s['train_seconds']:.0f} |")
+                     f"{s.get('epochs') or '—'} | {hidden} | {s['peak_rss_bytes'] / 2**20:.0f} | "
+                     f"{s['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
 def write_summary(path_prefix, summary, title, extra=None):
-    from larq_engrams.training import write_atomically
-
     write_atomically(path_prefix + ".json", json.dumps({"title": title, **(extra or {}), "methods": summary},
                                                         indent=2))
     table = summary_table(summary, title)
