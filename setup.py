@@ -37,7 +37,8 @@ setup(
         "psutil",
     ],
     extras_require={
-        "test": ["pytest>=7", "nbclient>=0.10", "nbformat>=5.9", "ipykernel"],
+        # pytest-xdist: the suite runs on up to 4 processes (pyproject.toml's addopts).
+        "test": ["pytest>=7", "pytest-xdist>=3", "nbclient>=0.10", "nbformat>=5.9", "ipykernel"],
         "notebook": ["jupyter", "ipykernel", "nbclient>=0.10", "nbformat>=5.9"],
     },
     classifiers=[

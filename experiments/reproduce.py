@@ -54,15 +54,16 @@ flags.DEFINE_string("child", None, "Internal: run one experiment described by th
 
 def run_isolated(config, method, seed, out, logdir, command):
     """Runs one experiment in a fresh Python process; returns its saved result."""
-    finished = os.path.join(out, method, f"seed_{seed}", "result.json")
-    if not os.path.exists(finished):
-        spec = {"config": dataclasses.asdict(config), "method": method, "seed": seed, "out": out,
-                "logdir": logdir, "command": command}
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child={json.dumps(spec)}"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{config.name} {method} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    return ContinualResult.from_json(finished)
+    reused = experiment.finished_run(config, method, seed, out)  # same settings, or StaleRunError
+    if reused is not None:
+        return reused
+    spec = {"config": dataclasses.asdict(config), "method": method, "seed": seed, "out": out,
+            "logdir": logdir, "command": command}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child={json.dumps(spec)}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{config.name} {method} seed {seed} failed:\n{proc.stderr[-3000:]}")
+    return ContinualResult.from_json(os.path.join(out, method, f"seed_{seed}", "result.json"))
 
 
 def run_child(spec_json):

@@ -17,6 +17,7 @@ from absl import app, flags
 import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 before anything else)
 
 from larq_engrams import benchmarks, experiment, methods
+from larq_engrams.training import CheckpointError
 
 # Named configurations. A preset sets defaults; flags given on the command line win.
 PRESETS = {
@@ -152,8 +153,11 @@ def main(argv):
         results[method] = []
         for seed in seeds:
             print(f"\n=== {method} (seed {seed}) on {name} ===")
-            result = experiment.run_experiment(config, method, seed, out_root, log_root, resume=FLAGS.resume,
-                                               verbose=FLAGS.verbose, command=command)
+            try:
+                result = experiment.run_experiment(config, method, seed, out_root, log_root, resume=FLAGS.resume,
+                                                   verbose=FLAGS.verbose, command=command)
+            except (experiment.StaleRunError, CheckpointError) as error:
+                sys.exit(f"error: {error}")  # one clear line, no traceback
             print(result.format_matrix())
             results[method].append(result)
     # The summary holds every finished run in the folder: methods of earlier commands

@@ -21,7 +21,7 @@ from absl import app, flags
 
 import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 first)
 from larq_engrams import benchmarks, experiment, methods
-from larq_engrams.training import write_atomically
+from larq_engrams.training import CheckpointError, write_atomically
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("scenario", "split_mnist", [s for s in experiment.SCENARIOS if s != "core50_ni"], "Benchmark.")
@@ -96,8 +96,11 @@ def main(argv):
         for seed in seeds:
             # One folder per setting (not per position), so a changed grid reuses what it can.
             point_dir = os.path.join(root, "point_" + ("_".join(f"{k}={v}" for k, v in point.items()) or "defaults"))
-            result = experiment.run_experiment(config, FLAGS.method, seed, point_dir,
-                                               logdir=None, verbose=FLAGS.verbose, command=command)
+            try:
+                result = experiment.run_experiment(config, FLAGS.method, seed, point_dir,
+                                                   logdir=None, verbose=FLAGS.verbose, command=command)
+            except (experiment.StaleRunError, CheckpointError) as error:
+                sys.exit(f"error: {error}")  # one clear line, no traceback
             accs.append(result.metrics["acc"])
             if "task_inference" in result.metrics:
                 inference.append(result.metrics["task_inference"])

@@ -28,7 +28,8 @@ from larq_engrams.metrics import mean_and_sem
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 __all__ = [
-    "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "make_scenario", "run_experiment",
+    "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "finished_run", "make_scenario",
+    "run_experiment",
     "run_settings", "summarize", "summary_table",
 ]
 
@@ -160,6 +161,18 @@ def _check_reuse(run_dir, settings):
     return result
 
 
+def finished_run(config, method, seed, outdir, scenario=None):
+    """The finished run of exactly these settings under `outdir` (printing one line
+    that says it is reused), or None if there is none yet; `StaleRunError` if the
+    folder holds a run with other settings or files that cannot be read."""
+    run_dir = os.path.join(outdir, method, f"seed_{seed}")
+    scenario = scenario if scenario is not None else make_scenario(config, seed)
+    finished = _check_reuse(run_dir, run_settings(config, method, seed, scenario.source))
+    if finished is not None:
+        print(f"Reusing the finished run in {run_dir} (same settings; --noresume runs it again).")
+    return finished
+
+
 def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbose=1, command=None,
                    keep_checkpoints=True):
     """Runs `method` with `seed`; saves under `outdir/<method>/seed_<seed>/`.
@@ -175,9 +188,8 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     scenario = make_scenario(config, seed)
     settings = run_settings(config, method, seed, scenario.source)
     if resume:
-        finished = _check_reuse(run_dir, settings)
+        finished = finished_run(config, method, seed, outdir, scenario)
         if finished is not None:
-            print(f"Reusing the finished run in {run_dir} (same settings; --noresume runs it again).")
             return finished
         if os.path.exists(os.path.join(run_dir, "checkpoints", "trainer_state.json")):
             print(f"Resuming the unfinished run in {run_dir} from its last task checkpoint.")

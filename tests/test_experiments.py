@@ -34,6 +34,13 @@ def test_run_writes_results_summary_and_tensorboard(tmp_path):
     assert "| xdg |" in open(root / "summary.md").read()
     assert any(f.startswith("events.out") for _, _, files in os.walk(tmp_path / "logs") for f in files)
     assert "tensorboard --logdir" in proc.stdout
+    # The same folder with other settings: one clear line, exit 1, nothing overwritten.
+    stale = run_script("run.py", "--scenario=split_mnist", "--setting=task", "--num_tasks=2", "--method=bnn",
+                       "--hidden=16", "--epochs=2", "--batch_size=64", "--source=bundled", "--seeds=0",
+                       f"--outdir={tmp_path}/out", f"--logdir={tmp_path}/logs", "--verbose=0")
+    assert stale.returncode == 1 and "Traceback" not in stale.stderr, stale.stderr[-3000:]
+    assert "holds a run with other settings (experiment.epochs: 1 there, 2 here)" in stale.stderr
+    assert json.load(open(root / "bnn" / "seed_0" / "result.json"))["config"]["trainer"]["epochs"] == 1
 
 
 @pytest.mark.parametrize(
@@ -44,12 +51,13 @@ def test_run_writes_results_summary_and_tensorboard(tmp_path):
         ("--m=-2", "--m"),
         ("--activation_probability=1.5", "--activation_probability"),
         ("--scenario=core50_ni", "--data_dir"),
+        ("--data_dir=/nonexistent", "--data_dir '/nonexistent' is not a folder"),
     ],
 )
 def test_invalid_flags_fail_before_training(flag, message, tmp_path):
     proc = run_script("run.py", flag, f"--outdir={tmp_path}", timeout=120)
     assert proc.returncode != 0
-    assert message in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "split_mnist-class"), "nothing ran"
 
 
@@ -75,7 +83,7 @@ def test_tune_ranks_settings_on_validation_data_only(tmp_path):
     assert [r["setting"]["engram_fraction"] for r in rows] in ([0.2, 0.5], [0.5, 0.2])
     assert rows[0]["mean_validation_acc"] >= rows[1]["mean_validation_acc"]
     assert json.load(open(root / "chosen.json")) == rows[0]["setting"]
-    for point in ("point_0", "point_1"):
+    for point in ("point_engram_fraction=0.2", "point_engram_fraction=0.5"):
         result = json.load(open(root / point / "engram" / "seed_0" / "result.json"))
         assert result["config"]["scenario"]["evaluated_on"] == "validation"
         assert "validation[0.1 of train, seed 0]" in result["config"]["scenario"]["source"]

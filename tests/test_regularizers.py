@@ -153,15 +153,6 @@ def scenario_for(name):
 
 
 @pytest.mark.parametrize("name", methods.names())
-def test_every_method_runs_in_the_trainer(name):
-    scenario = scenario_for(name)
-    setup = methods.build(name, scenario, hidden=(32,), fisher_samples=20)
-    result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, verbose=0).fit(setup.scenario)
-    assert result.R.shape == (2, 2) and np.isfinite(result.R).all()
-    assert result.R[0, 0] > 0.6, result.R
-
-
-@pytest.mark.parametrize("name", methods.names())
 def test_every_method_runs_through_model_fit(name):
     scenario = scenario_for(name)
     setup = methods.build(name, scenario, hidden=(32,), fisher_samples=20)
@@ -173,7 +164,8 @@ def test_every_method_runs_through_model_fit(name):
         setup.model.compile(optimizer=setup.optimizer(), loss=loss)
         setup.model.fit(task.train, epochs=1, verbose=0, callbacks=[*setup.callbacks, accuracy])
     R = accuracy.result().R
-    assert np.isfinite(R).all() and R[0, 0] > 0.6, R
+    no_engram_yet = isinstance(setup.model, EngramModel) and scenario.provides_task_id
+    assert np.isfinite(R[np.tril_indices(2)]).all() and np.isnan(R[0, 1]) == no_engram_yet and R[0, 0] > 0.6, R
     for callback in setup.callbacks:
         if hasattr(callback, "consolidated_tasks"):
             assert callback.consolidated_tasks == [0, 1]
