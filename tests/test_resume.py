@@ -171,19 +171,15 @@ def _resume(tmp_path, method, scenario):
                             checkpoint_dir=str(tmp_path), jit_compile=False, verbose=0).fit(setup.scenario)
 
 
-def test_truncated_state_file_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("file, keep, named", [
+    ("trainer_state.json", 40, "trainer_state.json"),
+    ("after_task_0.data-00000-of-00001", 100, "after_task_0"),
+], ids=["state_file", "checkpoint"])
+def test_a_truncated_file_is_a_clear_error_naming_it(file, keep, named, tmp_path):
     scenario = _finished_checkpoint(tmp_path)
-    state = tmp_path / "trainer_state.json"
-    state.write_text(state.read_text()[:40])
-    with pytest.raises(CheckpointError, match="trainer_state.json.*Delete the folder"):
-        _resume(tmp_path, "bnn", scenario)
-
-
-def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    scenario = _finished_checkpoint(tmp_path)
-    data = tmp_path / "after_task_0.data-00000-of-00001"
-    data.write_bytes(data.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="after_task_0.*Delete the folder"):
+    path = tmp_path / file
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(CheckpointError, match=f"{named}.*Delete the folder"):
         _resume(tmp_path, "bnn", scenario)
 
 
