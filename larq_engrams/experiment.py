@@ -138,17 +138,24 @@ def _read_json(path, what):
             f"{os.path.dirname(path)} to run it again.") from error
 
 
-def _check_reuse(run_dir, settings):
-    """Raises `StaleRunError` if `run_dir` holds a run with other settings; returns the
-    finished result if there is one."""
+def _load_result(path):
+    """A saved `ContinualResult`, or `StaleRunError` naming the file if it cannot be read."""
+    data = _read_json(path, "a finished run's result")
+    try:
+        return ContinualResult.from_dict(data)
+    except TypeError as error:
+        raise StaleRunError(f"{path} is not a result file of this package ({error}); delete "
+                            f"{os.path.dirname(path)} to run it again.") from error
+
+
+def _reuse(run_dir, settings):
+    """The finished result in `run_dir` if its settings equal `settings` (printing one
+    line that says so), None if there is none; `StaleRunError` if the folder holds a run
+    with other settings."""
     finished, started = os.path.join(run_dir, "result.json"), os.path.join(run_dir, "run.json")
     saved, result = None, None
     if os.path.exists(finished):
-        try:
-            result = ContinualResult.from_json(json.dumps(_read_json(finished, "a finished run's result")))
-        except TypeError as error:
-            raise StaleRunError(f"{finished} is not a result file of this package ({error}); delete "
-                                f"{run_dir} to run it again.") from error
+        result = _load_result(finished)
         saved = _settings_of_result(result)
     elif os.path.exists(started):
         saved = _read_json(started, "an unfinished run's settings").get("settings")
@@ -158,6 +165,8 @@ def _check_reuse(run_dir, settings):
             raise StaleRunError(
                 f"{run_dir} holds a run with other settings ({'; '.join(differences)}). Nothing was run. "
                 f"Give another --name or --outdir, delete that folder, or pass --noresume to overwrite it.")
+    if result is not None:
+        print(f"Reusing the finished run in {run_dir} (same settings; --noresume runs it again).")
     return result
 
 
@@ -165,12 +174,8 @@ def finished_run(config, method, seed, outdir, scenario=None):
     """The finished run of exactly these settings under `outdir` (printing one line
     that says it is reused), or None if there is none yet; `StaleRunError` if the
     folder holds a run with other settings or files that cannot be read."""
-    run_dir = os.path.join(outdir, method, f"seed_{seed}")
     scenario = scenario if scenario is not None else make_scenario(config, seed)
-    finished = _check_reuse(run_dir, run_settings(config, method, seed, scenario.source))
-    if finished is not None:
-        print(f"Reusing the finished run in {run_dir} (same settings; --noresume runs it again).")
-    return finished
+    return _reuse(os.path.join(outdir, method, f"seed_{seed}"), run_settings(config, method, seed, scenario.source))
 
 
 def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbose=1, command=None,
@@ -188,7 +193,7 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     scenario = make_scenario(config, seed)
     settings = run_settings(config, method, seed, scenario.source)
     if resume:
-        finished = finished_run(config, method, seed, outdir, scenario)
+        finished = _reuse(run_dir, settings)
         if finished is not None:
             return finished
         if os.path.exists(os.path.join(run_dir, "checkpoints", "trainer_state.json")):
@@ -232,7 +237,7 @@ def collect_results(outdir):
         folder = os.path.join(outdir, method)
         seeds = sorted((d for d in os.listdir(folder) if d.startswith("seed_")) if os.path.isdir(folder) else [],
                        key=lambda d: int(d[5:]) if d[5:].isdigit() else -1)
-        results = [ContinualResult.from_json(json.dumps(_read_json(os.path.join(folder, d, "result.json"), "a result")))
+        results = [_load_result(os.path.join(folder, d, "result.json"))
                    for d in seeds if os.path.exists(os.path.join(folder, d, "result.json"))]
         if results:
             out[method] = results

@@ -237,7 +237,7 @@ def _custom_scenario(x_train, y_train, num_classes=4, shape=(6,)):
 
 def test_nan_inputs_stop_training_and_name_the_step(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (60, 6)).astype(np.float32)
-    x[35, 2] = np.nan  # 0-based example 35 of an unshuffled order would be in step 4
+    x[35, 2] = np.nan  # one value of one example: its (shuffled) step is named
     scenario = _custom_scenario(x, np.arange(60) % 2)
     model = le.mlp((6,), 4, hidden=(8,))
     with pytest.raises(FloatingPointError, match=r"NaN or Inf in the inputs at task 0, epoch 1/1, step \d"):

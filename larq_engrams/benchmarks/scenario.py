@@ -96,7 +96,9 @@ def make_dataset(
             to share the memory (as permuted MNIST's tasks do).
         labels: int array (N,).
         shuffle_seed: None for a fixed order (test sets); for training sets a
-            `ShuffleOrder` (or an int seed for one), reshuffling every pass.
+            `ShuffleOrder`, reshuffling every pass. Give the same one to the `Task`
+            (`train_order`) so that a trainer's checkpoints hold its position; an int
+            seed makes one of its own, which resumed runs restart from pass 0.
         permutation: optional int array over the flattened pixels.
         task_id: if given, inputs are `(x, task_id)` (task-incremental settings).
     """

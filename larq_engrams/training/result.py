@@ -134,7 +134,11 @@ class ContinualResult:
         if os.path.exists(str(path_or_text)):
             with open(path_or_text) as f:
                 text = f.read()
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data):
+        """From `to_dict()`'s output (unknown keys are ignored)."""
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     def to_csv(self, path=None):
