@@ -4,7 +4,7 @@ TensorFlow and tf-keras must share one minor version: TensorFlow's `tf.keras` is
 redirected to `tf_keras` (Keras 2), which Larq requires. `tensorflow-cpu` must not be
 installed beside `tensorflow` (both wheels unpack into the same folder).
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 TF_MINOR = "2.21"
 
@@ -19,10 +19,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["larq_engrams", "larq_engrams.*"]),
+    # Namespace packages too: the data folder (no __init__.py) is then a package of its
+    # own, which setuptools wants for package data (otherwise one warning per file).
+    packages=find_namespace_packages(include=["larq_engrams", "larq_engrams.*"], exclude=["*.__pycache__"]),
     # The real MNIST test set ships with the package: the offline default data source.
-    package_data={"larq_engrams": ["data/mnist/*.gz", "data/mnist/README.md"]},
-    include_package_data=True,
+    package_data={"larq_engrams.data.mnist": ["*.gz", "README.md"]},
     install_requires=[
         f"tensorflow=={TF_MINOR}.*",
         f"tf-keras=={TF_MINOR}.*",

@@ -28,7 +28,9 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
 
 import larq_engrams as le
 import larq as lq
@@ -250,4 +252,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,13 +10,16 @@ the pipeline's time per batch to one engram_bnn training step.
 """
 import time
 
-from absl import app, flags
+from absl import flags
 
-import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 first)
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
+
 import numpy as np
 import tensorflow as tf
 
+import larq_engrams
 from larq_engrams import benchmarks
+from larq_engrams.training import train_step
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_tasks", 10, "Number of permuted MNIST tasks.")
@@ -33,15 +36,10 @@ def train_step_seconds(scenario, batches=30):
     model = larq_engrams.engram_bnn(scenario.input_shape, 10, hidden=[int(h) for h in FLAGS.hidden])
     model.begin_task(0)
     optimizer = larq_engrams.MetaplasticAdam(0.005)
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @tf.function
     def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        return train_step(model, optimizer, x, y)[0]  # the trainer's own step
 
     x, y = next(iter(scenario[0].train))
     step(x, y)
@@ -124,4 +122,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

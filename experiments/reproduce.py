@@ -9,21 +9,20 @@ started again.
     python experiments/reproduce.py                         # the README table (bundled data)
     python experiments/reproduce.py --seeds=0 --grid=smoke  # a minute-long check
 """
-import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 
-import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 first)
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
+
 import numpy as np
 
 from larq_engrams import experiment, methods
 from larq_engrams.plots import figure_to_png
-from larq_engrams.training import ContinualResult, write_atomically
+from larq_engrams.training import write_atomically
 
 ALL = ["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "bnn", "mbnn", "engram", "engram_bnn"]
 # (scenario, setting, num_tasks, methods, epochs, batch size). XdG needs the task id.
@@ -52,35 +51,11 @@ flags.DEFINE_bool("isolate", True, "Run every experiment in a fresh process, so 
 flags.DEFINE_string("child", None, "Internal: run one experiment described by this JSON.")
 
 
-def run_isolated(config, method, seed, out, logdir, command):
-    """Runs one experiment in a fresh Python process; returns its saved result."""
-    reused = experiment.finished_run(config, method, seed, out)  # same settings, or StaleRunError
-    if reused is not None:
-        return reused
-    spec = {"config": dataclasses.asdict(config), "method": method, "seed": seed, "out": out,
-            "logdir": logdir, "command": command}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child={json.dumps(spec)}"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{config.name} {method} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    return ContinualResult.from_json(os.path.join(out, method, f"seed_{seed}", "result.json"))
-
-
-def run_child(spec_json):
-    """The child side of `run_isolated`: rebuild the config and run the experiment."""
-    spec = json.loads(spec_json)
-    fields = spec["config"]
-    hparams = fields.pop("hparams")
-    hparams["hidden"] = tuple(hparams["hidden"])
-    config = experiment.ExperimentConfig(**fields, hparams=methods.HyperParameters(**hparams))
-    experiment.run_experiment(config, spec["method"], spec["seed"], spec["out"], spec["logdir"], verbose=0,
-                              command=spec["command"], keep_checkpoints=False)
-
-
 def main(argv):
     del argv
     if FLAGS.child:
-        return run_child(FLAGS.child)
+        experiment.run_child(FLAGS.child)
+        return
     seeds = [int(s) for s in FLAGS.seeds]
     hp = methods.HyperParameters(hidden=tuple(int(h) for h in FLAGS.hidden))
     unknown = set(FLAGS.methods or []) - set(methods.names())
@@ -104,10 +79,10 @@ def main(argv):
         out = os.path.join(FLAGS.outdir, label)
         logdir = os.path.join(FLAGS.logdir, label) if FLAGS.logdir else None
         if FLAGS.isolate:
-            result = run_isolated(config, method, seed, out, logdir, command)
+            result = experiment.run_in_fresh_process(os.path.abspath(__file__), config, method, seed, out, logdir,
+                                                     command=command, extra_args=[f"--log_level={FLAGS.log_level}"])
         else:
-            result = experiment.run_experiment(config, method, seed, out, logdir, verbose=0, command=command,
-                                               keep_checkpoints=False)
+            result = experiment.run_experiment(config, method, seed, out, logdir, verbose=0, command=command)
         results.setdefault(label, {}).setdefault(method, []).append(result)
         print(f"    ACC {100 * result.metrics['acc']:.1f}%  BWT {100 * result.metrics['bwt']:+.1f}%", flush=True)
 
@@ -154,7 +129,8 @@ def plot_grid(summaries, path, key, ylabel, scale):
     names = []
     for label in labels:
         names += [m for m in summaries[label] if m not in names]
-    fig = Figure(figsize=(1.2 + 0.9 * len(names) * len(labels) / 3, 4))
+    # Room for the bars, plus the legend outside them; "constrained" fits both at any size.
+    fig = Figure(figsize=(max(3.0, 0.9 * len(names) * len(labels) / 3) + 2.0, 4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(labels)
     for j, label in enumerate(labels):
@@ -168,9 +144,8 @@ def plot_grid(summaries, path, key, ylabel, scale):
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
-    fig.tight_layout()
     figure_to_png(fig, path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

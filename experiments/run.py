@@ -14,7 +14,8 @@ import time
 
 from absl import app, flags
 
-import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 before anything else)
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
+
 
 from larq_engrams import benchmarks, experiment, methods
 from larq_engrams.training import CheckpointError
@@ -60,6 +61,11 @@ flags.DEFINE_float("validation_fraction", 0.1, "With --evaluate_on=validation: t
 flags.DEFINE_string("outdir", "runs/results", "Where results go.")
 flags.DEFINE_string("logdir", "runs/logs", "Where TensorBoard logs go.")
 flags.DEFINE_string("name", None, "Run name (default: scenario-setting).")
+flags.DEFINE_bool("isolate", True, "Run every method and seed in a fresh process, so that its peak memory (the "
+                  "summary's RSS column) is its own.")
+flags.DEFINE_bool("keep_checkpoints", False, "Keep each finished run's per-task checkpoints (model, optimizer, "
+                  "callbacks after every task); by default they are deleted once the run is finished.")
+flags.DEFINE_string("child", None, "Internal: run one experiment described by this JSON (--isolate).")
 flags.DEFINE_bool("resume", True, "Resume interrupted runs from their per-task checkpoints.")
 flags.DEFINE_integer("verbose", 1, "0: silent; 1: progress bars and a line per task.")
 
@@ -129,6 +135,9 @@ def validate():
 
 
 def main(argv):
+    if FLAGS.child:
+        experiment.run_child(FLAGS.child)
+        return
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_preset()
@@ -154,9 +163,15 @@ def main(argv):
         for seed in seeds:
             print(f"\n=== {method} (seed {seed}) on {name} ===")
             try:
-                result = experiment.run_experiment(config, method, seed, out_root, log_root, resume=FLAGS.resume,
-                                                   verbose=FLAGS.verbose, command=command)
-            except (experiment.StaleRunError, CheckpointError) as error:
+                common = dict(resume=FLAGS.resume, verbose=FLAGS.verbose, command=command,
+                              keep_checkpoints=FLAGS.keep_checkpoints)
+                if FLAGS.isolate:
+                    result = experiment.run_in_fresh_process(os.path.abspath(__file__), config, method, seed,
+                                                             out_root, log_root, **common,
+                                                             extra_args=[f"--log_level={FLAGS.log_level}"])
+                else:
+                    result = experiment.run_experiment(config, method, seed, out_root, log_root, **common)
+            except (experiment.StaleRunError, CheckpointError, experiment.ChildRunError) as error:
                 sys.exit(f"error: {error}")  # one clear line, no traceback
             print(result.format_matrix())
             results[method].append(result)
@@ -175,4 +190,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

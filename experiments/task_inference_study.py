@@ -29,7 +29,8 @@ import sys
 
 from absl import app, flags
 
-import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 first)
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
+
 import numpy as np
 import tensorflow as tf
 
@@ -188,4 +189,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

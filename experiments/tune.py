@@ -19,7 +19,8 @@ import time
 
 from absl import app, flags
 
-import larq_engrams  # noqa: F401  (binds tf.keras to Keras 2 first)
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
+
 from larq_engrams import benchmarks, experiment, methods
 from larq_engrams.training import CheckpointError, write_atomically
 
@@ -128,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,7 +10,14 @@ Two mechanisms against catastrophic forgetting on Larq BNNs:
 Larq requires Keras 2 (`tf_keras`). Importing this package sets `TF_USE_LEGACY_KERAS=1`
 before TensorFlow resolves `tf.keras`, so users never have to; if `tf.keras` was already
 bound to Keras 3 in this process, the import fails with instructions.
+
+With `LARQ_ENGRAMS_QUIET_STARTUP=1` in the environment (the experiment scripts and the
+tests set it), TensorFlow is imported and its devices listed with the process' stderr
+pointed at /dev/null: its start-up lines (CUDA probing on machines without a GPU,
+CPU-feature notes, absl's pre-initialization warning) are C++ logs that no Python
+setting can filter. A failing import still raises its Python exception.
 """
+import contextlib
 import os
 
 __version__ = "0.1.0"
@@ -25,11 +32,34 @@ _LEGACY_KERAS_HINT = (
 )
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull(active):
+    """File descriptor 2 (where C++ logs go) pointed at /dev/null while active."""
+    if not active:
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _use_legacy_keras():
     """Make `tf.keras` resolve to `tf_keras` and check that it did."""
     if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() not in ("1", "true"):
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    import tensorflow as tf  # noqa: E402  (must follow the environment variable)
+    with _stderr_to_devnull(os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "").strip() == "1"):
+        import tensorflow as tf  # noqa: E402  (must follow the environment variable)
+
+        if os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "").strip() == "1":
+            tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit" without a GPU)
 
     # The module's own name changes once TensorFlow re-registers it as
     # "tensorflow.keras"; where its Model class comes from does not.

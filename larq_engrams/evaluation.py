@@ -12,42 +12,13 @@ both fill the accuracy matrix R the same way:
   (so are the entries above R's diagonal and the untrained baseline b_k for k > 0 of
   an engram model in task-IL, and with them FWT), never the output of an all-off gate.
 """
-import numpy as np
 import tensorflow as tf
 
 from larq_engrams.models import EngramModel
+from larq_engrams.task_inputs import class_mask_table, masked_logits, model_inputs, split_task_inputs  # noqa: F401
 
-__all__ = ["TaskEvaluator", "split_task_inputs", "class_mask_table"]
-
-
-def split_task_inputs(x):
-    """`(x, task_ids)` -> (x, task_ids); `x` -> (x, None)."""
-    if isinstance(x, (tuple, list)):
-        return x[0], x[1]
-    return x, None
-
-
-def class_mask_table(scenario):
-    """(num_tasks, num_classes) 0/1 table: which outputs belong to each task."""
-    table = np.zeros((scenario.num_tasks, scenario.num_classes), np.float32)
-    for task in scenario:
-        table[task.task_id, list(task.labels)] = 1.0
-    return table
-
-
-def model_inputs(model, x, task_ids):
-    """What the model is called with: engram models take the task ids when given."""
-    if task_ids is not None and isinstance(model, EngramModel):
-        return (x, task_ids)
-    return x
-
-
-def masked_logits(logits, task_ids, mask_table):
-    """Logits of the classes outside the task pushed to -inf (task-incremental)."""
-    if task_ids is None or mask_table is None:
-        return logits
-    mask = tf.gather(mask_table, task_ids)
-    return tf.where(mask > 0, logits, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)))
+# The task-id helpers live in `task_inputs`; importing them from here keeps working.
+__all__ = ["TaskEvaluator"]
 
 
 class TaskEvaluator:

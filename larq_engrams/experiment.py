@@ -17,6 +17,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -28,9 +30,9 @@ from larq_engrams.metrics import mean_and_sem
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 __all__ = [
-    "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "finished_run", "make_scenario",
-    "run_experiment",
-    "run_settings", "summarize", "summary_table",
+    "ChildRunError", "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "finished_run",
+    "make_scenario", "run_child", "run_experiment", "run_in_fresh_process", "run_settings", "summarize",
+    "summary_table",
 ]
 
 SCENARIOS = ("split_mnist", "split_fashion_mnist", "split_cifar10", "permuted_mnist", "core50_ni")
@@ -65,6 +67,15 @@ class ExperimentConfig:
             raise ValueError(f"`evaluate_on` must be one of {benchmarks.EVALUATION_SPLITS}, got {self.evaluate_on!r}.")
         if self.evaluate_on == "validation" and self.scenario == "core50_ni":
             raise ValueError("core50_ni has no validation split yet: use evaluate_on='test'.")
+
+    @classmethod
+    def from_dict(cls, fields):
+        """The inverse of `dataclasses.asdict(config)` (as read back from JSON)."""
+        fields = dict(fields)
+        hparams = dict(fields.pop("hparams", {}))
+        if hparams.get("hidden") is not None:
+            hparams["hidden"] = tuple(hparams["hidden"])
+        return cls(**fields, hparams=methods.HyperParameters(**hparams))
 
     @property
     def name(self):
@@ -178,14 +189,21 @@ def finished_run(config, method, seed, outdir, scenario=None):
     return _reuse(os.path.join(outdir, method, f"seed_{seed}"), run_settings(config, method, seed, scenario.source))
 
 
+# Experiments this process has run: the second one's peak RSS includes what the first
+# left behind (TensorFlow's allocators and caches keep memory), so it is marked shared.
+_RUNS_IN_THIS_PROCESS = 0
+
+
 def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbose=1, command=None,
-                   keep_checkpoints=True):
+                   keep_checkpoints=False):
     """Runs `method` with `seed`; saves under `outdir/<method>/seed_<seed>/`.
 
     With `resume`, a finished run of the same settings (`run_settings`) is loaded
     instead of run again, and an interrupted one continues from its per-task
     checkpoints (deleted once the run is finished unless `keep_checkpoints`); each
-    reuse prints one line. A folder holding another run's settings, or files that
+    reuse prints one line. The result's `memory["runs_before_in_process"]` says how
+    many experiments this process ran before this one: its peak RSS is its own only
+    when that is 0 (`run_in_fresh_process` makes sure of it). A folder holding another run's settings, or files that
     cannot be read, raises `StaleRunError` before any training. Without `resume` the
     folder is overwritten.
     """
@@ -212,8 +230,11 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
         callbacks=callbacks, checkpoint_dir=os.path.join(run_dir, "checkpoints") if resume else None,
         jit_compile=config.jit_compile, seed=seed, verbose=verbose,
     )
+    global _RUNS_IN_THIS_PROCESS
+    runs_before, _RUNS_IN_THIS_PROCESS = _RUNS_IN_THIS_PROCESS, _RUNS_IN_THIS_PROCESS + 1
     started = time.perf_counter()
     result = trainer.fit(setup.scenario)
+    result.memory["runs_before_in_process"] = runs_before
     result.config["method"] = {"name": method, "description": setup.description,
                                "hparams": dataclasses.asdict(hp)}
     result.config["experiment"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "hparams"}
@@ -224,6 +245,44 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     if not keep_checkpoints:
         shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
     return result
+
+
+class ChildRunError(RuntimeError):
+    """An experiment run in a fresh process failed (its own error went to stderr)."""
+
+
+def run_in_fresh_process(script, config, method, seed, outdir, logdir=None, resume=True, verbose=0, command=None,
+                         keep_checkpoints=False, extra_args=()):
+    """`run_experiment` in a new Python process, so that the result's peak memory is
+    the run's own (in one process the resident set only grows from run to run).
+
+    `script` is a command-line script that, given `--child=SPEC`, calls
+    `run_child(SPEC)` (`experiments/run.py` and `reproduce.py` do); `extra_args` are
+    passed on (e.g. `--log_level`). The child's output goes straight to this process'
+    terminal. With `resume`, a finished run of the same settings is reused without
+    starting a process. The other arguments are `run_experiment`'s.
+    """
+    if resume:
+        reused = finished_run(config, method, seed, outdir)  # same settings, or StaleRunError
+        if reused is not None:
+            return reused
+    spec = {"config": dataclasses.asdict(config), "method": method, "seed": seed, "outdir": outdir,
+            "logdir": logdir, "resume": resume, "verbose": verbose, "command": command,
+            "keep_checkpoints": keep_checkpoints}
+    sys.stdout.flush()
+    code = subprocess.call([sys.executable, script, f"--child={json.dumps(spec)}", *extra_args])
+    if code != 0:
+        raise ChildRunError(f"{config.name} {method} seed {seed}: its process exited with status {code} "
+                            f"(its error is above).")
+    return _load_result(os.path.join(outdir, method, f"seed_{seed}", "result.json"))
+
+
+def run_child(spec_json):
+    """The child side of `run_in_fresh_process`."""
+    spec = json.loads(spec_json)
+    return run_experiment(ExperimentConfig.from_dict(spec["config"]), spec["method"], spec["seed"], spec["outdir"],
+                          spec["logdir"], resume=spec["resume"], verbose=spec["verbose"], command=spec["command"],
+                          keep_checkpoints=spec["keep_checkpoints"])
 
 
 def collect_results(outdir):
@@ -253,6 +312,8 @@ def summarize(results_by_method):
             entry["task_inference"] = mean_and_sem([r.metrics["task_inference"] for r in results])
         entry["seeds"] = len(results)
         entry["peak_rss_bytes"] = max(r.memory.get("peak_rss_bytes") or 0 for r in results)
+        # Own process for every seed, or a process that ran other experiments first.
+        entry["peak_rss_own_process"] = all(r.memory.get("runs_before_in_process", 0) == 0 for r in results)
         gpu = [r.memory.get("peak_gpu_bytes") for r in results]
         entry["peak_gpu_bytes"] = max(gpu) if None not in gpu else None
         entry["train_seconds"] = float(np.mean([sum(r.task_seconds) for r in results]))
@@ -270,14 +331,17 @@ def summary_table(summary, title):
     lines = [
         f"{title}; data: {any_entry['source']}; seeds: {any_entry['seeds']} (mean ± s.e.m.)",
         "",
-        "| method | ACC % | BWT % | forgetting % | task inference % | epochs | hidden | peak RSS MiB | train s |",
+        "| method | ACC % | BWT % | forgetting % | task inference % | epochs | hidden | peak RSS MiB (own process) "
+        "| train s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
         fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}" if key in s else "—"  # noqa: E731
         hidden = "-".join(map(str, s.get("hidden") or [])) or "—"
+        rss = (f"{s['peak_rss_bytes'] / 2**20:.0f}" if s.get("peak_rss_own_process", True)
+               else "— (shared process)")
         lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | "
-                     f"{s.get('epochs') or '—'} | {hidden} | {s['peak_rss_bytes'] / 2**20:.0f} | "
+                     f"{s.get('epochs') or '—'} | {hidden} | {rss} | "
                      f"{s['train_seconds']:.0f} |")
     return "\n".join(lines)
 

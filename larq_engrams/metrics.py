@@ -48,13 +48,14 @@ def forgetting(R):
     """F = 1/(T-1) sum_{k<T-1} (max_{t<T-1} R[t][k] - R[T-1][k])  (Chaudhry et al. 2018).
 
     As in METHOD.md and Chaudhry et al., the max runs over every row t < T-1 (rows
-    before task k was trained included). NaN for T = 1.
+    before task k was trained included), skipping entries that could not be measured
+    (NaN above the diagonal: an engram not allocated yet in task-IL). NaN for T = 1.
     """
     R = _matrix(R)
     T = len(R)
     if T < 2:
         return float("nan")
-    return float(np.mean([R[: T - 1, k].max() - R[-1, k] for k in range(T - 1)]))
+    return float(np.mean([np.nanmax(R[: T - 1, k]) - R[-1, k] for k in range(T - 1)]))
 
 
 def forward_transfer(R, baseline):

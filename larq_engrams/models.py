@@ -4,7 +4,6 @@ All three share the backbone of METHOD.md section 1: dense layers of the same wi
 a `classes`-way output whose values are the logits (train with
 `SparseCategoricalCrossentropy(from_logits=True)`).
 """
-from collections.abc import Sequence
 
 import logging
 
@@ -13,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.saved_model import save_context
 
+from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
 from larq_engrams.block_updates import BlockSlotCache, supports_block_updates
 from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache, StackedEngramSubnetworks
 from larq_engrams.task_inference import MAX_FEATURES, InputDiscriminant
@@ -114,13 +114,13 @@ class EngramModel(tf.keras.Model):
     ):
         kwargs.setdefault("name", "engram_bnn")
         super().__init__(**kwargs)
-        self._input_shape_arg = _check_shape(input_shape)
-        self.num_classes = _check_positive_int("num_classes", num_classes)
-        self.hidden = _check_hidden(hidden)
+        self._input_shape_arg = check_positive_ints("input_shape", input_shape)
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.hidden = check_positive_ints("hidden", hidden)
         self.max_tasks = max_tasks
-        self.confidence = _check_choice("confidence", confidence, CONFIDENCE_MEASURES)
+        self.confidence = check_choice("confidence", confidence, CONFIDENCE_MEASURES)
         self.restrict_to_engram_classes = bool(restrict_to_engram_classes)
-        self.execution = _check_choice("execution", execution, EXECUTION_MODES)
+        self.execution = check_choice("execution", execution, EXECUTION_MODES)
         self._engram_args = dict(
             max_tasks=max_tasks,
             engram_fraction=engram_fraction,
@@ -216,9 +216,9 @@ class EngramModel(tf.keras.Model):
             confidence: with "infer", how engrams compete: "max_softmax", "entropy" or
                 "excitation" (default: keep the model's `confidence`).
         """
-        mode = _check_choice("mode", mode, INFERENCE_MODES)
+        mode = check_choice("mode", mode, INFERENCE_MODES)
         if confidence is not None:
-            confidence = _check_choice("confidence", confidence, CONFIDENCE_MEASURES)
+            confidence = check_choice("confidence", confidence, CONFIDENCE_MEASURES)
             if confidence == "input_lda" and self.task_discriminant is None:
                 raise ValueError(
                     f"EngramModel: confidence 'input_lda' keeps an M x M covariance; "
@@ -584,8 +584,8 @@ def bnn(input_shape, num_classes, hidden=(2048, 2048), momentum=0.9, epsilon=1e-
     biases, uniform init in [-0.05, 0.05]. Hidden layers are named `hidden_{i}` (the
     names `MetaplasticAdam(m={...})` can use), the output `output`.
     """
-    layers = [tf.keras.Input(_check_shape(input_shape)), tf.keras.layers.Flatten()]
-    widths = [*_check_hidden(hidden), _check_positive_int("num_classes", num_classes)]
+    layers = [tf.keras.Input(check_positive_ints("input_shape", input_shape)), tf.keras.layers.Flatten()]
+    widths = [*check_positive_ints("hidden", hidden), check_positive_int("num_classes", num_classes)]
     for i, units in enumerate(widths):
         last = i == len(widths) - 1
         layers.append(
@@ -609,11 +609,11 @@ def bnn(input_shape, num_classes, hidden=(2048, 2048), momentum=0.9, epsilon=1e-
 def mlp(input_shape, num_classes, hidden=(2048, 2048), name="mlp"):
     """The full-precision baseline: `Dense(units, relu)` per hidden width, then a
     `Dense(num_classes)` whose outputs are the logits."""
-    layers = [tf.keras.Input(_check_shape(input_shape)), tf.keras.layers.Flatten()]
-    for i, units in enumerate(_check_hidden(hidden)):
+    layers = [tf.keras.Input(check_positive_ints("input_shape", input_shape)), tf.keras.layers.Flatten()]
+    for i, units in enumerate(check_positive_ints("hidden", hidden)):
         layers.append(tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}"))
     layers.append(
-        tf.keras.layers.Dense(_check_positive_int("num_classes", num_classes), name="output")
+        tf.keras.layers.Dense(check_positive_int("num_classes", num_classes), name="output")
     )
     return tf.keras.Sequential(layers, name=name)
 
@@ -628,30 +628,3 @@ def _split_inputs(inputs):
     return inputs, None
 
 
-def _check_shape(shape):
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    shape = tuple(shape)
-    if not shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
-        raise ValueError(f"`input_shape` must be a tuple of positive ints, got {shape!r}.")
-    return tuple(int(d) for d in shape)
-
-
-def _check_hidden(hidden):
-    if isinstance(hidden, (int, np.integer)):
-        hidden = (hidden,)
-    if not isinstance(hidden, Sequence) or not hidden:
-        raise ValueError(f"`hidden` must be a non-empty sequence of widths, got {hidden!r}.")
-    return tuple(_check_positive_int("hidden", h) for h in hidden)
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
-    return value

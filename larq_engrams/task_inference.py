@@ -36,6 +36,8 @@ trained already competes in "infer" evaluations during its own task.
 """
 import tensorflow as tf
 
+from larq_engrams.arguments import check_positive_int
+
 __all__ = ["InputDiscriminant", "MAX_FEATURES"]
 
 # M x M float64 statistics: 4096 features take 134 MB.
@@ -71,9 +73,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.max_tasks = int(max_tasks)
         self.num_classes = int(num_classes)
-        if features is not None and (isinstance(features, bool) or int(features) < 1):
-            raise ValueError(f"InputDiscriminant: `features` must be a positive int or None, got {features!r}.")
-        self.features = None if features is None else int(features)
+        self.features = check_positive_int("features", features, owner="InputDiscriminant", allow_none=True)
         if not 0.0 <= float(shrinkage) <= 1.0:
             raise ValueError(f"InputDiscriminant: `shrinkage` must be in [0, 1], got {shrinkage!r}.")
         self.shrinkage = float(shrinkage)

@@ -1,6 +1,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("LARQ_ENGRAMS_QUIET_STARTUP", "1")  # TensorFlow's C++ start-up lines
 
 import larq_engrams  # noqa: E402,F401  (binds tf.keras to tf_keras before any test imports it)
 import numpy as np  # noqa: E402

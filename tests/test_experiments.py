@@ -7,7 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+# A user's environment: none of the variables that quiet TensorFlow (the scripts must).
+ENV = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LARQ_ENGRAMS_QUIET_STARTUP")}
 
 
 def run_script(name, *args, timeout=600):
@@ -18,8 +19,9 @@ def run_script(name, *args, timeout=600):
 def test_run_writes_results_summary_and_tensorboard(tmp_path):
     proc = run_script("run.py", "--scenario=split_mnist", "--setting=task", "--num_tasks=2", "--method=xdg,bnn",
                       "--hidden=16", "--epochs=1", "--batch_size=64", "--source=bundled", "--seeds=0,1",
-                      f"--outdir={tmp_path}/out", f"--logdir={tmp_path}/logs", "--verbose=0")
+                      f"--outdir={tmp_path}/out", f"--logdir={tmp_path}/logs", "--verbose=0", "--noisolate")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", "only our own output: no TensorFlow, TFDS or absl lines"
     root = tmp_path / "out" / "split_mnist-task"
     for method in ("xdg", "bnn"):
         for seed in (0, 1):
@@ -34,6 +36,7 @@ def test_run_writes_results_summary_and_tensorboard(tmp_path):
     assert "| xdg |" in open(root / "summary.md").read()
     assert any(f.startswith("events.out") for _, _, files in os.walk(tmp_path / "logs") for f in files)
     assert "tensorboard --logdir" in proc.stdout
+    assert "| xdg |" in proc.stdout and "— (shared process)" in proc.stdout  # --noisolate: one process
     # The same folder with other settings: one clear line, exit 1, nothing overwritten.
     stale = run_script("run.py", "--scenario=split_mnist", "--setting=task", "--num_tasks=2", "--method=bnn",
                        "--hidden=16", "--epochs=2", "--batch_size=64", "--source=bundled", "--seeds=0",
@@ -52,19 +55,32 @@ def test_run_writes_results_summary_and_tensorboard(tmp_path):
         ("--activation_probability=1.5", "--activation_probability"),
         ("--scenario=core50_ni", "--data_dir"),
         ("--data_dir=/nonexistent", "--data_dir '/nonexistent' is not a folder"),
+        ("--engram_fraction=1.5", "--engram_fraction must be in (0, 1], got 1.5"),
+        ("--epochs=x", "flag --epochs=x: invalid literal for int()"),
+        ("--log_level=loud", "flag --log_level=loud: value should be one of"),
     ],
 )
 def test_invalid_flags_fail_before_training(flag, message, tmp_path):
     proc = run_script("run.py", flag, f"--outdir={tmp_path}", timeout=120)
-    assert proc.returncode != 0
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stdout == ""
+    # One line naming the problem, one pointing at --help: not the help, no log lines.
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert lines[1] == "(`python run.py --help` lists every flag)"
     assert not os.path.exists(tmp_path / "split_mnist-class"), "nothing ran"
+
+
+def test_help_prints_the_flags_and_nothing_else():
+    proc = run_script("tune.py", "--help", timeout=120)
+    assert proc.stderr == ""  # (absl exits with status 1 after --help)
+    assert proc.stdout.startswith("Choose settings") and "--log_level" in proc.stdout
 
 
 def test_reproduce_smoke_grid_resumes(tmp_path):
     args = ("--grid=smoke", "--seeds=0", "--source=bundled", f"--outdir={tmp_path}")
     proc = run_script("reproduce.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", "each run's own process is as quiet as the script"
     table = open(tmp_path / "table.md").read()
     assert "| engram_bnn |" in table and "| bnn |" in table
     assert (tmp_path / "acc.png").exists() and (tmp_path / "memory.png").exists()

@@ -6,8 +6,12 @@ scenario = benchmarks.split_mnist("class")          # offline: bundled MNIST sam
 for task in scenario:
     model.fit(task.train, epochs=1)
 ```
+
+A user's own arrays: `split_by_classes`, `permuted_tasks` and `tasks_from_arrays`
+(`benchmarks.from_arrays`); the named benchmarks are thin wrappers of the first two.
 """
 from larq_engrams.benchmarks.core50 import core50_ni
+from larq_engrams.benchmarks.from_arrays import class_groups, permuted_tasks, split_by_classes, tasks_from_arrays
 from larq_engrams.benchmarks.formats import DataFormatError, read_cifar10, read_core50, read_idx
 from larq_engrams.benchmarks.joint import joint
 from larq_engrams.benchmarks.permuted import permuted_mnist, pixel_permutations
@@ -24,7 +28,8 @@ from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fash
 
 __all__ = [
     "DataFormatError", "DatasetArrays", "EVALUATION_SPLITS", "Preprocessing", "SETTINGS", "SOURCES",
-    "Scenario", "ShuffleOrder", "Task", "class_pairs", "core50_ni", "hold_out_validation", "joint", "load_arrays",
+    "Scenario", "ShuffleOrder", "Task", "class_groups", "class_pairs", "permuted_tasks", "split_by_classes",
+    "tasks_from_arrays", "core50_ni", "hold_out_validation", "joint", "load_arrays",
     "load_bundled_mnist", "make_dataset", "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",
     "split_cifar10", "split_fashion_mnist", "split_mnist",
 ]

@@ -4,13 +4,13 @@ Maltoni 2017), read from the official files in a local folder."""
 import numpy as np
 import tensorflow as tf
 
+from larq_engrams.arguments import check_positive_int
 from larq_engrams.benchmarks.formats import read_core50
 from larq_engrams.benchmarks.scenario import (
     Preprocessing,
     Scenario,
     ShuffleOrder,
     Task,
-    check_batch_size,
     make_dataset,
 )
 
@@ -44,7 +44,8 @@ def core50_ni(data_dir, labels="object", run=0, image_size=32, batch_size=100,
     """
     if labels not in ("object", "category"):
         raise ValueError(f"`labels` must be 'object' or 'category', got {labels!r}.")
-    batch_size, eval_batch_size = check_batch_size(batch_size), check_batch_size(eval_batch_size)
+    batch_size = check_positive_int("batch_size", batch_size, owner="core50_ni")
+    eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size, owner="core50_ni")
     images, sessions, (test_idx, test_y) = read_core50(data_dir, "ni", run)
     to_label = (lambda y: y // 5) if labels == "category" else (lambda y: y)
     prep = Preprocessing(flatten=flatten, normalize=normalize, mean=0.5, std=0.25)

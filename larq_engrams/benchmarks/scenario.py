@@ -12,7 +12,7 @@ import tensorflow as tf
 
 __all__ = ["SETTINGS", "Preprocessing", "ShuffleOrder", "Task", "Scenario", "make_dataset"]
 
-SETTINGS = ("class", "domain", "task")
+from larq_engrams.arguments import SETTINGS  # noqa: F401  (re-exported: benchmarks.SETTINGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Preprocessing:
     """Batch preprocessing, applied in this order:
 
     ```
-    x = uint8 / 255                        # pixels in [0, 1] (the reference's scaling)
+    x = images / value_range               # uint8 pixels / 255: in [0, 1] (the reference's scaling)
     x = (x - mean) / std                   # only if `normalize`
     x = reshape(x, (batch, -1))            # only if `flatten` (dense backbones)
     x = x[:, permutation]                  # only for permuted tasks
@@ -31,9 +31,12 @@ class Preprocessing:
     normalize: bool = False
     mean: float | tuple = 0.0
     std: float | tuple = 1.0
+    value_range: float = 255.0  # 1.0 for inputs that are already floats (own data)
 
     def __call__(self, images, permutation=None):
-        x = tf.cast(images, tf.float32) / 255.0
+        x = tf.cast(images, tf.float32)
+        if self.value_range != 1.0:
+            x = x / self.value_range
         if self.normalize:
             x = (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
         if self.flatten or permutation is not None:
@@ -220,14 +223,3 @@ class Scenario:
             **{k: v for k, v in self.details.items()},
         }
 
-
-def check_setting(setting):
-    if setting not in SETTINGS:
-        raise ValueError(f"`setting` must be one of {SETTINGS}, got {setting!r}.")
-    return setting
-
-
-def check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-    return int(batch_size)

@@ -4,6 +4,8 @@ import time
 import numpy as np
 
 from larq_engrams.callbacks.base import ContinualCallback
+from larq_engrams.evaluation import TaskEvaluator
+from larq_engrams.training.result import ContinualResult, environment
 
 __all__ = ["AccuracyMatrixCallback"]
 
@@ -43,8 +45,6 @@ class AccuracyMatrixCallback(ContinualCallback):
         self._evaluators = None
 
     def _evaluator(self, mode):
-        from larq_engrams.evaluation import TaskEvaluator  # avoids an import cycle
-
         if self._evaluators is None or self._evaluators[0].model is not self.model:
             self._evaluators = (
                 TaskEvaluator(self.model, self.scenario, self.engram_inference),
@@ -78,8 +78,6 @@ class AccuracyMatrixCallback(ContinualCallback):
 
     def result(self, config=None):
         """The `ContinualResult` once every task has been fitted."""
-        from larq_engrams.training.result import ContinualResult, environment
-
         if len(self.rows) != self.scenario.num_tasks:
             raise RuntimeError(
                 f"AccuracyMatrixCallback: {len(self.rows)} of {self.scenario.num_tasks} tasks "

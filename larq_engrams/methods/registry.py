@@ -11,15 +11,10 @@ import dataclasses
 import tensorflow as tf
 
 from larq_engrams.benchmarks.joint import joint
+from larq_engrams.distillation import LearningWithoutForgetting, LwFUpdate
 from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import MetaplasticAdam
-from larq_engrams.regularizers import (
-    EWC,
-    LearningWithoutForgetting,
-    LwFUpdate,
-    OnlineEWC,
-    SynapticIntelligence,
-)
+from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 
 __all__ = [
     "MethodSetup", "HyperParameters", "build", "names", "register", "describe", "default_strengths",

@@ -3,8 +3,8 @@
 kernels."""
 import tensorflow as tf
 
-from larq_engrams.evaluation import masked_logits, model_inputs, split_task_inputs
 from larq_engrams.regularizers.base import ConsolidationPenalty, latent
+from larq_engrams.task_inputs import class_mask_table, masked_logits, model_inputs, split_task_inputs
 
 __all__ = ["EWC", "OnlineEWC", "empirical_fisher"]
 
@@ -45,8 +45,6 @@ class _FisherPenalty(ConsolidationPenalty):
     def fisher(self, dataset):
         mask_table = None
         if self.scenario is not None and self.scenario.provides_task_id:
-            from larq_engrams.evaluation import class_mask_table
-
             mask_table = tf.constant(class_mask_table(self.scenario))
         return empirical_fisher(self._attached_model, self.penalized_variables, dataset, self.num_samples, mask_table)
 

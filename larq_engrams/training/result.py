@@ -3,10 +3,14 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import tempfile
 
+import larq
 import numpy as np
+import tensorflow as tf
 
+import larq_engrams
 from larq_engrams import metrics
 from larq_engrams.plots import figure_to_png, plot_accuracy_matrix, plot_task_accuracies
 
@@ -20,6 +24,7 @@ def write_atomically(path, data, mode="w"):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp's files are private (0600); results are not
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()
@@ -31,13 +36,19 @@ def write_atomically(path, data, mode="w"):
         raise
 
 
+def _new_file_mode():
+    """The mode `open()` would give a new file: 0666 less the process' umask (read
+    once, at import: reading it means setting it, which other threads could see)."""
+    return _NEW_FILE_MODE
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_NEW_FILE_MODE = 0o666 & ~_UMASK
+
+
 def environment():
     """Versions and devices, for results files."""
-    import larq
-    import tensorflow as tf
-
-    import larq_engrams
-
     gpus = tf.config.list_physical_devices("GPU")
     details = []
     for gpu in gpus:
@@ -63,8 +74,6 @@ def environment():
 
 def _git_commit():
     """The commit of the larq_engrams source in use (None outside a git checkout)."""
-    import subprocess
-
     folder = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
@@ -155,15 +164,28 @@ class ContinualResult:
             write_atomically(path, text)
         return text
 
+    @property
+    def label(self):
+        """"method · scenario setting-IL · seed s" from the config, as far as it is known
+        (a plain `ContinualTrainer` run has no method name)."""
+        scenario = self.config.get("scenario", {})
+        parts = [self.config.get("method", {}).get("name")]
+        if scenario.get("name"):
+            parts.append(f"{scenario['name']} {scenario.get('setting', '')}-IL".replace(" -IL", ""))
+        seed = scenario.get("seed", self.config.get("trainer", {}).get("seed"))
+        parts.append(None if seed is None else f"seed {seed}")
+        return " · ".join(p for p in parts if p)
+
     def save_plots(self, folder, prefix=""):
-        """Writes `<prefix>accuracy_matrix.png` and `<prefix>task_accuracies.png`."""
+        """Writes `<prefix>accuracy_matrix.png` and `<prefix>task_accuracies.png`, each
+        titled with the run's `label`."""
         os.makedirs(folder, exist_ok=True)
         paths = {
             "accuracy_matrix": os.path.join(folder, f"{prefix}accuracy_matrix.png"),
             "task_accuracies": os.path.join(folder, f"{prefix}task_accuracies.png"),
         }
-        figure_to_png(plot_accuracy_matrix(self.R), paths["accuracy_matrix"])
-        figure_to_png(plot_task_accuracies(self.R), paths["task_accuracies"])
+        figure_to_png(plot_accuracy_matrix(self.R, label=self.label), paths["accuracy_matrix"])
+        figure_to_png(plot_task_accuracies(self.R, label=self.label), paths["task_accuracies"])
         return paths
 
     def save(self, folder, prefix=""):
@@ -178,10 +200,13 @@ class ContinualResult:
         return paths
 
     def format_matrix(self):
-        """R as a text table in percent, for logs and terminals."""
+        """R as a text table in percent, for logs and terminals. Tasks not trained yet
+        (k > t) print as "·": their measured values are in the JSON and CSV (FWT uses
+        them), but a 0 there is not forgetting."""
         T = len(self.accuracy_matrix)
         head = "after \\ on " + " ".join(f"{f'T{k}':>6}" for k in range(T))
-        rows = [f"task {t:<6}" + " ".join(f"{100 * v:6.1f}" for v in row)
+        cell = lambda t, k, v: f"{'·':>6}" if k > t else f"{100 * v:6.1f}"  # noqa: E731
+        rows = [f"task {t:<6}" + " ".join(cell(t, k, v) for k, v in enumerate(row))
                 for t, row in enumerate(self.accuracy_matrix)]
         m = self.metrics
         tail = (f"ACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f}%  "

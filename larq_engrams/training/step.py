@@ -5,8 +5,8 @@ what is measured is what is trained.
 """
 import tensorflow as tf
 
-from larq_engrams.evaluation import masked_logits, model_inputs
 from larq_engrams.models import EngramModel
+from larq_engrams.task_inputs import masked_logits, model_inputs
 
 __all__ = ["train_step"]
 

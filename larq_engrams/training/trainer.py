@@ -9,11 +9,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from larq_engrams.arguments import check_choice, check_positive_int
 from larq_engrams.benchmarks.scenario import Scenario
 from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.callbacks.memory import PeakMemoryCallback
-from larq_engrams.evaluation import TaskEvaluator, class_mask_table, split_task_inputs
+from larq_engrams.evaluation import TaskEvaluator
 from larq_engrams.models import EngramModel
+from larq_engrams.task_inputs import class_mask_table, split_task_inputs
 from larq_engrams.training.result import ContinualResult, environment, write_atomically
 from larq_engrams.training.step import train_step
 
@@ -100,13 +102,8 @@ class ContinualTrainer:
         seed=None,
         verbose=1,
     ):
-        if engram_inference not in ("infer", "union"):
-            raise ValueError(
-                f"`engram_inference` must be 'infer' or 'union' (no task id at test), got "
-                f"{engram_inference!r}."
-            )
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"`epochs` must be a positive int, got {epochs!r}.")
+        check_choice("engram_inference", engram_inference, ("infer", "union"), owner="ContinualTrainer")
+        epochs = check_positive_int("epochs", epochs, owner="ContinualTrainer")
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             self.model = model if isinstance(model, tf.keras.Model) else model()
@@ -221,7 +218,8 @@ class ContinualTrainer:
                         cb.on_task_end(t, logs)
                 if self.verbose:
                     seen = np.mean(R[t, : t + 1])
-                    print(f"task {t}: {task_seconds[-1]:.1f}s, accuracy on tasks 0..{t}: "
+                    print(f"task {t} ({t + 1} of {T}) done in {task_seconds[-1]:.1f}s; accuracy % "
+                          f"on tasks 0..{t}: "
                           + " ".join(f"{100 * a:.1f}" for a in R[t, : t + 1]) + f" (mean {100 * seen:.1f}%)")
                 self._checkpoint(scenario, t, R, baseline, task_seconds, epoch_accuracies)
         except BaseException:
@@ -350,7 +348,8 @@ class ContinualTrainer:
             if self.verbose else None
         )
         if progbar is not None:
-            print(f"task {t + 1}/{self._num_tasks} epoch {epoch + 1}/{self.epochs}")
+            # Tasks are named by their 0-based id everywhere (R, plots, logs); epochs count from 1, as in Keras.
+            print(f"task {t} ({t + 1} of {self._num_tasks}), epoch {epoch + 1}/{self.epochs}")
         callbacks.on_epoch_begin(epoch)
         if isinstance(self.model, EngramModel):  # compact optimizer moments for the epoch
             self.model.load_engram_slots(self.optimizer)

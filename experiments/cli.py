@@ -1,0 +1,91 @@
+"""What the experiment scripts print, in one place. Import it before `larq_engrams`.
+
+A script's terminal carries its own progress and results; library noise is off unless
+asked for with `--log_level`:
+
+- TensorFlow's start-up lines (CUDA probing on machines without a GPU, CPU-feature
+  notes, absl's "before absl::InitializeLog()" warning) are C++ logs written straight
+  to the process's stderr. This module imports `larq_engrams` with
+  `LARQ_ENGRAMS_QUIET_STARTUP=1` (see `larq_engrams/__init__.py`) unless
+  `--log_level=info` or `debug` is on the command line or the variable is set. Later
+  C++ INFO and WARNING lines stay off through `TF_CPP_MIN_LOG_LEVEL=2` unless the user
+  set that variable.
+- `run(main)` is absl's `app.run` with Python loggers set by `--log_level` (default
+  "warning": this package's warnings are kept; TensorFlow's, TFDS' and absl's INFO and
+  WARNING lines, such as tf.function retracing notes, are not) and with flag errors
+  printed as one line plus a pointer to `--help`, exit status 2.
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_DEFAULT_LEVEL = "warning"
+
+
+def _level_on_command_line(argv):
+    """`--log_level` read from argv before absl parses flags (the import below needs it)."""
+    level = _DEFAULT_LEVEL
+    for i, arg in enumerate(argv):
+        if arg.startswith("--log_level="):
+            level = arg.split("=", 1)[1]
+        elif arg == "--log_level" and i + 1 < len(argv):
+            level = argv[i + 1]
+    return level
+
+
+_SHOW_STARTUP = _level_on_command_line(sys.argv) in ("debug", "info")
+os.environ.setdefault("LARQ_ENGRAMS_QUIET_STARTUP", "0" if _SHOW_STARTUP else "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if _SHOW_STARTUP else "2")
+import larq_engrams  # noqa: E402,F401  (TensorFlow, quietly; tf.keras bound to Keras 2)
+
+flags.DEFINE_enum("log_level", _DEFAULT_LEVEL, list(LOG_LEVELS),
+                  "Log lines shown: 'warning' keeps this package's warnings and hides TensorFlow's, TFDS' "
+                  "and absl's below ERROR; 'info'/'debug' show everything, TensorFlow's start-up included.")
+# Listed by the script's own --help (absl lists only the main module's flags there).
+flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["log_level"])
+
+
+def set_log_level(level):
+    """Python loggers for `level` (one of `LOG_LEVELS`): the package's at `level`; the
+    libraries' at ERROR unless `level` is "info" or "debug"."""
+    import tensorflow as tf
+    from absl import logging as absl_logging
+
+    value = getattr(logging, level.upper())
+    libraries = value if level in ("debug", "info") else max(value, logging.ERROR)
+    absl_logging.set_verbosity(min(value, libraries))
+    logging.getLogger("larq_engrams").setLevel(value)
+    for name in ("tensorflow", "absl", "tensorflow_datasets", "h5py", "matplotlib"):
+        logging.getLogger(name).setLevel(libraries)
+    tf.autograph.set_verbosity(0)
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _usage_error(error)
+
+
+def _usage_error(error):
+    lines = str(error).strip().splitlines() or ["bad command line"]
+    sys.stderr.write("".join(f"error: {line}\n" for line in lines))
+    sys.stderr.write(f"(`python {os.path.basename(sys.argv[0])} --help` lists every flag)\n")
+    sys.exit(2)
+
+
+def run(main):
+    """`app.run(main)` with the conventions above. `main` may raise `app.UsageError`
+    for invalid flag combinations: it is printed as one line per problem."""
+
+    def main_with_conventions(argv):
+        set_log_level(flags.FLAGS.log_level)
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            _usage_error(error)
+
+    app.run(main_with_conventions, flags_parser=_parse_flags)

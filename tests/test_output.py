@@ -1,0 +1,115 @@
+"""What a user sees: progress lines, printed and plotted accuracy matrices, summaries, files."""
+import dataclasses
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from larq_engrams import benchmarks as B
+from larq_engrams import experiment
+from larq_engrams.models import mlp
+from larq_engrams.plots import plot_accuracy_matrix, plot_task_accuracies
+from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
+
+R = np.array([[0.995, 0.0, np.nan], [0.9, 1.0, 0.0], [0.8, 0.5, 0.97]])
+
+
+def result(R=R, method="engram_bnn", runs_before=0):
+    return ContinualResult.from_matrix(
+        R, [0.1] * len(R), task_seconds=[1.0] * len(R),
+        memory={"peak_rss_bytes": 700 * 2**20, "runs_before_in_process": runs_before},
+        config={"method": {"name": method}, "scenario": {"name": "split_mnist", "setting": "class", "seed": 3,
+                                                         "source": "bundled"}},
+        environment={})
+
+
+def test_progress_lines_name_tasks_by_their_id_and_count_from_one(capsys):
+    scenario = B.split_mnist("class", source="bundled", batch_size=500).take(2)
+    ContinualTrainer(mlp(scenario.input_shape, 10, hidden=(8,)), "adam", verbose=1, jit_compile=False).fit(scenario)
+    out = capsys.readouterr().out
+    for line in ("task 0 (1 of 2), epoch 1/1", "task 1 (2 of 2), epoch 1/1", "task 0 (1 of 2) done in",
+                 "task 1 (2 of 2) done in"):
+        assert line in out
+    assert "task 2" not in out and "task 1/2" not in out
+
+
+def test_printed_matrix_marks_untrained_tasks():
+    lines = result().format_matrix().splitlines()
+    assert lines[1].split()[2:] == ["99.5", "·", "·"]  # k > t: not trained yet, never "0.0"
+    assert lines[2].split()[2:] == ["90.0", "100.0", "·"]
+    assert lines[3].split()[2:] == ["80.0", "50.0", "97.0"]
+
+
+def test_accuracy_matrix_plot_names_the_run_uses_percent_and_marks_untrained_cells():
+    label = result().label
+    assert label == "engram_bnn · split_mnist class-IL · seed 3"
+    figure = plot_accuracy_matrix(R, label=label)
+    ax, bar = figure.axes
+    assert label in ax.get_title() and "(%)" in ax.get_title()
+    assert bar.get_ylabel() == "accuracy (%)" and bar.get_ylim() == (0.0, 100.0)
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t for t in ax.texts}
+    assert texts[(0, 0)].get_text() == "99.5"  # not rounded up to 100
+    assert texts[(1, 1)].get_text() == "100"
+    assert texts[(2, 0)].get_text() == "n/a"  # NaN: column k = 2 of row t = 0
+    assert texts[(1, 0)].get_style() == "italic" and texts[(0, 1)].get_style() == "normal"
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 3  # the cells above the diagonal
+    assert "not trained yet" in ax.get_xlabel()
+
+
+def test_task_accuracy_plot_is_in_percent():
+    ax = plot_task_accuracies(R, label="bnn · x · seed 0").axes[0]
+    assert ax.get_ylabel() == "accuracy (%)" and ax.get_ylim() == (0.0, 102.0)
+    first_task = ax.lines[0].get_ydata()
+    np.testing.assert_allclose(first_task, [99.5, 90.0, 80.0])
+    assert "bnn · x · seed 0" in ax.get_title()
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    old = os.umask(0o022)
+    try:
+        paths = result().save(str(tmp_path))
+        write_atomically(str(tmp_path / "state.json"), "{}")
+    finally:
+        os.umask(old)
+    for path in [*paths.values(), str(tmp_path / "state.json")]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+
+
+def test_summary_memory_column_says_when_a_process_was_shared():
+    summary = experiment.summarize({"engram_bnn": [result()], "bnn": [result(method="bnn", runs_before=1)]})
+    table = experiment.summary_table(summary, "t")
+    assert "peak RSS MiB (own process)" in table
+    assert "| 700 |" in next(line for line in table.splitlines() if line.startswith("| engram_bnn"))
+    assert "— (shared process)" in next(line for line in table.splitlines() if line.startswith("| bnn"))
+
+
+def test_memory_records_how_many_runs_shared_the_process(tmp_path):
+    config = experiment.ExperimentConfig(num_tasks=1, epochs=1, batch_size=500, source="bundled",
+                                         hparams=experiment.methods.HyperParameters(hidden=(8,)), jit_compile=False)
+    first = experiment.run_experiment(config, "finetune", 0, str(tmp_path / "a"), verbose=0)
+    second = experiment.run_experiment(config, "finetune", 0, str(tmp_path / "b"), verbose=0)
+    assert second.memory["runs_before_in_process"] == first.memory["runs_before_in_process"] + 1
+    assert not (tmp_path / "a" / "finetune" / "seed_0" / "checkpoints").exists()  # deleted once finished
+
+
+def test_config_round_trips_through_a_fresh_process_spec():
+    config = experiment.ExperimentConfig(scenario="permuted_mnist", setting="domain", num_tasks=3,
+                                         hparams=experiment.methods.HyperParameters(hidden=(16, 8), m=1.35))
+    assert experiment.ExperimentConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "3"])
+def test_positive_int_arguments_share_one_message(bad):
+    from larq_engrams.arguments import check_positive_int
+
+    with pytest.raises(ValueError, match=r"ContinualTrainer: `epochs` must be a positive int, got"):
+        ContinualTrainer(mlp((4,), 2, hidden=(4,)), "adam", epochs=bad)
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive int"):
+        B.split_by_classes(np.zeros((4, 2)), np.array([0, 1, 0, 1]), np.zeros((4, 2)), np.array([0, 1, 0, 1]),
+                           batch_size=bad)
+    with pytest.raises(ValueError, match=r"`hidden` must hold positive ints only"):
+        mlp((4,), 2, hidden=(4, bad))
+    assert check_positive_int("n", 3) == 3 and isinstance(check_positive_int("n", np.int64(3)), int)
