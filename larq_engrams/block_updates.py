@@ -113,24 +113,12 @@ def _adam_cached_steps(handles, slots, gradients, rows, cols, strengths, *hyper)
         _scatter_block(variable, _read(variable).shape, w_block, r, c)
 
 
-def _scatter_blocks_now(handles, values, rows, cols):
+def _scatter_blocks(handles, values, rows, cols):
+    """The compact blocks scattered back into the full variables, eagerly: this runs
+    once per epoch, and engrams differ in size, so a compiled function would be traced
+    again at every task (and TensorFlow would warn about the retracing)."""
     for handle, value, r, c in zip(handles, values, rows, cols):
         _scatter_block(handle, _read(handle).shape, value, r, c)
-
-
-_SCATTER_FUNCTIONS = {}
-
-
-def _scatter_blocks(handles, values, rows, cols):
-    """The compact blocks scattered back, by one compiled function per combination of
-    block shapes. Engrams differ in size, so a single tf.function would retrace at
-    every task and TensorFlow would warn about it; this makes the same traces (XLA
-    compiles per shape either way) without the misleading warning."""
-    shape = lambda t: None if t is None else tuple(t.shape)  # noqa: E731
-    key = tuple((shape(v), shape(r), shape(c)) for v, r, c in zip(values, rows, cols))
-    if key not in _SCATTER_FUNCTIONS:
-        _SCATTER_FUNCTIONS[key] = tf.function(_scatter_blocks_now, jit_compile=True)
-    _SCATTER_FUNCTIONS[key](handles, values, rows, cols)
 
 
 class BlockSlotCache:

@@ -113,3 +113,23 @@ def test_positive_int_arguments_share_one_message(bad):
     with pytest.raises(ValueError, match=r"`hidden` must hold positive ints only"):
         mlp((4,), 2, hidden=(4, bad))
     assert check_positive_int("n", 3) == 3 and isinstance(check_positive_int("n", np.int64(3)), int)
+
+
+def test_an_engram_run_over_many_tasks_raises_no_retracing_warning():
+    import logging
+
+    import tensorflow as tf
+
+    from larq_engrams.models import engram_bnn
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        scenario = B.split_mnist("class", source="bundled", batch_size=500)
+        model = engram_bnn(scenario.input_shape, 10, hidden=(32, 32), max_tasks=5, lda_features=64)
+        ContinualTrainer(model, "adam", epochs=2, verbose=0).fit(scenario)  # engrams of 5 sizes, 10 flushes
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m], messages
