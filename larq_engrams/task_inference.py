@@ -36,7 +36,7 @@ trained already competes in "infer" evaluations during its own task.
 """
 import tensorflow as tf
 
-from larq_engrams.arguments import check_positive_int
+from larq_engrams.arguments import check_choice, check_positive_int
 
 __all__ = ["InputDiscriminant", "MAX_FEATURES"]
 
@@ -62,6 +62,8 @@ class InputDiscriminant(tf.keras.layers.Layer):
         features: M, the number of random ReLU features; None for the raw inputs.
         shrinkage: lambda in [0, 1].
         seed: seeds R.
+        covariance: "shared" (the discriminant above) or "identity" (P = I: nearest
+            class mean, g_{s,c}(x) = mu^T f(x) - 1/2 |mu|^2; no M x M statistics).
 
     Defaults M = 2048, lambda = 0.01 were chosen on validation data (Split MNIST and
     Split Fashion-MNIST class-IL, 1024-1024, seed 0; task inference with M = 1024 /
@@ -69,8 +71,10 @@ class InputDiscriminant(tf.keras.layers.Layer):
     and 82.7 / 83.0 %; `experiments/task_inference_study.py`).
     """
 
-    def __init__(self, max_tasks, num_classes, features=2048, shrinkage=0.01, seed=0, **kwargs):
+    def __init__(self, max_tasks, num_classes, features=2048, shrinkage=0.01, seed=0, covariance="shared",
+                 **kwargs):
         super().__init__(**kwargs)
+        self.covariance = check_choice("covariance", covariance, ("shared", "identity"), owner="InputDiscriminant")
         self.max_tasks = int(max_tasks)
         self.num_classes = int(num_classes)
         self.features = check_positive_int("features", features, owner="InputDiscriminant", allow_none=True)
@@ -82,7 +86,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
     def build(self, input_shape):
         inputs = int(input_shape[-1])
         features = inputs if self.features is None else self.features
-        if features > MAX_FEATURES:
+        if features > MAX_FEATURES and self.covariance == "shared":
             raise ValueError(
                 f"InputDiscriminant: {features} features need a {features}x{features} "
                 f"covariance; at most {MAX_FEATURES} are supported. Use fewer random "
@@ -98,8 +102,10 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 **{**state, "initializer": _RandomSigns(self.seed, 1.0 / inputs ** 0.5)})
         self.counts = self.add_weight("counts", (tasks, classes), dtype=tf.float64, **state)
         self.sums = self.add_weight("sums", (tasks, classes, features), dtype=tf.float64, **state)
-        self.second_moment = self.add_weight(
-            "second_moment", (features, features), dtype=tf.float64, **state)
+        self.second_moment = None
+        if self.covariance == "shared":
+            self.second_moment = self.add_weight(
+                "second_moment", (features, features), dtype=tf.float64, **state)
         self.kernel = self.add_weight("kernel", (tasks, classes, features), **state)
         self.bias = self.add_weight(
             "bias", (tasks, classes), **{**state, "initializer": tf.keras.initializers.Constant(_EMPTY)})
@@ -120,16 +126,19 @@ class InputDiscriminant(tf.keras.layers.Layer):
         self.counts.assign_add(row[:, None] * tf.cast(tf.reduce_sum(onehot, axis=0), tf.float64)[None, :])
         sums = tf.cast(tf.matmul(onehot, x, transpose_a=True), tf.float64)
         self.sums.assign_add(row[:, None, None] * sums[None])
-        self.second_moment.assign_add(tf.cast(tf.matmul(x, x, transpose_a=True), tf.float64))
+        if self.second_moment is not None:
+            self.second_moment.assign_add(tf.cast(tf.matmul(x, x, transpose_a=True), tf.float64))
 
     def refresh(self):
-        """Recomputes the discriminant from the statistics (one D x D Cholesky solve)."""
+        """Recomputes the discriminant from the statistics (one M x M Cholesky solve;
+        none for the identity covariance). Works eagerly and inside a tf.function."""
         counts = tf.reshape(self.counts, [-1])
-        total = tf.reduce_sum(counts)
-        if float(total) <= 0.0:
-            return
-        features = self.second_moment.shape[0]
+        total = tf.maximum(tf.reduce_sum(counts), 1.0)  # no data yet: every group stays empty
+        features = self.sums.shape[-1]
         means = tf.reshape(self.sums, [-1, features]) / tf.maximum(counts, 1.0)[:, None]
+        if self.second_moment is None:
+            self._set_discriminant(means, means, counts)
+            return
         between = tf.matmul(means * counts[:, None], means, transpose_a=True)
         covariance = (self.second_moment - between) / total
         mean_variance = tf.linalg.trace(covariance) / features
@@ -138,7 +147,10 @@ class InputDiscriminant(tf.keras.layers.Layer):
         # A constant input pixel (zero variance) with no shrinkage: keep it solvable.
         covariance += 1e-9 * tf.maximum(mean_variance, 1e-12) * tf.eye(features, dtype=tf.float64)
         chol = tf.linalg.cholesky(covariance)
-        kernel = tf.transpose(tf.linalg.cholesky_solve(chol, tf.transpose(means)))  # mu^T P
+        self._set_discriminant(tf.transpose(tf.linalg.cholesky_solve(chol, tf.transpose(means))), means, counts)
+
+    def _set_discriminant(self, kernel, means, counts):
+        """kernel = mu^T P per group; bias = -1/2 mu^T P mu; empty groups score -1e9."""
         bias = -0.5 * tf.reduce_sum(kernel * means, axis=-1)
         bias = tf.where(counts > 0, bias, tf.constant(_EMPTY, tf.float64))
         kernel = tf.where(counts[:, None] > 0, kernel, tf.zeros_like(kernel))
@@ -160,7 +172,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "max_tasks": self.max_tasks,
                 "num_classes": self.num_classes, "features": self.features,
-                "shrinkage": self.shrinkage, "seed": self.seed}
+                "shrinkage": self.shrinkage, "seed": self.seed, "covariance": self.covariance}
 
 
 class _RandomSigns(tf.keras.initializers.Initializer):

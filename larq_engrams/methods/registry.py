@@ -11,6 +11,7 @@ import dataclasses
 import tensorflow as tf
 
 from larq_engrams.benchmarks.joint import joint
+from larq_engrams.class_statistics import ClassStatisticsClassifier
 from larq_engrams.distillation import LearningWithoutForgetting, LwFUpdate
 from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import MetaplasticAdam
@@ -63,6 +64,8 @@ class HyperParameters:
     lwf_temperature: float = 2.0
     lwf_strength: float = 1.0
     xdg_gated_fraction: float = None  # None: 0.9 (split MNIST task-IL), else 0.6
+    slda_shrinkage: float = 0.1
+    statistics_features: int = None  # ncm, slda: None for the inputs, else M random ReLU features
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -221,6 +224,20 @@ def _si(scenario, hp):
 def _lwf(scenario, hp):
     model = LearningWithoutForgetting(_backbone(scenario, hp), hp.lwf_temperature, hp.lwf_strength)
     return _setup("lwf", model, _adam(hp), scenario, [LwFUpdate(model, scenario)])
+
+
+@register("ncm", "nearest class mean on the inputs (class statistics only: cannot forget)")
+def _ncm(scenario, hp):
+    model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule="ncm",
+                                      features=hp.statistics_features, seed=hp.seed)
+    return _setup("ncm", model, _adam(hp), scenario)  # the optimizer is never used
+
+
+@register("slda", "streaming LDA (Hayes & Kanan 2020), shared covariance shrunk by 0.1, on the inputs")
+def _slda(scenario, hp):
+    model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule="slda",
+                                      shrinkage=hp.slda_shrinkage, features=hp.statistics_features, seed=hp.seed)
+    return _setup("slda", model, _adam(hp), scenario)
 
 
 @register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id")

@@ -5,6 +5,7 @@ what is measured is what is trained.
 """
 import tensorflow as tf
 
+from larq_engrams.class_statistics import ClassStatisticsClassifier
 from larq_engrams.models import EngramModel
 from larq_engrams.task_inputs import masked_logits, model_inputs
 
@@ -27,7 +28,11 @@ def train_step(model, optimizer, x, y, task_ids=None, class_mask_table=None):
     (`task_ids` and `class_mask_table` given) the logits outside the task's classes are
     pushed to -inf (multi-head training). An `EngramModel` records the batch's labels
     for its active engram; with `execution="sparse"` (its default) the step runs on the
-    active engram's sub-network only (`EngramModel.train_engram`).
+    active engram's sub-network only (`EngramModel.train_engram`). A
+    `ClassStatisticsClassifier` (NCM, SLDA) adds the batch to its statistics instead
+    (loss 0; the optimizer is not used; the step's accuracy is that of the discriminant
+    as last refreshed: refreshing is a Cholesky solve, done once when the model is next
+    called, e.g. by the evaluation).
     """
     is_engram = isinstance(model, EngramModel)
     if is_engram:
@@ -40,7 +45,10 @@ def train_step(model, optimizer, x, y, task_ids=None, class_mask_table=None):
             loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         return loss
 
-    if is_engram and model.execution == "sparse":
+    if isinstance(model, ClassStatisticsClassifier):  # learns by counting: no loss, no gradient
+        logits, loss = model.stale_logits(x), tf.constant(0.0)  # for the progress bar only
+        model.observe(x, y)
+    elif is_engram and model.execution == "sparse":
         if task_ids is not None:  # training gates by the active engram, not by the ids
             tf.debugging.assert_equal(
                 tf.cast(task_ids, tf.int32), model.engram_layers[0].active_task,

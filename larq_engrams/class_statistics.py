@@ -1,0 +1,96 @@
+r"""Classifiers that keep only class statistics, and so cannot forget: nearest class mean
+and streaming linear discriminant analysis (Hayes & Kanan 2020; Avalanche's
+`StreamingLDA`). The baselines a user would pick instead of a network in class-IL.
+
+For every class c seen so far, with f(x) = x (pixels) or fixed random ReLU features
+(`features=M`, see `task_inference.InputDiscriminant`, a frozen feature extractor):
+
+```
+n_c, mu_c     = count and mean of f(x) over the class' training examples
+NCM:  logit_c(x) = mu_c^T f(x) - 1/2 |mu_c|^2                    (= -1/2 |f(x) - mu_c|^2 + const)
+SLDA: Sigma      = (sum_x f f^T - sum_c n_c mu_c mu_c^T) / sum_c n_c        shared within-class covariance
+      P          = ((1 - lambda) Sigma + lambda (tr Sigma / M) I)^{-1}      shrunk toward the mean variance
+      logit_c(x) = mu_c^T P f(x) - 1/2 mu_c^T P mu_c             (Gaussian log-likelihood + const)
+```
+
+Classes never seen score -1e9, so a prediction is always a class seen so far. Training
+is accumulation: a batch adds to the counts and sums (float64), so the order of the data
+changes nothing but rounding, and nothing learnt earlier is ever overwritten. One pass
+over the data is all they need; more epochs count the data again (the means stay the
+same; the shared covariance weighs the repeated task more).
+"""
+import numpy as np
+import tensorflow as tf
+
+from larq_engrams.arguments import check_choice, check_positive_ints
+from larq_engrams.task_inference import InputDiscriminant
+
+__all__ = ["ClassStatisticsClassifier", "RULES"]
+
+RULES = ("ncm", "slda")
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_engrams")
+class ClassStatisticsClassifier(tf.keras.Model):
+    """NCM (`rule="ncm"`) or streaming LDA (`rule="slda"`) on flattened inputs.
+
+    `observe(x, y)` adds a batch to the statistics; calling the model returns the
+    logits above, refreshing the discriminant first if data came in since (one M x M
+    Cholesky solve for SLDA). `model.fit` works too (its `train_step` observes).
+
+    Args:
+        input_shape: the shape of one example (flattened inside).
+        num_classes: the outputs.
+        rule: "ncm" or "slda".
+        shrinkage: SLDA's lambda in [0, 1] (0.1, as measured in the issue's anchors).
+        features: None for the inputs themselves, or M fixed random ReLU features.
+        seed: seeds the random features.
+    """
+
+    def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self._input_shape_arg = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
+        self.num_classes = int(num_classes)
+        self.rule = check_choice("rule", rule, RULES, owner="ClassStatisticsClassifier")
+        self.shrinkage, self.features, self.seed = float(shrinkage), features, int(seed)
+        self.discriminant = InputDiscriminant(
+            1, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
+            covariance="shared" if rule == "slda" else "identity", name="class_statistics")
+        self.discriminant.build((None, int(np.prod(self._input_shape_arg))))
+        # Set by `observe`, cleared by the refresh that the next call makes.
+        self.stale = tf.Variable(False, trainable=False, name="stale",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.build((None, *self._input_shape_arg))
+
+    def _flat(self, x):
+        return tf.reshape(tf.cast(x, tf.float32), (tf.shape(x)[0], -1))
+
+    def observe(self, x, y):
+        """Adds a batch of examples and their labels to the class statistics."""
+        self.discriminant.observe(self._flat(x), y, 0)  # one group set: the classes
+        self.stale.assign(True)
+
+    def _refresh(self):
+        self.discriminant.refresh()
+        self.stale.assign(False)
+        return tf.constant(True)
+
+    def stale_logits(self, x):
+        """The logits of the discriminant as last refreshed (no refresh: cheap)."""
+        return self.discriminant.group_scores(self._flat(x))[:, 0, :]
+
+    def call(self, x, training=False):
+        tf.cond(self.stale, self._refresh, lambda: tf.constant(False))
+        return self.discriminant.group_scores(self._flat(x))[:, 0, :]
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        self.observe(x, y)
+        logits = self(x)
+        self.compiled_metrics.update_state(y, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        return {"input_shape": self._input_shape_arg, "num_classes": self.num_classes, "rule": self.rule,
+                "shrinkage": self.shrinkage, "features": self.features, "seed": self.seed,
+                "name": self.name}

@@ -1,0 +1,85 @@
+"""NCM and streaming LDA: closed-form logits, streaming, and the registry's ncm / slda."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from larq_engrams import benchmarks as B
+from larq_engrams import methods
+from larq_engrams.class_statistics import ClassStatisticsClassifier
+from larq_engrams.training import ContinualTrainer
+
+
+def toy(seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 3], [20, 30, 25])  # class 2 never seen
+    x = rng.normal(size=(len(y), 2, 3)) + y[:, None, None] * np.array([1.0, -0.5, 0.2, 0.0, 2.0, -1.0]).reshape(2, 3)
+    return x.astype(np.float32), y
+
+
+def test_ncm_logits_are_the_closed_form():
+    x, y = toy()
+    model = ClassStatisticsClassifier((2, 3), 4, rule="ncm")
+    model.observe(x, y)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    query = np.random.default_rng(1).normal(size=(5, 2, 3)).astype(np.float32)
+    logits = model(query).numpy()
+    for c in (0, 1, 3):
+        mu = flat[y == c].mean(0)
+        expected = query.reshape(5, -1) @ mu - 0.5 * mu @ mu
+        np.testing.assert_allclose(logits[:, c], expected, rtol=1e-5, atol=1e-5)
+    assert np.all(logits[:, 2] == -1e9)  # never seen: never predicted
+
+
+def test_slda_logits_are_the_closed_form_and_streaming_changes_nothing():
+    x, y = toy()
+    lam = 0.3
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    means = {c: flat[y == c].mean(0) for c in (0, 1, 3)}
+    within = sum((flat[y == c] - means[c]).T @ (flat[y == c] - means[c]) for c in means) / len(y)
+    shrunk = (1 - lam) * within + lam * np.trace(within) / 6 * np.eye(6)
+    P = np.linalg.inv(shrunk)
+    query = np.random.default_rng(2).normal(size=(4, 2, 3)).astype(np.float32)
+    at_once = ClassStatisticsClassifier((2, 3), 4, rule="slda", shrinkage=lam)
+    at_once.observe(x, y)
+    streamed = ClassStatisticsClassifier((2, 3), 4, rule="slda", shrinkage=lam)
+    order = np.random.default_rng(3).permutation(len(y))
+    for part in np.array_split(order, 4):
+        streamed.observe(x[part], y[part])
+    for model in (at_once, streamed):
+        logits = model(query).numpy()
+        for c, mu in means.items():
+            expected = query.reshape(4, -1) @ P @ mu - 0.5 * mu @ P @ mu
+            np.testing.assert_allclose(logits[:, c], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_call_refreshes_only_after_new_data():
+    x, y = toy()
+    model = ClassStatisticsClassifier((2, 3), 4, rule="slda")
+    assert np.all(model(x[:2]).numpy() == -1e9)  # nothing seen yet
+    model.observe(x[y == 0], y[y == 0])
+    assert bool(model.stale)
+    first = model(x[:2]).numpy()
+    assert not bool(model.stale)
+    np.testing.assert_array_equal(model.stale_logits(x[:2]).numpy(), first)
+    model.observe(x[y == 1], y[y == 1])
+    assert not np.array_equal(model(x[:2]).numpy(), first)
+
+
+def test_config_round_trip_and_model_fit():
+    model = ClassStatisticsClassifier((2, 3), 4, rule="ncm", features=16, seed=5, name="ncm")
+    clone = ClassStatisticsClassifier.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    x, y = toy()
+    clone.compile(metrics=["accuracy"])
+    history = clone.fit(x, y, batch_size=25, epochs=1, verbose=0)
+    assert history.history["accuracy"][0] >= 0.0 and int(tf.reduce_sum(clone.discriminant.counts)) == len(y)
+
+
+@pytest.mark.parametrize("name, floor", [("ncm", 0.8), ("slda", 0.85)])
+def test_registry_methods_learn_class_incremental_split_mnist(name, floor):
+    scenario = B.split_mnist("class", source="bundled", batch_size=500).take(3)
+    setup = methods.build(name, scenario, methods.HyperParameters())
+    result = ContinualTrainer(setup.model, setup.optimizer, epochs=1, verbose=0, jit_compile=False).fit(setup.scenario)
+    R = result.R
+    assert result.metrics["acc"] > floor  # regularization methods sit near 1/T here
+    assert R[2, 0] > 0.7 and R[2, 1] > 0.7  # old classes keep being recognised
