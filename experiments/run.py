@@ -50,6 +50,9 @@ flags.DEFINE_float("engram_fraction", 0.2, "rho: expected fraction of units per 
 flags.DEFINE_float("activation_probability", 0.9, "q: stochastic reactivation probability.")
 flags.DEFINE_float("excitability", 6.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
 flags.DEFINE_enum("inference", "infer", ["infer", "union"], "Engram inference without task id.")
+flags.DEFINE_enum("batchnorm_evaluation", "moving", ["moving", "batch"],
+                  "BatchNorm at evaluation: its moving statistics, or each mixed-task test batch's own statistics "
+                  "(Laborieux et al.'s reference code; not for engram models).")
 flags.DEFINE_list("seeds", ["0"], "Seeds; several give mean and standard error.")
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir, or the folder of original files (--source=local, CORe50).")
@@ -147,6 +150,7 @@ def main(argv):
         scenario=FLAGS.scenario, setting=setting, num_tasks=FLAGS.num_tasks, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, source=FLAGS.source, data_dir=FLAGS.data_dir,
         engram_inference=FLAGS.inference, evaluate_on=FLAGS.evaluate_on,
+        batchnorm_evaluation=FLAGS.batchnorm_evaluation,
         validation_fraction=FLAGS.validation_fraction,
         hparams=methods.HyperParameters(
             hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,

@@ -12,6 +12,7 @@ both fill the accuracy matrix R the same way:
   (so are the entries above R's diagonal and the untrained baseline b_k for k > 0 of
   an engram model in task-IL, and with them FWT), never the output of an all-off gate.
 """
+import numpy as np
 import tensorflow as tf
 
 from larq_engrams.models import EngramModel
@@ -32,13 +33,33 @@ class TaskEvaluator:
             domain settings do not allow; `ContinualTrainer` uses it only to measure the
             untrained model, gated by its first engram).
         jit_compile: compile the evaluation step with XLA.
+        batchnorm: "moving" (BatchNormalization uses its moving statistics: the
+            standard evaluation) or "batch" (the protocol of Laborieux et al.'s
+            reference code: BatchNorm normalizes each test batch by its own statistics).
+            With "batch", the test examples of every task of the scenario are mixed
+            (seeded shuffle, `mixed_batch_size` per batch) so that a batch's statistics
+            do not reveal its task; the model runs with `training=True` and its moving
+            statistics are restored afterwards, and R[t][k] is the accuracy on task k's
+            examples within the mixed batches. Not for `EngramModel`s (their gating is
+            stochastic in training mode).
+        mixed_batch_size, seed: the mixed batches of `batchnorm="batch"`.
     """
 
-    def __init__(self, model, scenario, engram_inference="infer", jit_compile=False):
+    def __init__(self, model, scenario, engram_inference="infer", jit_compile=False, batchnorm="moving",
+                 mixed_batch_size=100, seed=0):
         if engram_inference not in ("infer", "union", "task"):
             raise ValueError(
                 f"`engram_inference` must be 'infer', 'union' or 'task', got {engram_inference!r}."
             )
+        if batchnorm not in ("moving", "batch"):
+            raise ValueError(f"`batchnorm` must be 'moving' or 'batch', got {batchnorm!r}.")
+        if batchnorm == "batch" and isinstance(model, EngramModel):
+            raise ValueError("batchnorm='batch' evaluates in training mode, where an EngramModel's gating is "
+                             "stochastic: use it for models without engrams (bnn, mbnn, the MLP baselines).")
+        self.batchnorm = batchnorm
+        self.mixed_batch_size = int(mixed_batch_size)
+        self.seed = int(seed)
+        self._mixed = None
         self.model = model
         self.scenario = scenario
         self.engram_inference = engram_inference
@@ -107,4 +128,51 @@ class TaskEvaluator:
     def accuracies(self, tasks=None):
         """Accuracy on each task (all of the scenario's by default), as floats."""
         tasks = self.scenario.tasks if tasks is None else tasks
+        if self.batchnorm == "batch":
+            by_task = self._mixed_batch_accuracies()
+            return [by_task[task.task_id] for task in tasks]
         return [self.accuracy(task) for task in tasks]
+
+    def _mixed_batches(self):
+        """Every task's test examples with their task index, shuffled once (seeded)."""
+        if self._mixed is None:
+            xs, ys, ks = [], [], []
+            for task in self.scenario:
+                for x, y in task.test:
+                    xs.append(tf.nest.map_structure(lambda t: t.numpy(), x))
+                    ys.append(y.numpy())
+                    ks.append(np.full(len(ys[-1]), task.task_id, np.int32))
+            order = np.random.default_rng(self.seed).permutation(sum(len(y) for y in ys))
+            x = tf.nest.map_structure(lambda *parts: np.concatenate(parts)[order], *xs)
+            self._mixed = (x, np.concatenate(ys)[order], np.concatenate(ks)[order])
+        return self._mixed
+
+    def _mixed_batch_accuracies(self):
+        """{task id: accuracy} under BatchNorm batch statistics on mixed-task batches."""
+        x, y, k = self._mixed_batches()
+        model, mask_table = self.model, self._mask_table
+        moving = [v for layer in model.submodules if isinstance(layer, tf.keras.layers.BatchNormalization)
+                  for v in (layer.moving_mean, layer.moving_variance)]
+        saved = [v.numpy() for v in moving]
+        if self._step is None:  # one trace (two batch sizes at most) for every evaluation
+
+            def step(xb):
+                xb, task_ids = split_task_inputs(xb)
+                logits = model(model_inputs(model, xb, task_ids), training=True)
+                return tf.argmax(masked_logits(logits, task_ids, mask_table), axis=-1, output_type=tf.int32)
+
+            self._step = tf.function(step, reduce_retracing=True)
+        predict = self._step
+
+        hits = np.zeros(self.scenario.num_tasks)
+        counts = np.zeros(self.scenario.num_tasks)
+        try:
+            for start in range(0, len(y), self.mixed_batch_size):
+                part = slice(start, start + self.mixed_batch_size)
+                right = predict(tf.nest.map_structure(lambda t: t[part], x)).numpy() == y[part]
+                np.add.at(hits, k[part], right)
+                np.add.at(counts, k[part], 1)
+        finally:
+            for v, value in zip(moving, saved):  # training=True moved them; evaluation must not
+                v.assign(value)
+        return {t: hits[t] / max(counts[t], 1) for t in range(self.scenario.num_tasks)}

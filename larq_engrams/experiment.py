@@ -57,6 +57,9 @@ class ExperimentConfig:
     evaluate_on: str = "test"
     validation_fraction: float = 0.1
     jit_compile: object = "auto"  # ContinualTrainer's: True, False or "auto"
+    # "batch": BatchNorm normalizes each mixed-task test batch by its own statistics
+    # (Laborieux et al.'s evaluation; `TaskEvaluator`); "moving": the standard one.
+    batchnorm_evaluation: str = "moving"
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
@@ -102,6 +105,20 @@ class StaleRunError(ValueError):
     """A results folder holds a run with other settings, or files that cannot be read."""
 
 
+# Settings added after results were first saved, with their defaults: left out of
+# `run_settings` while they hold the default, so that earlier results (which ran with
+# that default) stay reusable instead of turning stale.
+_LATER_SETTINGS = {
+    "hparams": {"slda_shrinkage": 0.1, "statistics_features": None},
+    "experiment": {"batchnorm_evaluation": "moving"},
+}
+
+
+def _without_later_defaults(group, values):
+    later = _LATER_SETTINGS[group]
+    return {k: v for k, v in values.items() if not (k in later and v == later[k])}
+
+
 def run_settings(config, method, seed, source):
     """What makes two runs the same run (JSON values): the method, its hyperparameters,
     the experiment's settings, the data source actually read, the seed and the
@@ -109,8 +126,9 @@ def run_settings(config, method, seed, source):
     settings = {
         "method": method,
         "seed": int(seed),
-        "hparams": dataclasses.asdict(config.hparams.replace(seed=seed)),
-        "experiment": {k: v for k, v in dataclasses.asdict(config).items() if k != "hparams"},
+        "hparams": _without_later_defaults("hparams", dataclasses.asdict(config.hparams.replace(seed=seed))),
+        "experiment": _without_later_defaults(
+            "experiment", {k: v for k, v in dataclasses.asdict(config).items() if k != "hparams"}),
         "source": source,
         "larq_engrams": larq_engrams.__version__,
     }
@@ -228,7 +246,7 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     trainer = ContinualTrainer(
         setup.model, setup.optimizer, epochs=config.epochs, engram_inference=config.engram_inference,
         callbacks=callbacks, checkpoint_dir=os.path.join(run_dir, "checkpoints") if resume else None,
-        jit_compile=config.jit_compile, seed=seed, verbose=verbose,
+        jit_compile=config.jit_compile, seed=seed, verbose=verbose, batchnorm_evaluation=config.batchnorm_evaluation,
     )
     global _RUNS_IN_THIS_PROCESS
     runs_before, _RUNS_IN_THIS_PROCESS = _RUNS_IN_THIS_PROCESS, _RUNS_IN_THIS_PROCESS + 1
@@ -321,6 +339,8 @@ def summarize(results_by_method):
         trainer = results[0].config.get("trainer", {})
         entry["epochs"] = trainer.get("epochs")
         entry["hidden"] = results[0].config.get("method", {}).get("hparams", {}).get("hidden")
+        if results[0].config.get("model", {}).get("class") == "ClassStatisticsClassifier":
+            entry["hidden"] = None  # ncm, slda: no hidden layers, whatever `hidden` was set to
         summary[method] = entry
     return summary
 

@@ -60,6 +60,9 @@ class ContinualTrainer:
             the start of every task.
         engram_inference: "infer" or "union": how engram models are evaluated without a
             task id.
+        batchnorm_evaluation: "moving" (BatchNorm's moving statistics, the default) or
+            "batch" (each mixed-task test batch normalized by its own statistics, as in
+            Laborieux et al.'s reference code; `TaskEvaluator`), for R and for b.
         eval_every_epoch: also evaluate on every task after each epoch
             (`ContinualResult.epoch_accuracies`).
         callbacks: Keras callbacks; `ContinualCallback`s also get task hooks. A
@@ -94,6 +97,7 @@ class ContinualTrainer:
         epochs=1,
         reset_optimizer=True,
         engram_inference="infer",
+        batchnorm_evaluation="moving",
         eval_every_epoch=False,
         callbacks=None,
         strategy=None,
@@ -125,6 +129,8 @@ class ContinualTrainer:
         self.epochs = int(epochs)
         self.reset_optimizer = bool(reset_optimizer)
         self.engram_inference = engram_inference
+        self.batchnorm_evaluation = check_choice("batchnorm_evaluation", batchnorm_evaluation, ("moving", "batch"),
+                                                 owner="ContinualTrainer")
         self.eval_every_epoch = bool(eval_every_epoch)
         self.memory = PeakMemoryCallback()
         self.user_callbacks = list(callbacks or [])
@@ -165,7 +171,8 @@ class ContinualTrainer:
         self._check_scenario(scenario)
         T = self._num_tasks = scenario.num_tasks
         self._mask_table = tf.constant(class_mask_table(scenario)) if scenario.provides_task_id else None
-        evaluator = TaskEvaluator(self.model, scenario, self.engram_inference, self.jit_compile)
+        evaluator = TaskEvaluator(self.model, scenario, self.engram_inference, self.jit_compile,
+                                  batchnorm=self.batchnorm_evaluation, seed=self.seed or 0)
         callbacks = tf.keras.callbacks.CallbackList(
             [self.memory, *self.user_callbacks], model=self.model, add_progbar=False
         )
@@ -182,7 +189,8 @@ class ContinualTrainer:
         else:
             if is_engram:
                 self.model.begin_task(0)  # allocation only: the model is still untrained
-            untrained = TaskEvaluator(self.model, scenario, "task", self.jit_compile)
+            untrained = TaskEvaluator(self.model, scenario, "task", self.jit_compile,
+                                      batchnorm=self.batchnorm_evaluation, seed=self.seed or 0)
             baseline = untrained.accuracies()
             task_seconds, epoch_accuracies, first = [], [], 0
 
@@ -289,6 +297,7 @@ class ContinualTrainer:
                 "reset_optimizer": self.reset_optimizer,
                 "optimizer_reset_per_task": self._optimizer_factory is not None or self.reset_optimizer,
                 "engram_inference": self.engram_inference,
+                "batchnorm_evaluation": self.batchnorm_evaluation,
                 "jit_compile": self.jit_compile,
                 "seed": self.seed,
                 "strategy": type(self.strategy).__name__,
