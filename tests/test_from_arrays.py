@@ -1,10 +1,11 @@
 """Scenarios from a user's own arrays, and the named benchmarks as their wrappers."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from larq_engrams import benchmarks as B
-from larq_engrams.training import ContinualTrainer
 from larq_engrams.models import mlp
+from larq_engrams.training import ContinualTrainer
 
 
 def batches(ds):
@@ -103,6 +104,6 @@ def test_split_mnist_is_split_by_classes_on_its_arrays():
 def test_a_trainer_learns_from_own_arrays():
     x, y = toy(n=300, classes=4, shape=(4,))
     s = B.split_by_classes(x, y, x, y, classes_per_task=2, batch_size=20)
-    result = ContinualTrainer(mlp((4,), 4, hidden=(16,)), lambda: __import__("tensorflow").keras.optimizers.Adam(0.05),
+    result = ContinualTrainer(mlp((4,), 4, hidden=(16,)), lambda: tf.keras.optimizers.Adam(0.05),
                               epochs=5, verbose=0, jit_compile=False).fit(s)
     assert result.accuracy_matrix[0][0] > 0.9  # classes 0 and 1 are separable by their value
