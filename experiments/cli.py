@@ -40,6 +40,8 @@ _SHOW_STARTUP = _level_on_command_line(sys.argv) in ("debug", "info")
 os.environ.setdefault("LARQ_ENGRAMS_QUIET_STARTUP", "0" if _SHOW_STARTUP else "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if _SHOW_STARTUP else "2")
 import larq_engrams  # noqa: E402,F401  (TensorFlow, quietly; tf.keras bound to Keras 2)
+import tensorflow as tf  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 flags.DEFINE_enum("log_level", _DEFAULT_LEVEL, list(LOG_LEVELS),
                   "Log lines shown: 'warning' keeps this package's warnings and hides TensorFlow's, TFDS' "
@@ -51,12 +53,9 @@ flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["log_level"])
 def set_log_level(level):
     """Python loggers for `level` (one of `LOG_LEVELS`): the package's at `level`; the
     libraries' at ERROR unless `level` is "info" or "debug"."""
-    import tensorflow as tf
-    from absl import logging as absl_logging
-
     value = getattr(logging, level.upper())
     libraries = value if level in ("debug", "info") else max(value, logging.ERROR)
-    absl_logging.set_verbosity(min(value, libraries))
+    absl_logging.set_verbosity(value)
     logging.getLogger("larq_engrams").setLevel(value)
     for name in ("tensorflow", "absl", "tensorflow_datasets", "h5py", "matplotlib"):
         logging.getLogger(name).setLevel(libraries)

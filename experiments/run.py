@@ -16,7 +16,6 @@ from absl import app, flags
 
 import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
 
-
 from larq_engrams import benchmarks, experiment, methods
 from larq_engrams.training import CheckpointError
 

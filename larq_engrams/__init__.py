@@ -55,10 +55,11 @@ def _use_legacy_keras():
     """Make `tf.keras` resolve to `tf_keras` and check that it did."""
     if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() not in ("1", "true"):
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    with _stderr_to_devnull(os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "").strip() == "1"):
+    quiet = os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "").strip() == "1"
+    with _stderr_to_devnull(quiet):
         import tensorflow as tf  # noqa: E402  (must follow the environment variable)
 
-        if os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "").strip() == "1":
+        if quiet:
             tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit" without a GPU)
 
     # The module's own name changes once TensorFlow re-registers it as

@@ -36,7 +36,8 @@ class ClassStatisticsClassifier(tf.keras.Model):
 
     `observe(x, y)` adds a batch to the statistics; calling the model returns the
     logits above, refreshing the discriminant first if data came in since (one M x M
-    Cholesky solve for SLDA). `model.fit` works too (its `train_step` observes).
+    Cholesky solve for SLDA). `model.fit` works too (its `train_step` observes; its
+    metrics use the discriminant as last refreshed, e.g. by the previous evaluation).
 
     Args:
         input_shape: the shape of one example (flattened inside).
@@ -85,8 +86,8 @@ class ClassStatisticsClassifier(tf.keras.Model):
 
     def train_step(self, data):
         x, y = data[0], data[1]
+        logits = self.stale_logits(x)  # as ContinualTrainer's step: no Cholesky solve per batch
         self.observe(x, y)
-        logits = self(x)
         self.compiled_metrics.update_state(y, logits)
         return {m.name: m.result() for m in self.metrics}
 

@@ -221,9 +221,9 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     checkpoints (deleted once the run is finished unless `keep_checkpoints`); each
     reuse prints one line. The result's `memory["runs_before_in_process"]` says how
     many experiments this process ran before this one: its peak RSS is its own only
-    when that is 0 (`run_in_fresh_process` makes sure of it). A folder holding another run's settings, or files that
-    cannot be read, raises `StaleRunError` before any training. Without `resume` the
-    folder is overwritten.
+    when that is 0 (`run_in_fresh_process` makes sure of it). A folder holding another
+    run's settings, or files that cannot be read, raises `StaleRunError` before any
+    training. Without `resume` the folder is overwritten.
     """
     run_dir = os.path.join(outdir, method, f"seed_{seed}")
     scenario = make_scenario(config, seed)
@@ -330,8 +330,10 @@ def summarize(results_by_method):
             entry["task_inference"] = mean_and_sem([r.metrics["task_inference"] for r in results])
         entry["seeds"] = len(results)
         entry["peak_rss_bytes"] = max(r.memory.get("peak_rss_bytes") or 0 for r in results)
-        # Own process for every seed, or a process that ran other experiments first.
-        entry["peak_rss_own_process"] = all(r.memory.get("runs_before_in_process", 0) == 0 for r in results)
+        # True: every seed ran in its own process; False: some shared one with earlier
+        # experiments; None: not recorded (results saved before the count existed).
+        before = [r.memory.get("runs_before_in_process") for r in results]
+        entry["peak_rss_own_process"] = None if None in before else not any(before)
         gpu = [r.memory.get("peak_gpu_bytes") for r in results]
         entry["peak_gpu_bytes"] = max(gpu) if None not in gpu else None
         entry["train_seconds"] = float(np.mean([sum(r.task_seconds) for r in results]))
@@ -358,8 +360,9 @@ def summary_table(summary, title):
     for method, s in summary.items():
         fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}" if key in s else "—"  # noqa: E731
         hidden = "-".join(map(str, s.get("hidden") or [])) or "—"
-        rss = (f"{s['peak_rss_bytes'] / 2**20:.0f}" if s.get("peak_rss_own_process", True)
-               else "— (shared process)")
+        mib = f"{s['peak_rss_bytes'] / 2**20:.0f}"
+        rss = {True: mib, False: "— (shared process)", None: f"{mib} (process not recorded)"}[
+            s.get("peak_rss_own_process")]
         lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | "
                      f"{s.get('epochs') or '—'} | {hidden} | {rss} | "
                      f"{s['train_seconds']:.0f} |")

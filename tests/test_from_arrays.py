@@ -68,7 +68,7 @@ def test_tasks_from_arrays_keeps_each_task_and_holds_out_validation_per_task():
     assert s.num_tasks == 2 and s.num_classes == 6 and [t.num_train for t in s] == [60, 60]
     v = B.tasks_from_arrays([(a[0], a[1], None, None), (b[0], b[1], None, None)], evaluate_on="validation",
                             validation_fraction=0.2)
-    assert "validation[0.2 of train" in v.source
+    assert "validation[0.2 of each task's train" in v.source
     for task in v:
         (xtr, _), (xva, _) = batches(task.train), batches(task.test)
         assert task.num_test == 12 and task.num_train == 48  # 2 of 10 per class, stratified

@@ -17,9 +17,11 @@ R = np.array([[0.995, 0.0, np.nan], [0.9, 1.0, 0.0], [0.8, 0.5, 0.97]])
 
 
 def result(R=R, method="engram_bnn", runs_before=0):
+    memory = {"peak_rss_bytes": 700 * 2**20}
+    if runs_before is not None:  # None: a result saved before the count existed
+        memory["runs_before_in_process"] = runs_before
     return ContinualResult.from_matrix(
-        R, [0.1] * len(R), task_seconds=[1.0] * len(R),
-        memory={"peak_rss_bytes": 700 * 2**20, "runs_before_in_process": runs_before},
+        R, [0.1] * len(R), task_seconds=[1.0] * len(R), memory=memory,
         config={"method": {"name": method}, "scenario": {"name": "split_mnist", "setting": "class", "seed": 3,
                                                          "source": "bundled"}},
         environment={})
@@ -79,11 +81,14 @@ def test_saved_files_are_readable_by_others(tmp_path):
 
 
 def test_summary_memory_column_says_when_a_process_was_shared():
-    summary = experiment.summarize({"engram_bnn": [result()], "bnn": [result(method="bnn", runs_before=1)]})
-    table = experiment.summary_table(summary, "t")
-    assert "peak RSS MiB (own process)" in table
-    assert "| 700 |" in next(line for line in table.splitlines() if line.startswith("| engram_bnn"))
-    assert "— (shared process)" in next(line for line in table.splitlines() if line.startswith("| bnn"))
+    summary = experiment.summarize({"engram_bnn": [result()], "bnn": [result(method="bnn", runs_before=1)],
+                                    "si": [result(method="si"), result(method="si", runs_before=None)]})
+    rows = {line.split(" | ")[0][2:]: line for line in experiment.summary_table(summary, "t").splitlines()
+            if line.startswith("| ")}
+    assert "peak RSS MiB (own process)" in rows["method"]
+    assert "| 700 |" in rows["engram_bnn"]
+    assert "— (shared process)" in rows["bnn"]
+    assert "| 700 (process not recorded) |" in rows["si"]
 
 
 def test_memory_records_how_many_runs_shared_the_process(tmp_path):

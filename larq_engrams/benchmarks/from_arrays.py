@@ -229,7 +229,7 @@ def tasks_from_arrays(tasks, setting="domain", seed=0, batch_size=100, eval_batc
     classes in new conditions, as CORe50-NI or Avalanche's `ni_benchmark`), "class" (new
     classes per task, no task id at test) or "task" (the task id is given as input).
     With `evaluate_on="validation"`, each task holds out its own seeded, class-stratified
-    `validation_fraction` (seed `[seed, t]`).
+    `validation_fraction` (`hold_out_validation` with seed `seed * 1000 + t`).
     """
     setting = check_setting(setting, owner=name)
     batch_size = check_positive_int("batch_size", batch_size, owner=name)
@@ -259,7 +259,8 @@ def tasks_from_arrays(tasks, setting="domain", seed=0, batch_size=100, eval_batc
             test=make_dataset(data.x_test, data.y_test, eval_batch_size, prep, task_id=task_id),
             num_train=len(data.y_train), num_test=len(data.y_test), labels=classes, train_order=order,
         ))
-    where = source if evaluate_on == "test" else f"{source} validation[{validation_fraction:g} of train, seed {seed}]"
+    where = (source if evaluate_on == "test"
+             else f"{source} validation[{validation_fraction:g} of each task's train, seed {seed} * 1000 + t]")
     return Scenario(
         name=name, setting=setting, num_classes=num_classes, input_shape=prep.output_shape(shapes.pop()),
         source=where, tasks=out,
