@@ -8,9 +8,21 @@ started again.
 
     python experiments/reproduce.py                         # the README table (bundled data)
     python experiments/reproduce.py --seeds=0 --grid=smoke  # a minute-long check
+    python experiments/reproduce.py --grid=paper --outdir=results/paper   # the paper's scale (days on 2 cores)
+
+`--grid=paper` is 2048-2048 for every method, with epochs per task and learning rate
+*chosen on validation data*: for each scenario and method family (`FAMILIES`), every
+point of `--selection_grid` is run on seed 0 with a validation split held out of the
+training data (`larq_engrams.selection`), the point with the best mean validation ACC
+over the family's methods is chosen, and only then is every method run on the test
+split for every seed, with that setting. The selection runs go to `--selection_dir`;
+their tables are copied to `<outdir>/<scenario>/selection/<family>/`. Scenarios run
+cheapest first, and everything finished is reused, so the grid can run over many
+sittings.
 """
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -20,11 +32,22 @@ import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to K
 
 import numpy as np
 
-from larq_engrams import experiment, methods
+from larq_engrams import experiment, methods, selection
 from larq_engrams.plots import figure_to_png
-from larq_engrams.training import write_atomically
+from larq_engrams.training import environment, write_atomically
 
 ALL = ["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "bnn", "mbnn", "engram", "engram_bnn"]
+PAPER = ALL + ["ncm", "slda"]
+# Methods that share one setting (epochs per task, learning rate) in --grid=paper.
+FAMILIES = {
+    "mlp": ("finetune", "joint", "ewc", "online_ewc", "si", "lwf", "xdg"),
+    "bnn": ("bnn", "mbnn"),
+    "engram": ("engram", "engram_bnn"),
+    "class_statistics": ("ncm", "slda"),
+}
+# Class statistics take one pass over each task's data and have no optimizer: nothing to choose.
+FIXED = {"class_statistics": {"epochs": 1}}
+CHOSEN = None  # in a grid row: epochs per task chosen on validation data
 # (scenario, setting, num_tasks, methods, epochs, batch size). XdG needs the task id.
 GRIDS = {
     "standard": [
@@ -34,12 +57,30 @@ GRIDS = {
         ("permuted_mnist", "domain", 5, ALL, 2, 100),
     ],
     "smoke": [("split_mnist", "class", 2, ["bnn", "engram_bnn"], 1, 64)],
+    # Cheapest first: the bundled MNIST sample (7,200 training images), then the full
+    # Fashion-MNIST (54,000).
+    "paper": [
+        ("split_mnist", "class", None, PAPER, CHOSEN, 100),
+        ("split_mnist", "domain", None, PAPER, CHOSEN, 100),
+        ("split_mnist", "task", None, PAPER + ["xdg"], CHOSEN, 100),
+        ("permuted_mnist", "domain", 10, PAPER, CHOSEN, 100),
+        ("split_fashion_mnist", "class", None, PAPER, CHOSEN, 100),
+        ("split_fashion_mnist", "domain", None, PAPER, CHOSEN, 100),
+        ("split_fashion_mnist", "task", None, PAPER + ["xdg"], CHOSEN, 100),
+    ],
+    "paper_smoke": [("split_mnist", "class", 2, ["bnn", "mbnn", "ncm"], CHOSEN, 64)],
 }
+HIDDEN = {"paper": ("2048", "2048")}  # the others: 256-256
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("grid", "standard", list(GRIDS), "Which grid.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_list("hidden", ["256", "256"], "Hidden widths (every method).")
+flags.DEFINE_list("hidden", None, "Hidden widths (every method); default 2048,2048 for --grid=paper, "
+                  "else 256,256.")
+flags.DEFINE_string("selection_grid", "epochs=2,5,10;learning_rate=0.001,0.005",
+                    "Grids with chosen epochs: the points compared on validation data per method family.")
+flags.DEFINE_list("selection_seeds", ["0"], "Grids with chosen epochs: the seeds of the selection runs.")
+flags.DEFINE_string("selection_dir", "runs/paper-selection", "Grids with chosen epochs: where selection runs go.")
 flags.DEFINE_list("methods", None, "Restrict to these methods.")
 flags.DEFINE_enum("source", "auto", ["auto", "tfds", "local", "bundled"], "Data source.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir or folder of original files.")
@@ -57,51 +98,106 @@ def main(argv):
         experiment.run_child(FLAGS.child)
         return
     seeds = [int(s) for s in FLAGS.seeds]
-    hp = methods.HyperParameters(hidden=tuple(int(h) for h in FLAGS.hidden))
+    hidden = FLAGS.hidden or HIDDEN.get(FLAGS.grid, ("256", "256"))
+    hp = methods.HyperParameters(hidden=tuple(int(h) for h in hidden))
     unknown = set(FLAGS.methods or []) - set(methods.names())
     if unknown:
         raise app.UsageError(f"--methods: unknown {sorted(unknown)}")
-    runs = []
-    for scenario, setting, num_tasks, names, epochs, batch in GRIDS[FLAGS.grid]:
-        config = experiment.ExperimentConfig(scenario=scenario, setting=setting, num_tasks=num_tasks,
-                                             epochs=epochs, batch_size=batch, source=FLAGS.source,
-                                             data_dir=FLAGS.data_dir, hparams=hp)
-        for method in names:
-            if FLAGS.methods is None or method in FLAGS.methods:
-                runs.extend((config, method, seed) for seed in seeds)
+    try:
+        selection_grid = selection.parse_grid(FLAGS.selection_grid)
+    except ValueError as error:
+        raise app.UsageError(f"--selection_grid: {error}")
     command = " ".join(sys.argv)
     started = time.perf_counter()
-    results = {}
-    for i, (config, method, seed) in enumerate(runs, 1):
-        label = config.name + ("" if config.num_tasks is None else f"-{config.num_tasks}tasks")
-        elapsed = time.perf_counter() - started
-        print(f"[{i}/{len(runs)}] {label} {method} seed {seed}  (elapsed {elapsed / 60:.1f} min)", flush=True)
+    compute = {"test": 0.0, "selection": 0.0}  # seconds, summed over the runs' own records
+
+    def run(config, method, seed, outdir, logdir=None, part="test"):
+        if FLAGS.isolate:
+            result = experiment.run_in_fresh_process(os.path.abspath(__file__), config, method, seed, outdir,
+                                                     logdir, command=command,
+                                                     extra_args=[f"--log_level={FLAGS.log_level}"])
+        else:
+            result = experiment.run_experiment(config, method, seed, outdir, logdir, verbose=0, command=command)
+        compute[part] += result.config.get("wall_seconds") or 0.0
+        return result
+
+    rows = GRIDS[FLAGS.grid]
+    total = sum(len(seeds) * len(_wanted(names)) for *_, names, _, _ in rows)
+    done, summaries, choices = 0, {}, {}
+    for scenario, setting, num_tasks, names, epochs, batch in rows:
+        base = experiment.ExperimentConfig(scenario=scenario, setting=setting, num_tasks=num_tasks,
+                                           epochs=epochs or 1, batch_size=batch, source=FLAGS.source,
+                                           data_dir=FLAGS.data_dir, hparams=hp)
+        label = base.name + ("" if num_tasks is None else f"-{num_tasks}tasks")
         out = os.path.join(FLAGS.outdir, label)
         logdir = os.path.join(FLAGS.logdir, label) if FLAGS.logdir else None
-        if FLAGS.isolate:
-            result = experiment.run_in_fresh_process(os.path.abspath(__file__), config, method, seed, out, logdir,
-                                                     command=command, extra_args=[f"--log_level={FLAGS.log_level}"])
-        else:
-            result = experiment.run_experiment(config, method, seed, out, logdir, verbose=0, command=command)
-        results.setdefault(label, {}).setdefault(method, []).append(result)
-        print(f"    ACC {100 * result.metrics['acc']:.1f}%  BWT {100 * result.metrics['bwt']:+.1f}%", flush=True)
+        results = {}
+        for family, members in _families(_wanted(names)):
+            config = base
+            if epochs is CHOSEN:
+                point = choose_on_validation(base, label, family, members, selection_grid, out, run)
+                choices.setdefault(label, {})[family] = point
+                config = selection.apply_point(base, point)
+            for method in members:
+                for seed in seeds:
+                    done += 1
+                    elapsed = time.perf_counter() - started
+                    print(f"[{done}/{total}] {label} {method} seed {seed}  (elapsed {elapsed / 60:.1f} min)",
+                          flush=True)
+                    result = run(config, method, seed, out, logdir)
+                    results.setdefault(method, []).append(result)
+                    print(f"    ACC {100 * result.metrics['acc']:.1f}%  BWT {100 * result.metrics['bwt']:+.1f}%",
+                          flush=True)
+        # Each finished scenario is summarized at once: a long grid can be committed part by part.
+        summaries[label] = experiment.summarize(results)
+        experiment.write_summary(os.path.join(out, "summary"), summaries[label], label,
+                                 {"command": command, "chosen": choices.get(label)})
 
-    summaries = {}
-    for label, by_method in results.items():
-        summaries[label] = experiment.summarize(by_method)
-        experiment.write_summary(os.path.join(FLAGS.outdir, label, "summary"), summaries[label], label,
-                                 {"command": command})
     table = grid_table(summaries, seeds)
     write_atomically(os.path.join(FLAGS.outdir, "table.md"), table + "\n")
     write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(
         {"command": command, "seeds": seeds, "hidden": list(hp.hidden), "wall_seconds": time.perf_counter() - started,
-         "summaries": summaries}, indent=2))
+         "compute_seconds": compute, "machine": environment(), "chosen": choices, "summaries": summaries},
+        indent=2))
     plot_grid(summaries, os.path.join(FLAGS.outdir, "acc.png"), "acc", "ACC (%)", scale=100)
     plot_grid(summaries, os.path.join(FLAGS.outdir, "memory.png"), "peak_rss_bytes", "peak host RSS (MiB)",
               scale=2**-20)
     print("\n" + table)
     print(f"\nWrote {FLAGS.outdir}/table.md, acc.png, memory.png and per-run results "
-          f"({(time.perf_counter() - started) / 60:.1f} min).")
+          f"({(time.perf_counter() - started) / 60:.1f} min; compute in the runs' own records: "
+          f"{compute['test'] / 3600:.2f} h test, {compute['selection'] / 3600:.2f} h selection).")
+
+
+def _wanted(names):
+    return [m for m in names if FLAGS.methods is None or m in FLAGS.methods]
+
+
+def _families(names):
+    """[(family, [its methods among `names`, in grid order])], families in grid order."""
+    family_of = {m: f for f, members in FAMILIES.items() for m in members}
+    out = {}
+    for name in names:
+        out.setdefault(family_of.get(name, name), []).append(name)
+    return list(out.items())
+
+
+def choose_on_validation(base, label, family, members, grid, out, run):
+    """The family's setting: the best point of `grid` by mean validation ACC over its
+    methods (seeds --selection_seeds), or its fixed setting. The tables are copied to
+    `<out>/selection/<family>/`."""
+    if family in FIXED:
+        return dict(FIXED[family])
+    folder = os.path.join(FLAGS.selection_dir, label, family)
+    print(f"choosing epochs and learning rate for {'+'.join(members)} on {label} (validation data)", flush=True)
+    chosen = selection.select_on_validation(
+        base, members, grid, [int(s) for s in FLAGS.selection_seeds], folder, command=" ".join(sys.argv),
+        runner=lambda config, method, seed, outdir: run(config, method, seed, outdir, part="selection"))
+    copy = os.path.join(out, "selection", family)
+    os.makedirs(copy, exist_ok=True)
+    for name in ("selection.md", "selection.json", "chosen.json"):
+        shutil.copyfile(os.path.join(folder, name), os.path.join(copy, name))
+    print(f"    chosen for {family}: {chosen.rows[0]['label']}", flush=True)
+    return chosen.chosen
 
 
 def grid_table(summaries, seeds):

@@ -341,8 +341,10 @@ def summarize(results_by_method):
         trainer = results[0].config.get("trainer", {})
         entry["epochs"] = trainer.get("epochs")
         entry["hidden"] = results[0].config.get("method", {}).get("hparams", {}).get("hidden")
+        entry["learning_rate"] = results[0].config.get("method", {}).get("hparams", {}).get("learning_rate")
         if results[0].config.get("model", {}).get("class") == "ClassStatisticsClassifier":
-            entry["hidden"] = None  # ncm, slda: no hidden layers, whatever `hidden` was set to
+            # ncm, slda: no hidden layers and no optimizer, whatever was set
+            entry["hidden"] = entry["learning_rate"] = None
         summary[method] = entry
     return summary
 
@@ -353,9 +355,9 @@ def summary_table(summary, title):
     lines = [
         f"{title}; data: {any_entry['source']}; seeds: {any_entry['seeds']} (mean ± s.e.m.)",
         "",
-        "| method | ACC % | BWT % | forgetting % | task inference % | epochs | hidden | peak RSS MiB (own process) "
-        "| train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | ACC % | BWT % | forgetting % | task inference % | epochs | lr | hidden "
+        "| peak RSS MiB (own process) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
         fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}" if key in s else "—"  # noqa: E731
@@ -364,7 +366,7 @@ def summary_table(summary, title):
         rss = {True: mib, False: "— (shared process)", None: f"{mib} (process not recorded)"}[
             s.get("peak_rss_own_process")]
         lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | "
-                     f"{s.get('epochs') or '—'} | {hidden} | {rss} | "
+                     f"{s.get('epochs') or '—'} | {s.get('learning_rate') or '—'} | {hidden} | {rss} | "
                      f"{s['train_seconds']:.0f} |")
     return "\n".join(lines)
 

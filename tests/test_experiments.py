@@ -104,3 +104,26 @@ def test_tune_ranks_settings_on_validation_data_only(tmp_path):
         assert result["config"]["scenario"]["evaluated_on"] == "validation"
         assert "validation[0.1 of train, seed 0]" in result["config"]["scenario"]["source"]
     assert "test split was not read" in open(root / "selection.md").read()
+
+
+def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path):
+    args = ("--grid=paper_smoke", "--methods=bnn,ncm", "--seeds=0", "--source=bundled", "--hidden=16",
+            "--selection_grid=epochs=1,2", f"--outdir={tmp_path}/out", f"--selection_dir={tmp_path}/sel",
+            "--noisolate")
+    proc = run_script("reproduce.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    label = tmp_path / "out" / "split_mnist-class-2tasks"
+    chosen = json.load(open(label / "selection" / "bnn" / "chosen.json"))
+    assert chosen["epochs"] in (1, 2)
+    for point in (1, 2):  # the selection ran every point on validation data
+        run = json.load(open(tmp_path / "sel" / "split_mnist-class-2tasks" / "bnn" / f"point_epochs={point}"
+                             / "bnn" / "seed_0" / "result.json"))
+        assert run["config"]["scenario"]["evaluated_on"] == "validation"
+    test = json.load(open(label / "bnn" / "seed_0" / "result.json"))
+    assert test["config"]["scenario"]["evaluated_on"] == "test"
+    assert test["config"]["trainer"]["epochs"] == chosen["epochs"]
+    assert json.load(open(label / "ncm" / "seed_0" / "result.json"))["config"]["trainer"]["epochs"] == 1
+    assert not (label / "selection" / "class_statistics").exists()  # nothing to choose
+    table = json.load(open(tmp_path / "out" / "table.json"))
+    assert table["chosen"]["split_mnist-class-2tasks"] == {"bnn": chosen, "class_statistics": {"epochs": 1}}
+    assert table["compute_seconds"]["selection"] > 0 and table["machine"]["cpu_count"] >= 1
