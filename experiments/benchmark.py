@@ -15,7 +15,10 @@
 4. Model memory: peak host RSS over Split MNIST of each method at the measured width
    minus its peak at width 16 (each run a fresh process): what grows with the network
    (weights, optimizer state, activations), without TensorFlow's own runtime, graph
-   and compilation caches (~600-900 MiB here, about the same for every method). The
+   and compilation caches (~600-900 MiB here, about the same for every method), with
+   glibc's mmap threshold fixed (`--malloc_mmap_threshold`) so that freed tensors leave
+   the resident set; and the bytes of the state each run keeps (every variable of the
+   model, optimizer, slot cache and method callbacks), which no allocator blurs. The
    GPU peak where a GPU exists.
 5. Model size from Larq's ModelProfile: binary kernels at 1 bit vs everything float32.
 
@@ -49,6 +52,11 @@ flags.DEFINE_integer("max_engrams", 10, "Largest number of stored engrams for th
 flags.DEFINE_list("memory_methods", ["engram_bnn", "bnn", "mbnn", "finetune", "ewc", "si"],
                   "Methods whose peak memory over one scenario is measured.")
 flags.DEFINE_integer("memory_epochs", 1, "Epochs per task for the memory runs.")
+flags.DEFINE_integer("malloc_mmap_threshold", 131072,
+                     "Memory runs: glibc's MALLOC_MMAP_THRESHOLD_ in bytes (0: the C library's default). "
+                     "By default glibc raises the threshold to the largest block freed (up to 32 MiB), "
+                     "so freed tensors stay in the heap and the peak RSS holds transients of the "
+                     "whole run; a fixed threshold returns them, and RSS follows live memory.")
 flags.DEFINE_float("reference_epoch_seconds", 1.65,
                    "Epoch time of Laborieux et al.'s PyTorch code, mbnn 1024-1024, batch 100, 8,000 "
                    "examples, on the machine the benchmark runs on (measured separately).")
@@ -145,10 +153,30 @@ def fit_epochs(method, width, tasks=2, epochs=3):
 def memory_child(method):
     scenario = benchmarks.split_mnist("class", batch_size=FLAGS.batch_size)
     setup = methods.build(method, scenario, hidden=(FLAGS.width, FLAGS.width))
-    result = ContinualTrainer(setup.model, setup.optimizer, epochs=FLAGS.memory_epochs,
-                              callbacks=setup.callbacks, verbose=0).fit(setup.scenario)
+    trainer = ContinualTrainer(setup.model, setup.optimizer, epochs=FLAGS.memory_epochs,
+                               callbacks=setup.callbacks, verbose=0)
+    result = trainer.fit(setup.scenario)
     memory = {k: v for k, v in result.memory.items() if k != "tasks"}
+    memory["state_bytes"] = state_bytes(setup.model, trainer.optimizer, setup.callbacks)
     print(json.dumps({"method": method, "width": FLAGS.width, "memory": memory, "acc": result.metrics["acc"]}))
+
+
+def state_bytes(model, optimizer, callbacks):
+    """Bytes of every variable a run keeps: the model's, the optimizer's (slots), the
+    engram models' compact slot cache and the method callbacks' (EWC's Fisher and
+    anchors, SI's importances). Deterministic: no allocator in it."""
+    variables = [*model.weights, *optimizer.variables()]
+    if isinstance(model, le.EngramModel):
+        variables += model.slot_cache.variables
+    for cb in callbacks:
+        state = getattr(cb, "checkpoint_variables", lambda: {})()
+        variables += tf.nest.flatten(state)
+    seen, total = set(), 0
+    for v in variables:
+        if id(v) not in seen:
+            seen.add(id(v))
+            total += int(tf.size(v)) * v.dtype.size  # cache variables have dynamic shapes
+    return total
 
 
 def memory_runs(width, tiny=16):
@@ -157,15 +185,19 @@ def memory_runs(width, tiny=16):
     for method in FLAGS.memory_methods:
         runs = {}
         for w in (width, tiny):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            if FLAGS.malloc_mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(FLAGS.malloc_mmap_threshold)
             proc = subprocess.run(
                 [sys.executable, __file__, f"--memory_child={method}", f"--width={w}",
                  f"--batch_size={FLAGS.batch_size}", f"--memory_epochs={FLAGS.memory_epochs}"],
-                capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory run of {method} at width {w} failed:\n{proc.stderr[-2000:]}")
             runs[w] = json.loads(proc.stdout.strip().splitlines()[-1])["memory"]
         out[method] = {"peak": runs[width]["peak_rss_bytes"], "tiny": runs[tiny]["peak_rss_bytes"],
-                       "gpu": runs[width]["peak_gpu_bytes"]}
+                       "gpu": runs[width]["peak_gpu_bytes"], "state": runs[width]["state_bytes"],
+                       "state_tiny": runs[tiny]["state_bytes"]}
     return out
 
 
@@ -230,15 +262,28 @@ def main(argv):
 
     print(f"\n4. memory over Split MNIST (class), {width}-{width} minus 16-16, a fresh process per run, "
           f"{FLAGS.memory_epochs} epoch(s)/task")
+    threshold = FLAGS.malloc_mmap_threshold
+    print(f"   glibc MALLOC_MMAP_THRESHOLD_: {threshold if threshold else 'the default (dynamic)'}")
     peaks = memory_runs(width)
     model_memory = {m: p["peak"] - p["tiny"] for m, p in peaks.items()}
+    state = {m: p["state"] - p["state_tiny"] for m, p in peaks.items()}
+
+    def ratios(values, method):
+        return ", ".join(f"x{values[method] / values[b]:.2f} of {b}"
+                         for b in ("bnn", "ewc", "si", "finetune") if b in values and b != method)
+
     for method, p in peaks.items():
-        ratios = ", ".join(f"x{model_memory[method] / model_memory[b]:.2f} of {b}"
-                           for b in ("bnn", "ewc", "si", "finetune") if b in model_memory and b != method)
         gpu = "absent (no GPU)" if p["gpu"] is None else f"{p['gpu'] / 2**20:.0f} MiB"
-        print(f"   {method:11s} model memory {model_memory[method] / 2**20:6.0f} MiB ({ratios}); "
+        print(f"   {method:11s} model memory {model_memory[method] / 2**20:6.0f} MiB ({ratios(model_memory, method)}); "
               f"peak RSS {p['peak'] / 2**20:.0f} MiB, at 16-16 {p['tiny'] / 2**20:.0f} MiB; GPU peak {gpu}")
+    total = {m: p["state"] for m, p in peaks.items()}
+    print("   state kept (variables of the model, optimizer, slot cache and method callbacks), "
+          f"{width}-{width} minus 16-16, and in all at {width}-{width}:")
+    for method in peaks:
+        print(f"   {method:11s} {state[method] / 2**20:6.1f} MiB ({ratios(state, method)}); "
+              f"in all {total[method] / 2**20:6.1f} MiB ({ratios(total, method)})")
     report["memory"] = peaks
+    report["malloc_mmap_threshold"] = threshold
 
     print("\n5. model size (Larq ModelProfile: binary kernels at 1 bit)")
     sizes = model_sizes(scenario)

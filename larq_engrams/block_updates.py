@@ -24,10 +24,10 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from larq_engrams.optimizers import MetaplasticAdam, attenuate
+from larq_engrams.optimizers import MetaplasticAdam, variable_path, attenuate
 
 __all__ = [
-    "Block", "BlockSlotCache", "apply_block_gradients", "gather_block", "latent_variable",
+    "Block", "BlockSlotCache", "apply_block_gradients", "gather_block", "has_slots", "latent_variable",
     "supports_block_updates",
 ]
 
@@ -136,6 +136,13 @@ class BlockSlotCache:
     inside an epoch they lag (a callback reading Adam's slots per batch sees the
     epoch's starting values), and weights must change only through the steps.
 
+    Task-scoped moments: an optimizer built without slots for the engram blocks
+    (`EngramModel.build_task_optimizer`, what `ContinualTrainer` does with an optimizer
+    fresh at every task) has its block moments here only. They start at zero at the
+    first load of a task, stay loaded across its epochs (`EngramModel.flush_engram_slots`
+    keeps them), and are dropped when the task ends: the full-size Adam moments, two
+    float32 copies of every kernel, are never allocated.
+
     Only for one replica (no `tf.distribute` strategy with several).
     """
 
@@ -149,9 +156,37 @@ class BlockSlotCache:
                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     @property
+    def task_scoped(self):
+        """Whether some loaded block has no optimizer slots: its compact moments are
+        the only ones (`EngramModel.build_task_optimizer`)."""
+        return self.is_open and not all(has_slots(self.optimizer, b.variable) for b in self.blocks)
+
+    @property
     def is_open(self):
         """Whether blocks are loaded (Python-side: steps traced now use the cache)."""
         return self.optimizer is not None
+
+    def attenuated_fractions(self):
+        """`MetaplasticAdam.attenuated_fractions` for the task-scoped blocks, whose
+        moments only this cache holds: per attenuated kernel, the fraction of its
+        entries (all of them, as the optimizer's own count) whose first moment points
+        toward zero. Entries outside the engram have m = 0 and are not counted."""
+        optimizer = self.optimizer
+        if not self.is_open or not isinstance(optimizer, MetaplasticAdam):
+            return {}
+        out = {}
+        for i, block in enumerate(self.blocks):
+            if has_slots(optimizer, block.variable) or optimizer.metaplastic_strength(block.variable) <= 0.0:
+                continue
+            m, _, w = self._slots[i]
+            shrinking = tf.reduce_sum(tf.cast(tf.sign(w) * m > 0, tf.float32))
+            out[variable_path(block.variable)] = float(shrinking) / block.variable.shape.num_elements()
+        return out
+
+    @property
+    def variables(self):
+        """Every compact variable the cache holds (moments, weight blocks, indices)."""
+        return [v for group in (*self._slots, *self._indices) for v in group if v is not None]
 
     def slots(self, index):
         """(m, v, w) of block `index`: compact variables; w is None for whole blocks."""
@@ -170,9 +205,16 @@ class BlockSlotCache:
             optimizer.build(list(variables))
         for i, block in enumerate(blocks):
             whole = block.rows is None and block.cols is None
-            sources = [*_moments(optimizer, block.variable), None if whole else latent_variable(block.variable)]
-            values = [None if s is None else gather_block(tf.convert_to_tensor(s), block.rows, block.cols)
-                      for s in sources]
+            weights = None if whole else gather_block(
+                tf.convert_to_tensor(latent_variable(block.variable)), block.rows, block.cols)
+            if has_slots(optimizer, block.variable):
+                values = [gather_block(tf.convert_to_tensor(s), block.rows, block.cols)
+                          for s in _moments(optimizer, block.variable)] + [weights]
+            elif whole:
+                raise ValueError(f"BlockSlotCache: the optimizer has no slots for {block.variable.name}, "
+                                 "which is trained whole; only blocks of rows or columns may go without.")
+            else:  # task-scoped moments: they start at zero and live here only
+                values = [tf.zeros_like(weights), tf.zeros_like(weights), weights]
             if i == len(self._slots):
                 shape = _block_shape(block)
                 self._slots.append(tuple(_dynamic_variable(v, shape) for v in values))
@@ -192,6 +234,8 @@ class BlockSlotCache:
         optimizer = self.optimizer
         handles, values, rows, cols = [], [], [], []
         for i, block in enumerate(self.blocks):
+            if not has_slots(optimizer, block.variable):
+                continue  # task-scoped moments: dropped with the cache
             r, c = (None if t is None else t.value() for t in self._indices[i])
             for full, compact in zip(_moments(optimizer, block.variable), self._slots[i][:2]):
                 handles.append(full.handle)
@@ -267,6 +311,7 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
                 "loss term reaches whole variables, or the optimizer has no block rule): "
                 "flush the cache before adding penalties or changing the optimizer."
             )
+        _check_slots(optimizer, blocks)
         return _apply_densely(optimizer, gradients, blocks, variables, extra)
 
     optimizer._compute_current_learning_rate()
@@ -278,6 +323,7 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
             replica is None or replica.num_replicas_in_sync == 1
         ):
             return _update_cached_blocks(optimizer, cache, gradients, blocks)
+        _check_slots(optimizer, blocks)
         pairs = [(g, b) for g, b in zip(gradients, blocks) if g is not None]
         if replica is not None and replica.num_replicas_in_sync > 1:
             summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
@@ -293,6 +339,25 @@ def _moments(optimizer, variable):
     """Adam's (m, v) slot variables of `variable`."""
     index = optimizer._index_dict[optimizer._var_key(variable)]
     return optimizer._momentums[index], optimizer._velocities[index]
+
+
+def has_slots(optimizer, variable):
+    """Whether the (built) optimizer holds slots for `variable`: not so for the engram
+    blocks of an optimizer built with task-scoped moments
+    (`EngramModel.build_task_optimizer`), whose moments live in a `BlockSlotCache`."""
+    return optimizer._var_key(variable) in getattr(optimizer, "_index_dict", {})
+
+
+def _check_slots(optimizer, blocks):
+    if not getattr(optimizer, "_built", False):
+        return  # the step builds it on every variable
+    missing = [b.variable.name for b in blocks if not has_slots(optimizer, b.variable)]
+    if missing:
+        raise RuntimeError(
+            f"The optimizer was built with task-scoped moments (no slots for {missing[:3]}), "
+            "which live in the engram model's slot cache: load it "
+            "(`model.load_engram_slots(optimizer)`) before such steps, or build the "
+            "optimizer on every variable.")
 
 
 def _hyperparameters(optimizer):

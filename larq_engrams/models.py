@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorflow.python.saved_model import save_context
 
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
-from larq_engrams.block_updates import BlockSlotCache, supports_block_updates
+from larq_engrams.block_updates import BlockSlotCache, has_slots, supports_block_updates
 from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache, StackedEngramSubnetworks
 from larq_engrams.task_inference import MAX_FEATURES, InputDiscriminant
 from larq_engrams.layers import (
@@ -200,7 +200,7 @@ class EngramModel(tf.keras.Model):
         The active task is the one `fit` trains; "task" inference mode follows it
         unless `set_inference("task", task=k)` fixed another one.
         """
-        self.flush_engram_slots()
+        self.flush_engram_slots(end_of_task=True)
         for layer in self.engram_layers:
             if not layer.is_allocated(task):
                 layer.allocate(task)
@@ -348,27 +348,83 @@ class EngramModel(tf.keras.Model):
         `fit` and `ContinualTrainer` do this around every epoch. A no-op unless the
         steps can be block sparse (sparse execution, Adam or `MetaplasticAdam` without
         clipping or weight decay, no `model.losses` penalties, one replica)."""
-        if (
-            self.execution != "sparse"
-            or self.active_task is None
-            or self.distribute_strategy.num_replicas_in_sync > 1
-            or self.losses
-            or not supports_block_updates(optimizer)
-        ):
+        if not self.can_cache_engram_slots(optimizer):
             return False
+        if self._slot_cache.is_open and self._slot_cache.optimizer is optimizer:
+            return True  # already loaded for the active engram (begin_task flushes)
         subnetwork = EngramSubnetwork(self, tf.constant(self.active_task, tf.int32))
         self._slot_cache.load(optimizer, subnetwork.blocks, self.trainable_variables, model=self)
         return True
 
-    def flush_engram_slots(self):
-        """Writes the compact moments back into the optimizer's slots (if loaded)."""
-        self._slot_cache.flush()
+    @property
+    def slot_cache(self):
+        """The `BlockSlotCache` of sparse training (compact moments and weight blocks)."""
+        return self._slot_cache
+
+    def can_cache_engram_slots(self, optimizer, any_task=False):
+        """Whether steps of the active engram (`any_task`: of whichever engram will
+        be active) can be block sparse with `optimizer`'s moments held compact: sparse
+        execution, an active engram, Adam or `MetaplasticAdam` without clipping or
+        weight decay, no `model.losses` penalties, one replica."""
+        return not (
+            self.execution != "sparse"
+            or (self.active_task is None and not any_task)
+            or self.distribute_strategy.num_replicas_in_sync > 1
+            or self.losses
+            or not supports_block_updates(optimizer)
+        )
+
+    def engram_block_variables(self):
+        """The trainable variables that sparse execution only ever updates by blocks
+        of rows or columns (the hidden and output kernels, the hidden BatchNorm's gamma
+        and beta): those whose optimizer slots `build_task_optimizer` leaves out."""
+        some = tf.zeros([0], tf.int32)  # the variables do not depend on which units
+        return [*(b.variable for layer in self.engram_layers for b in layer.engram_blocks(some, some)),
+                self.classifier.kernel]
+
+    def build_task_optimizer(self, optimizer):
+        """Builds a fresh `optimizer` for one task of sparse training with *task-scoped
+        moments*: it gets slots only for the variables outside `engram_block_variables`,
+        and the Adam moments of the engram's blocks live only in the compact cache
+        (`load_engram_slots`), from the task's first step to its end (`begin_task`
+        discards them). At 784-2048-2048-10 and rho = 0.2 this keeps ~0.5 M moments
+        instead of 2 x 5.8 M.
+
+        Exactly the state a fresh optimizer would have: a new task's moments start at
+        zero, and inside the task the compact moments are the only ones that change.
+        For an optimizer kept across tasks (or one without a block rule), build it
+        on every variable instead. Returns whether the moments are task-scoped (not so
+        when steps cannot use the cache, or when the optimizer was built before on
+        every variable).
+        """
+        if not self.built:
+            raise RuntimeError("EngramModel.build_task_optimizer: build the model first.")
+        variables = self.trainable_variables
+        if self.can_cache_engram_slots(optimizer, any_task=True):
+            blocked = {id(v) for v in self.engram_block_variables()}
+            variables = [v for v in variables if id(v) not in blocked]
+        with tf.init_scope():
+            if hasattr(optimizer, "resolve_strengths"):  # MetaplasticAdam: m for every variable
+                optimizer.resolve_strengths(self.trainable_variables)
+            optimizer.build(variables)  # a no-op if it is built already
+        return not all(has_slots(optimizer, v) for v in self.engram_block_variables())
+
+    def flush_engram_slots(self, end_of_task=False):
+        """Writes the compact moments back into the optimizer's slots (if loaded) and
+        closes the cache. Task-scoped moments (`build_task_optimizer`) have no slots to
+        go to: they stay loaded until the task ends (`end_of_task=True`, or
+        `begin_task`), and are dropped then."""
+        cache = self._slot_cache
+        if cache.is_open and cache.task_scoped and not end_of_task:
+            return  # the only copy of this task's moments
+        cache.flush()
 
     def fit(self, *args, **kwargs):
         """`tf.keras.Model.fit`, with the optimizer moments of the active engram's
         blocks kept compact during each epoch (sparse execution; see
         `load_engram_slots`). Between epochs and after `fit` the optimizer holds the
-        exact state."""
+        exact state (task-scoped moments, `build_task_optimizer`: the cache does, until
+        the next `begin_task`)."""
         args = list(args)
         if len(args) > 5:  # callbacks given by position
             args[5] = [_EngramSlotEpochs(self), *(args[5] or [])]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-__all__ = ["MetaplasticAdam", "attenuate", "is_binary_kernel"]
+__all__ = ["MetaplasticAdam", "attenuate", "is_binary_kernel", "variable_path"]
 
 
 def is_binary_kernel(variable) -> bool:
@@ -28,7 +28,8 @@ def is_binary_kernel(variable) -> bool:
     return getattr(variable, "precision", None) == 1
 
 
-def _variable_path(variable) -> str:
+def variable_path(variable) -> str:
+    """A variable's name without the ":0" suffix, e.g. "hidden_0/kernel"."""
     name = variable.name
     return name[: -len(":0")] if name.endswith(":0") else name
 
@@ -131,7 +132,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
     def metaplastic_strengths(self) -> dict:
         """`{variable path: m}` for every variable the attenuation acts on (m > 0)."""
         return {
-            _variable_path(var): self._meta_strength[self._var_key(var)]
+            variable_path(var): self._meta_strength[self._var_key(var)]
             for var in self._variables_by_key.values()
             if self._meta_strength.get(self._var_key(var), 0.0) > 0.0
         }
@@ -142,15 +143,25 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
         step is being attenuated. Cheap: one elementwise pass; for logging."""
         out = {}
         for key, var in getattr(self, "_variables_by_key", {}).items():
+            if key not in self._index_dict:
+                continue  # task-scoped moments: `BlockSlotCache.attenuated_fractions` has them
             if self._meta_strength.get(key, 0.0) > 0.0:
                 hidden = tf.convert_to_tensor(getattr(var, "latent_variable", var))
                 m = self._momentums[self._index_dict[key]]
                 shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)  # as in attenuate
-                out[_variable_path(var)] = float(tf.reduce_mean(shrinking))
+                out[variable_path(var)] = float(tf.reduce_mean(shrinking))
         return out
 
     def build(self, var_list):
         super().build(var_list)
+        self.resolve_strengths(var_list)
+
+    def resolve_strengths(self, var_list):
+        """Resolves m for every variable of `var_list`, in this order (the order
+        `get_config` saves); once: later calls, and `build`'s own, do nothing. `build`
+        calls it; call it first, with every variable the optimizer will update, when
+        the optimizer is built with slots for only some of them (task-scoped moments:
+        `EngramModel.build_task_optimizer`)."""
         if getattr(self, "_meta_built", False):
             return
         self._meta_built = True
@@ -175,7 +186,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
             elif isinstance(self._m, float):
                 strength = self._m
             else:
-                path = _variable_path(var)
+                path = variable_path(var)
                 hits = [k for k in self._m if _name_matches(k, path)]
                 unmatched.difference_update(hits)
                 # The most specific key wins: an exact path before a layer name.
@@ -183,7 +194,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
                 strength = self._m[hits[0]] if hits else 0.0
             self._meta_strength[key] = strength
         if unmatched:
-            kernels = sorted(_variable_path(v) for v in self._variables_by_key.values())
+            kernels = sorted(variable_path(v) for v in self._variables_by_key.values())
             raise ValueError(
                 f"MetaplasticAdam: the keys {sorted(unmatched)} of argument `m` name no "
                 f"binary kernel of the variables being optimized. Binary kernels: "

@@ -271,3 +271,68 @@ def test_infer_never_serves_blocks_of_older_weights():
     for model in (sparse, masked):
         model.set_weights(weights)
     np.testing.assert_allclose(predict[0](x).numpy(), predict[1](x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_task_scoped_moments_equal_the_masked_reference_and_keep_no_full_slots():
+    from larq_engrams.block_updates import _moments, gather_block, has_slots
+
+    sparse, masked = model_pair(OVERLAPPING)
+    for task in range(2):
+        opts = _metaplastic_adam(), _metaplastic_adam()
+        sparse.begin_task(task)
+        assert sparse.build_task_optimizer(opts[0]) is True
+        blocked = sparse.engram_block_variables()
+        assert sorted(v.name for v in blocked) == sorted(
+            v.name for v in sparse.trainable_variables if not v.name.startswith("output_bn/"))
+        assert not any(has_slots(opts[0], v) for v in blocked)
+        # The slots kept are the small ones (output BatchNorm, step count): a few dozen numbers.
+        kept = sum(int(np.prod(v.shape)) for v in opts[0].variables())
+        assert kept < 0.05 * sum(int(np.prod(v.shape)) for v in blocked)
+        train(sparse, opts[0], task, cached=True)  # its flushes between "epochs" keep the moments
+        train(masked, opts[1], task)
+        cache = sparse._slot_cache
+        assert cache.is_open and cache.task_scoped  # held until the task ends
+        for a, b in zip(sparse.weights, masked.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.name)
+        index = {v.name: i for i, v in enumerate(sparse.trainable_variables)}
+        for i, block in enumerate(cache.blocks):
+            reference = masked.trainable_variables[index[block.variable.name]]
+            for compact, full in zip(cache.slots(i)[:2], _moments(opts[1], reference)):
+                np.testing.assert_allclose(compact.numpy(), gather_block(full, block.rows, block.cols).numpy(),
+                                           rtol=1e-5, atol=1e-6, err_msg=block.variable.name)
+        # TensorBoard's attenuated fractions come from the cache, as the full slots give them.
+        reference = opts[1].attenuated_fractions()
+        assert set(reference) == {"hidden_0/kernel", "hidden_1/kernel", "output/kernel"}
+        assert cache.attenuated_fractions() == pytest.approx(reference)
+        assert opts[0].attenuated_fractions() == {}  # no slots for them
+    sparse.begin_task(0)  # a task's end drops its moments
+    assert not sparse._slot_cache.is_open
+
+
+def test_an_optimizer_without_slots_for_the_blocks_needs_the_cache():
+    sparse, _ = model_pair(DISJOINT)
+    sparse.begin_task(0)
+    opt = tf.keras.optimizers.Adam(0.01)
+    sparse.build_task_optimizer(opt)
+    step = tf.function(lambda x, y: train_step(sparse, opt, x, y))
+    x, y = task_data(0, 16)
+    with pytest.raises(RuntimeError, match="task-scoped moments"):
+        step(x, y)
+    # An optimizer built on every variable first stays so: nothing is task-scoped.
+    full = tf.keras.optimizers.Adam(0.01)
+    full.build(sparse.trainable_variables)
+    assert sparse.build_task_optimizer(full) is False
+
+
+def test_fit_with_task_scoped_moments_equals_masked_fit():
+    sparse, masked = model_pair(OVERLAPPING)
+    for task in range(2):
+        x, y = task_data(task)
+        for model in (sparse, masked):
+            model.begin_task(task)
+            model.compile(optimizer=le.MetaplasticAdam(0.01, m=1.0), loss=LOSS)
+        assert sparse.build_task_optimizer(sparse.optimizer)  # fresh per task, as compiled above
+        hs = [m.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history for m in (sparse, masked)]
+        np.testing.assert_allclose(hs[0]["loss"], hs[1]["loss"], rtol=1e-5)
+        for a, b in zip(sparse.weights, masked.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.name)

@@ -76,8 +76,12 @@ class EngramTensorBoard(ContinualCallback):
         fractions = getattr(self._optimizer(), "attenuated_fractions", None)
         if fractions is None:
             return
+        fractions = fractions()
+        cache = getattr(self.model, "_slot_cache", None)  # engram models' task-scoped moments
+        if cache is not None:
+            fractions.update(cache.attenuated_fractions())
         with self.writer.as_default(step=self.step):
-            for path, value in fractions().items():
+            for path, value in fractions.items():
                 tf.summary.scalar(f"metaplasticity/attenuated_fraction/{path}", value)
 
     def on_task_begin(self, task, logs=None):

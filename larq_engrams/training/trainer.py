@@ -217,6 +217,8 @@ class ContinualTrainer:
                     logs = self._train_epoch(task, t, epoch, callbacks)
                     if self.eval_every_epoch:
                         epoch_accuracies.append({"task": t, "epoch": epoch, "accuracies": evaluator.accuracies()})
+                if is_engram:
+                    self.model.flush_engram_slots(end_of_task=True)
                 task_seconds.append(time.perf_counter() - started)
                 R[t] = evaluator.accuracies()
                 logs = {**logs, "accuracies": R[t].tolist(), "accuracy_matrix": R[: t + 1].tolist()}
@@ -315,8 +317,19 @@ class ContinualTrainer:
                 variable.assign(tf.zeros_like(variable))
         # Slots made now, not inside the first step: a tf.function that creates variables
         # is traced twice.
+        self._build_optimizer()
+
+    def _build_optimizer(self):
+        """Builds the optimizer (a no-op once built). With an optimizer fresh at every
+        task, an engram model's gets task-scoped moments: no full-size slots for the
+        engram blocks, whose moments live compact for the task, then go, as a fresh
+        optimizer's would (`EngramModel.build_task_optimizer`)."""
+        fresh = self._optimizer_factory is not None or self.reset_optimizer
         with self.strategy.scope():
-            self.optimizer.build(self.model.trainable_variables)
+            if fresh and isinstance(self.model, EngramModel):
+                self.model.build_task_optimizer(self.optimizer)
+            else:
+                self.optimizer.build(self.model.trainable_variables)
 
     def _make_train_step(self, element_spec):
         model, optimizer, mask_table = self.model, self.optimizer, self._mask_table
@@ -360,7 +373,7 @@ class ContinualTrainer:
             # Tasks are named by their 0-based id everywhere (R, plots, logs); epochs count from 1, as in Keras.
             print(f"task {t} ({t + 1} of {self._num_tasks}), epoch {epoch + 1}/{self.epochs}")
         callbacks.on_epoch_begin(epoch)
-        if isinstance(self.model, EngramModel):  # compact optimizer moments for the epoch
+        if isinstance(self.model, EngramModel):  # compact optimizer moments (a no-op if loaded)
             self.model.load_engram_slots(self.optimizer)
         try:
             logs = self._run_batches(task, callbacks, progbar, where)
@@ -509,8 +522,7 @@ class ContinualTrainer:
             raise CheckpointError(
                 f"{path} was written with the callbacks {saved_callbacks}, this run has "
                 f"{[type(cb).__name__ for cb in callbacks]}: it is another method's run. {start_over}")
-        with self.strategy.scope():  # slots must exist to be restored (build is idempotent)
-            self.optimizer.build(self.model.trainable_variables)
+        self._build_optimizer()  # slots must exist to be restored, built as the run built them
         checkpoint = os.path.join(self.checkpoint_dir, prefix)
         try:
             self._checkpoint_object(scenario).read(checkpoint).assert_existing_objects_matched()
