@@ -92,13 +92,15 @@ def step_time(method, scenario, x, y, width, jit_compile="auto"):
     return _best_time(lambda: step(x, y), FLAGS.steps)
 
 
-def infer_times(scenario, x, width):
-    """(seconds of "infer" with k = 1..max engrams, seconds of one dense bnn forward)."""
+def infer_times(scenario, x, y, width):
+    """(seconds of "infer" with k = 1..max engrams, seconds of one dense bnn forward);
+    "infer" includes task inference (each engram's statistics from the one batch)."""
     model = le.engram_bnn(scenario.input_shape, scenario.num_classes, hidden=(width, width),
                           max_tasks=FLAGS.max_engrams)
     out = []
     for k in range(1, FLAGS.max_engrams + 1):
         model.begin_task(k - 1)
+        model.observe_task_data(x, y)
         model.set_inference("infer")
         predict = tf.function(lambda xb: model(xb, training=False))
         predict(x)
@@ -243,7 +245,7 @@ def main(argv):
 
     width = FLAGS.width
     print(f"\n2. 'infer' evaluation of {int(x.shape[0])} examples vs stored engrams, {width}-{width}")
-    infer, dense = infer_times(scenario, x, width)
+    infer, dense = infer_times(scenario, x, y, width)
     for k, seconds in enumerate(infer, 1):
         print(f"   {k:2d} engrams: {1000 * seconds:8.2f} ms  (x{seconds / dense:.2f} of one dense bnn forward)")
     print(f"   one dense bnn forward (XLA): {1000 * dense:.2f} ms; 5 engrams: x{infer[4] / dense:.2f} "
