@@ -27,7 +27,7 @@ import time
 from larq_engrams import experiment, methods
 from larq_engrams.training import write_atomically
 
-__all__ = ["Selection", "parse_grid", "point_name", "select_on_validation"]
+__all__ = ["Selection", "apply_point", "parse_grid", "point_name", "select_on_validation"]
 
 _HPARAMS = {f.name: f.type for f in dataclasses.fields(methods.HyperParameters)}
 

@@ -77,7 +77,7 @@ class EngramTensorBoard(ContinualCallback):
         if fractions is None:
             return
         fractions = fractions()
-        cache = getattr(self.model, "_slot_cache", None)  # engram models' task-scoped moments
+        cache = getattr(self.model, "slot_cache", None)  # engram models' task-scoped moments
         if cache is not None:
             fractions.update(cache.attenuated_fractions())
         with self.writer.as_default(step=self.step):
