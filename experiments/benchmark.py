@@ -203,14 +203,36 @@ def memory_runs(width, tiny=16):
     return out
 
 
+def _discriminant_bits(layer):
+    """(bits the task discriminant needs to infer, bits of the statistics it keeps to learn
+    further tasks). Inference: the projection R = scale * signs at 1 bit per entry (plus
+    its float32 scale), the float32 kernel and bias. Learning: counts, class sums and the
+    M x M second moment at their own precision (float64): Larq's ModelProfile would
+    count them at 32 bits as if they were deployed weights."""
+    infer = sum(int(np.prod(v.shape)) * 32 for v in (layer.kernel, layer.bias))
+    if layer.projection is not None:
+        infer += int(np.prod(layer.projection.shape)) + 32
+    learn = sum(int(np.prod(v.shape)) * 8 * v.dtype.size
+                for v in (layer.counts, layer.sums, layer.second_moment) if v is not None)
+    return infer, learn
+
+
 def model_sizes(scenario):
+    """[(method, network MiB as deployed, network MiB all-float32, engram masks MiB,
+    task discriminant MiB for inference, its learning statistics MiB)]: the network from
+    Larq's ModelProfile (binary kernels at 1 bit), the discriminant counted apart."""
     rows = []
     for method in ("engram_bnn", "bnn", "finetune"):
         model = methods.build(method, scenario, hidden=(FLAGS.width, FLAGS.width)).model
         profile = lq.models.ModelProfile(model)
+        discriminant = getattr(model, "task_discriminant", None)
+        network = [lp for lp, layer in zip(profile.layer_profiles, model.layers) if layer is not discriminant]
         masks = sum(int(np.prod(layer.engram_masks.shape)) for layer in getattr(model, "engram_layers", []))
-        rows.append((method, profile.memory / 8 / 2**20, profile.fp_equivalent_memory / 8 / 2**20,
-                     masks * 4 / 2**20))
+        infer, learn = _discriminant_bits(discriminant) if discriminant is not None else (0, 0)
+        mib = 8 * 2**20
+        rows.append((method, sum(lp.memory for lp in network) / mib,
+                     sum(lp.fp_equivalent_memory for lp in network) / mib, masks * 4 / 2**20,
+                     infer / mib, learn / mib))
     return rows
 
 
@@ -287,12 +309,16 @@ def main(argv):
     report["memory"] = peaks
     report["malloc_mmap_threshold"] = threshold
 
-    print("\n5. model size (Larq ModelProfile: binary kernels at 1 bit)")
+    print("\n5. model size (Larq ModelProfile: binary kernels at 1 bit; the task discriminant counted apart)")
     sizes = model_sizes(scenario)
-    for method, actual, fp32, masks in sizes:
-        print(f"   {method:11s} {actual:7.2f} MiB as deployed vs {fp32:7.2f} MiB all-float32 "
+    for method, actual, fp32, masks, infer, learn in sizes:
+        print(f"   {method:11s} network {actual:7.2f} MiB as deployed vs {fp32:7.2f} MiB all-float32 "
               f"(x{fp32 / actual:.1f})" + (f"; includes {masks:.2f} MiB of float32 engram masks" if masks else ""))
-    report["model_size_mib"] = {m: {"deployed": a, "float32": f, "engram_masks": k} for m, a, f, k in sizes}
+        if infer or learn:
+            print(f"   {'':11s} + task discriminant {infer:.2f} MiB to infer (signs of R at 1 bit, float32 kernel "
+                  f"and bias) + {learn:.2f} MiB of float64 statistics, needed only to learn further tasks")
+    report["model_size_mib"] = {m: {"deployed": a, "float32": f, "engram_masks": k, "discriminant_infer": i,
+                                    "discriminant_statistics": s_} for m, a, f, k, i, s_ in sizes}
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(report, f, indent=2)
