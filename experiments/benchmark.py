@@ -203,20 +203,6 @@ def memory_runs(width, tiny=16):
     return out
 
 
-def _discriminant_bits(layer):
-    """(bits the task discriminant needs to infer, bits of the statistics it keeps to learn
-    further tasks). Inference: the projection R = scale * signs at 1 bit per entry (plus
-    its float32 scale), the float32 kernel and bias. Learning: counts, class sums and the
-    M x M second moment at their own precision (float64): Larq's ModelProfile would
-    count them at 32 bits as if they were deployed weights."""
-    infer = sum(int(np.prod(v.shape)) * 32 for v in (layer.kernel, layer.bias))
-    if layer.projection is not None:
-        infer += int(np.prod(layer.projection.shape)) + 32
-    learn = sum(int(np.prod(v.shape)) * 8 * v.dtype.size
-                for v in (layer.counts, layer.sums, layer.second_moment) if v is not None)
-    return infer, learn
-
-
 def model_sizes(scenario):
     """[(method, network MiB as deployed, network MiB all-float32, engram masks MiB,
     task discriminant MiB for inference, its learning statistics MiB)]: the network from
@@ -228,7 +214,7 @@ def model_sizes(scenario):
         discriminant = getattr(model, "task_discriminant", None)
         network = [lp for lp, layer in zip(profile.layer_profiles, model.layers) if layer is not discriminant]
         masks = sum(int(np.prod(layer.engram_masks.shape)) for layer in getattr(model, "engram_layers", []))
-        infer, learn = _discriminant_bits(discriminant) if discriminant is not None else (0, 0)
+        infer, learn = discriminant.memory_bits() if discriminant is not None else (0, 0)
         mib = 8 * 2**20
         rows.append((method, sum(lp.memory for lp in network) / mib,
                      sum(lp.fp_equivalent_memory for lp in network) / mib, masks * 4 / 2**20,

@@ -174,6 +174,23 @@ class InputDiscriminant(tf.keras.layers.Layer):
         """A (max_tasks,) bool tensor: which engrams have statistics."""
         return tf.reduce_sum(self.counts, axis=-1) > 0
 
+    def memory_bits(self):
+        """`(inference, statistics)`: the bits this layer needs to score inputs, and the
+        bits of the statistics it keeps only to learn further tasks.
+
+        Inference: R = scale * signs at 1 bit per entry plus one float32 scale (no
+        multiplications: x R adds and subtracts inputs), the float32 `kernel` and
+        `bias`. Statistics: `counts`, `sums` and `second_moment` at their own
+        precision (float64). Larq's `ModelProfile` knows neither and would count
+        every one of these weights at 32 bits.
+        """
+        inference = sum(int(tf.size(v)) * 32 for v in (self.kernel, self.bias))
+        if self.projection is not None:
+            inference += int(tf.size(self.projection)) + 32
+        statistics = sum(int(tf.size(v)) * 8 * v.dtype.size
+                         for v in (self.counts, self.sums, self.second_moment) if v is not None)
+        return inference, statistics
+
     def get_config(self):
         return {**super().get_config(), "max_tasks": self.max_tasks,
                 "num_classes": self.num_classes, "features": self.features,

@@ -65,6 +65,18 @@ def test_discriminant_matches_closed_form_lda(features):
     np.testing.assert_array_equal(layer.observed_tasks().numpy(), [True, False, True])
 
 
+def test_memory_bits_separate_what_inference_needs_from_the_learning_statistics():
+    # 2 engrams x 3 classes, 4 inputs, 5 random features; counted by hand:
+    layer = InputDiscriminant(2, 3, features=5)
+    layer.build((None, 4))
+    inference = (2 * 3 * 5 + 2 * 3) * 32 + 4 * 5 * 1 + 32  # float32 kernel, bias; signs of R + scale
+    statistics = (2 * 3 + 2 * 3 * 5 + 5 * 5) * 64  # float64 counts, sums, second moment
+    assert layer.memory_bits() == (inference, statistics)
+    raw = InputDiscriminant(2, 3, features=None, covariance="identity")
+    raw.build((None, 4))  # no projection, no second moment
+    assert raw.memory_bits() == ((2 * 3 * 4 + 2 * 3) * 32, (2 * 3 + 2 * 3 * 4) * 64)
+
+
 def test_discriminant_rejects_bad_settings():
     with pytest.raises(ValueError, match="shrinkage"):
         InputDiscriminant(2, 2, shrinkage=1.5)
