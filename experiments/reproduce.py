@@ -82,6 +82,8 @@ flags.DEFINE_string("selection_grid", "epochs=2,5,10;learning_rate=0.001,0.005",
 flags.DEFINE_list("selection_seeds", ["0"], "Grids with chosen epochs: the seeds of the selection runs.")
 flags.DEFINE_string("selection_dir", "runs/paper-selection", "Grids with chosen epochs: where selection runs go.")
 flags.DEFINE_list("methods", None, "Restrict to these methods.")
+flags.DEFINE_list("scenarios", None, "Restrict to these scenarios, by label (e.g. split_mnist-class, "
+                  "permuted_mnist-domain-10tasks): two processes can share one --outdir, each on its own.")
 flags.DEFINE_enum("source", "auto", ["auto", "tfds", "local", "bundled"], "Data source.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir or folder of original files.")
 flags.register_validator("data_dir", lambda d: d is None or os.path.isdir(d), "--data_dir must be an existing folder")
@@ -109,26 +111,32 @@ def main(argv):
         raise app.UsageError(f"--selection_grid: {error}")
     command = " ".join(sys.argv)
     started = time.perf_counter()
-    compute = {"test": 0.0, "selection": 0.0}  # seconds, summed over the runs' own records
+    compute = {"test": 0.0, "selection": 0.0}  # seconds this command spent running them (reused runs: ~0)
 
     def run(config, method, seed, outdir, logdir=None, part="test"):
+        begun = time.perf_counter()
         if FLAGS.isolate:
             result = experiment.run_in_fresh_process(os.path.abspath(__file__), config, method, seed, outdir,
                                                      logdir, command=command,
                                                      extra_args=[f"--log_level={FLAGS.log_level}"])
         else:
             result = experiment.run_experiment(config, method, seed, outdir, logdir, verbose=0, command=command)
-        compute[part] += result.config.get("wall_seconds") or 0.0
+        compute[part] += time.perf_counter() - begun
         return result
 
     rows = GRIDS[FLAGS.grid]
+    labels = [_label(row) for row in rows]
+    unknown = set(FLAGS.scenarios or []) - set(labels)
+    if unknown:
+        raise app.UsageError(f"--scenarios: unknown {sorted(unknown)}; --grid={FLAGS.grid} has {', '.join(labels)}")
+    rows = [row for row, label in zip(rows, labels) if FLAGS.scenarios is None or label in FLAGS.scenarios]
     total = sum(len(seeds) * len(_wanted(names)) for *_, names, _, _ in rows)
     done, summaries, choices = 0, {}, {}
     for scenario, setting, num_tasks, names, epochs, batch in rows:
         base = experiment.ExperimentConfig(scenario=scenario, setting=setting, num_tasks=num_tasks,
                                            epochs=epochs or 1, batch_size=batch, source=FLAGS.source,
                                            data_dir=FLAGS.data_dir, hparams=hp)
-        label = base.name + ("" if num_tasks is None else f"-{num_tasks}tasks")
+        label = _label((scenario, setting, num_tasks))
         out = os.path.join(FLAGS.outdir, label)
         logdir = os.path.join(FLAGS.logdir, label) if FLAGS.logdir else None
         results = {}
@@ -153,19 +161,52 @@ def main(argv):
         experiment.write_summary(os.path.join(out, "summary"), summaries[label], label,
                                  {"command": command, "chosen": choices.get(label)})
 
+    # The table covers every finished scenario of the grid in --outdir: those of this
+    # command, of earlier sittings and of processes given other --scenarios.
+    for label in labels:
+        path = os.path.join(FLAGS.outdir, label, "summary.json")
+        if label not in summaries and os.path.exists(path):
+            with open(path) as f:
+                finished = json.load(f)
+            summaries[label] = finished["methods"]
+            if finished.get("chosen"):
+                choices[label] = finished["chosen"]
+    summaries = {label: summaries[label] for label in labels if label in summaries}
     table = grid_table(summaries, seeds)
     write_atomically(os.path.join(FLAGS.outdir, "table.md"), table + "\n")
     write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(
         {"command": command, "seeds": seeds, "hidden": list(hp.hidden), "wall_seconds": time.perf_counter() - started,
-         "compute_seconds": compute, "machine": environment(), "chosen": choices, "summaries": summaries},
-        indent=2))
+         "compute_seconds": compute, "compute_seconds_all_sittings": recorded_compute(FLAGS.outdir, summaries),
+         "machine": environment(), "chosen": choices, "summaries": summaries}, indent=2))
     plot_grid(summaries, os.path.join(FLAGS.outdir, "acc.png"), "acc", "ACC (%)", scale=100)
     plot_grid(summaries, os.path.join(FLAGS.outdir, "memory.png"), "peak_rss_bytes", "peak host RSS (MiB)",
               scale=2**-20)
     print("\n" + table)
     print(f"\nWrote {FLAGS.outdir}/table.md, acc.png, memory.png and per-run results "
-          f"({(time.perf_counter() - started) / 60:.1f} min; compute in the runs' own records: "
+          f"({(time.perf_counter() - started) / 60:.1f} min, of which running experiments: "
           f"{compute['test'] / 3600:.2f} h test, {compute['selection'] / 3600:.2f} h selection).")
+
+
+def _label(row):
+    """A grid row's scenario label, as its folder is named: scenario-setting[-Ntasks]."""
+    scenario, setting, num_tasks = row[:3]
+    return f"{scenario}-{setting}" + ("" if num_tasks is None else f"-{num_tasks}tasks")
+
+
+def recorded_compute(outdir, summaries):
+    """{"test", "selection"}: seconds in the records of every finished scenario's runs
+    (each run's own wall time; each selection's, from its table), whichever sitting ran them."""
+    total = {"test": 0.0, "selection": 0.0}
+    for label in summaries:
+        root = os.path.join(outdir, label)
+        for folder, _, files in os.walk(root):
+            for name, part in (("result.json", "test"), ("selection.json", "selection")):
+                if name in files:
+                    with open(os.path.join(folder, name)) as f:
+                        record = json.load(f)
+                    seconds = record["config"].get("wall_seconds") if part == "test" else record.get("wall_seconds")
+                    total[part] += seconds or 0.0
+    return total
 
 
 def _wanted(names):
@@ -187,17 +228,42 @@ def choose_on_validation(base, label, family, members, grid, out, run):
     `<out>/selection/<family>/`."""
     if family in FIXED:
         return dict(FIXED[family])
+    copy = os.path.join(out, "selection", family)
+    reused = _finished_selection(copy, members, grid)
+    if reused is not None:
+        print(f"    reusing the setting chosen for {family} on {label}: {reused} ({copy})", flush=True)
+        return reused
     folder = os.path.join(FLAGS.selection_dir, label, family)
     print(f"choosing epochs and learning rate for {'+'.join(members)} on {label} (validation data)", flush=True)
     chosen = selection.select_on_validation(
         base, members, grid, [int(s) for s in FLAGS.selection_seeds], folder, command=" ".join(sys.argv),
         runner=lambda config, method, seed, outdir: run(config, method, seed, outdir, part="selection"))
-    copy = os.path.join(out, "selection", family)
     os.makedirs(copy, exist_ok=True)
     for name in ("selection.md", "selection.json", "chosen.json"):
         shutil.copyfile(os.path.join(folder, name), os.path.join(copy, name))
     print(f"    chosen for {family}: {chosen.rows[0]['label']}", flush=True)
     return chosen.chosen
+
+
+def _finished_selection(folder, members, grid):
+    """The setting chosen in an earlier sitting (its tables in `folder`, committed with
+    the results) if it ranked the same grid for the same methods and seeds; else None,
+    and the selection runs again."""
+    try:
+        with open(os.path.join(folder, "selection.json")) as f:
+            table = json.load(f)
+        with open(os.path.join(folder, "chosen.json")) as f:
+            chosen = json.load(f)
+    except FileNotFoundError:
+        return None
+    same = (table.get("methods") == list(members)
+            and table.get("seeds") == [int(s) for s in FLAGS.selection_seeds]
+            and sorted(map(_key, (row["setting"] for row in table.get("rows", [])))) == sorted(map(_key, grid)))
+    return chosen if same else None
+
+
+def _key(point):
+    return json.dumps(point, sort_keys=True)
 
 
 def grid_table(summaries, seeds):

@@ -1,6 +1,7 @@
 """The absl experiment scripts, end to end on tiny settings."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -127,3 +128,17 @@ def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path)
     table = json.load(open(tmp_path / "out" / "table.json"))
     assert table["chosen"]["split_mnist-class-2tasks"] == {"bnn": chosen, "class_statistics": {"epochs": 1}}
     assert table["compute_seconds"]["selection"] > 0 and table["machine"]["cpu_count"] >= 1
+
+    # A later sitting (a fresh checkout: no selection runs) reuses the committed choice
+    # and the finished runs, and its table still covers the scenario.
+    shutil.rmtree(tmp_path / "sel")
+    again = run_script("reproduce.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing the setting chosen for bnn" in again.stdout
+    assert not (tmp_path / "sel").exists()  # nothing was run on validation again
+    table2 = json.load(open(tmp_path / "out" / "table.json"))
+    assert table2["summaries"] == table["summaries"] and table2["chosen"] == table["chosen"]
+    assert max(table2["compute_seconds"].values()) < 0.5 * table["compute_seconds"]["selection"]  # nothing ran
+    assert min(table2["compute_seconds_all_sittings"].values()) > 0  # from the earlier sitting's records
+    wrong = run_script("reproduce.py", *args, "--scenarios=split_mnist-domain")
+    assert wrong.returncode != 0 and "--scenarios: unknown ['split_mnist-domain']" in wrong.stderr
