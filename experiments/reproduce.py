@@ -18,7 +18,12 @@ over the family's methods is chosen, and only then is every method run on the te
 split for every seed, with that setting. The selection runs go to `--selection_dir`;
 their tables are copied to `<outdir>/<scenario>/selection/<family>/`. Scenarios run
 cheapest first, and everything finished is reused, so the grid can run over many
-sittings.
+sittings: commit `<outdir>` (each run's results and plots, each choice's tables) and a
+fresh checkout reuses the choices and the finished runs. `--scenarios` splits the grid
+between processes that share `--outdir`; `table.md` covers every finished scenario.
+
+    python experiments/reproduce.py --grid=paper --outdir=results/paper --scenarios=split_mnist-class &
+    python experiments/reproduce.py --grid=paper --outdir=results/paper --scenarios=split_mnist-domain
 """
 import json
 import os
