@@ -292,6 +292,17 @@ def main(argv):
     for method in peaks:
         print(f"   {method:11s} {state[method] / 2**20:6.1f} MiB ({ratios(state, method)}); "
               f"in all {total[method] / 2**20:6.1f} MiB ({ratios(total, method)})")
+    baselines = [b for b in ("ewc", "si", "finetune") if b in peaks]
+    if "engram_bnn" in peaks and baselines:
+        def span(values):
+            r = [values["engram_bnn"] / values[b] for b in baselines]
+            return f"x{min(r):.2f}-x{max(r):.2f}"
+        whole = {m: p["peak"] for m, p in peaks.items()}
+        gpu = {m: p["gpu"] for m, p in peaks.items() if p["gpu"]}
+        print(f"   the paper's claim, engramBNN's peak RAM < 20 % (GPU < 5 %) of the full-precision baselines' "
+              f"({', '.join(baselines)}): here model memory {span(model_memory)}, state {span(state)}, "
+              f"whole-process peak RSS {span(whole)}"
+              + (f", GPU peak {span(gpu)}" if len(gpu) == len(peaks) else "; no GPU peak measured"))
     report["memory"] = peaks
     report["malloc_mmap_threshold"] = threshold
 
