@@ -296,7 +296,7 @@ def main(argv):
     if "engram_bnn" in peaks and baselines:
         def span(values):
             r = [values["engram_bnn"] / values[b] for b in baselines]
-            return f"x{min(r):.2f}-x{max(r):.2f}"
+            return f"x{min(r):.2f}" if len(r) == 1 else f"x{min(r):.2f} to x{max(r):.2f}"
         whole = {m: p["peak"] for m, p in peaks.items()}
         gpu = {m: p["gpu"] for m, p in peaks.items() if p["gpu"]}
         print(f"   the paper's claim, engramBNN's peak RAM < 20 % (GPU < 5 %) of the full-precision baselines' "
