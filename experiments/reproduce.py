@@ -177,7 +177,7 @@ def main(argv):
             if finished.get("chosen"):
                 choices[label] = finished["chosen"]
     summaries = {label: summaries[label] for label in labels if label in summaries}
-    table = grid_table(summaries, seeds)
+    table = grid_table(summaries, seeds, choices)
     write_atomically(os.path.join(FLAGS.outdir, "table.md"), table + "\n")
     write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(
         {"command": command, "seeds": seeds, "hidden": list(hp.hidden), "wall_seconds": time.perf_counter() - started,
@@ -271,21 +271,43 @@ def _key(point):
     return json.dumps(point, sort_keys=True)
 
 
-def grid_table(summaries, seeds):
+def grid_table(summaries, seeds, choices=None):
+    """Markdown: ACC / BWT per method and scenario; the task-inference accuracy of the
+    models that infer the task; and, for grids with chosen settings, what was chosen."""
     labels = list(summaries)
     names = []
     for label in labels:
         names += [m for m in summaries[label] if m not in names]
     source = next(iter(next(iter(summaries.values())).values()))["source"]
-    lines = [f"ACC / BWT in % (mean ± s.e.m. over {len(seeds)} seeds); data: {source}", "",
-             "| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    header = ["| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    pct = lambda pair: f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"  # noqa: E731
+    lines = [f"ACC / BWT in % (mean ± s.e.m. over {len(seeds)} seeds); data: {source}", ""] + header
     for name in names:
         cells = []
         for label in labels:
             s = summaries[label].get(name)
-            cells.append("—" if s is None else
-                         f"{100 * s['acc'][0]:.1f} ± {100 * s['acc'][1]:.1f} / {100 * s['bwt'][0]:+.1f}")
+            cells.append("—" if s is None else f"{pct(s['acc'])} / {100 * s['bwt'][0]:+.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    inferring = [n for n in names if any("task_inference" in summaries[label].get(n, {}) for label in labels)]
+    if inferring:
+        lines += ["", "Task-inference accuracy in % (test samples routed to their own task's engram, no "
+                  "task id given):", ""] + header
+        for name in inferring:
+            cells = [pct(summaries[label][name]["task_inference"])
+                     if "task_inference" in summaries[label].get(name, {}) else "—" for label in labels]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if choices:
+        families = []
+        for label in labels:
+            families += [f for f in choices.get(label, {}) if f not in families]
+        lines += ["", "Settings chosen on validation data (epochs per task, learning rate), per method family:",
+                  "", "| family | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+        for family in families:
+            cells = []
+            for label in labels:
+                point = choices.get(label, {}).get(family)
+                cells.append("—" if point is None else ", ".join(f"{k} {v}" for k, v in sorted(point.items())))
+            lines.append(f"| {family} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -84,6 +84,8 @@ def test_reproduce_smoke_grid_resumes(tmp_path):
     assert proc.stderr == "", "each run's own process is as quiet as the script"
     table = open(tmp_path / "table.md").read()
     assert "| engram_bnn |" in table and "| bnn |" in table
+    inference = table.split("Task-inference accuracy")[1]  # only the model that infers the task
+    assert "| engram_bnn |" in inference and "| bnn |" not in inference
     assert (tmp_path / "acc.png").exists() and (tmp_path / "memory.png").exists()
     assert not list(tmp_path.rglob("checkpoints")), "finished runs drop their checkpoints"
     again = run_script("reproduce.py", *args)  # finished runs are loaded, not re-run
@@ -128,6 +130,8 @@ def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path)
     table = json.load(open(tmp_path / "out" / "table.json"))
     assert table["chosen"]["split_mnist-class-2tasks"] == {"bnn": chosen, "class_statistics": {"epochs": 1}}
     assert table["compute_seconds"]["selection"] > 0 and table["machine"]["cpu_count"] >= 1
+    markdown = open(tmp_path / "out" / "table.md").read()
+    assert f"| bnn | epochs {chosen['epochs']} |" in markdown and "| class_statistics | epochs 1 |" in markdown
 
     # A later sitting (a fresh checkout: no selection runs) reuses the committed choice
     # and the finished runs, and its table still covers the scenario.
