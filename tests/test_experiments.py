@@ -146,3 +146,45 @@ def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path)
     assert min(table2["compute_seconds_all_sittings"].values()) > 0  # from the earlier sitting's records
     wrong = run_script("reproduce.py", *args, "--scenarios=split_mnist-domain")
     assert wrong.returncode != 0 and "--scenarios: unknown ['split_mnist-domain']" in wrong.stderr
+
+
+def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
+    """Hand-made numbers with known verdicts: each claim holding in one place and failing in another."""
+    def entry(acc, sem, rss):
+        return {"acc": [acc, sem], "bwt": [0.0, 0.0], "peak_rss_bytes": rss, "peak_gpu_bytes": None}
+
+    summaries = {
+        "split_mnist-class": {"engram_bnn": entry(0.90, 0.01, 100), "ewc": entry(0.21, 0.01, 1000),
+                              "si": entry(0.25, 0.02, 1000), "finetune": entry(0.20, 0.0, 400)},
+        # 0.22 - 0.01 > 0.20 but not above SI's 0.20 + 0.02: too close to call
+        "split_fashion_mnist-class": {"engram_bnn": entry(0.22, 0.01, 100), "si": entry(0.20, 0.02, 100)},
+        "split_mnist-domain": {"engram_bnn": entry(0.80, 0.0, 100), "lwf": entry(0.819, 0.0, 100),
+                               "joint": entry(0.97, 0.0, 100)},  # 1.9 points below: comparable
+        "permuted_mnist-domain-10tasks": {"engram_bnn": entry(0.80, 0.0, 100), "si": entry(0.83, 0.0, 100)},
+    }
+    (tmp_path / "table.json").write_text(json.dumps({"command": "reproduce.py --grid=paper",
+                                                     "summaries": summaries}))
+    memory = {m: {"peak": peak, "tiny": tiny, "gpu": None, "state": state, "state_tiny": 0}
+              for m, peak, tiny, state in (("engram_bnn", 1000, 990, 10), ("ewc", 1200, 900, 100),
+                                           ("si", 1300, 900, 100), ("finetune", 1100, 900, 100))}
+    (tmp_path / "benchmark.json").write_text(json.dumps({"device": "CPU", "memory": memory}))
+    proc = run_script("claims.py", f"--grid_dir={tmp_path}", f"--benchmark={tmp_path}/benchmark.json",
+                      timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.load(open(tmp_path / "claims.json"))["claims"]
+    class_il, domain_il, memory_rows = (found[c] for c in found)
+    assert [(r["where"], r["holds"]) for r in class_il] == [("split_mnist-class", True),
+                                                            ("split_fashion_mnist-class", False)]
+    assert "best regularization method (si) 25.0 ± 2.0 %" in class_il[0]["measured"]
+    assert [(r["where"], r["holds"]) for r in domain_il] == [("split_mnist-domain", True),
+                                                             ("permuted_mnist-domain-10tasks", False)]
+    assert "difference -1.9 points" in domain_il[0]["measured"] and "joint" in domain_il[0]["measured"]
+    # peak RSS in split_mnist-class: 100 / 1000 (ewc, si) and 100 / 400 (finetune) = x0.25: not < 20 %
+    by_measure = {(r["where"], r["measured"].split(":")[0]): r for r in memory_rows}
+    grid_rss = by_measure[("split_mnist-class", "peak RSS of each run's process")]
+    assert "x0.10 of ewc, x0.10 of si, x0.25 of finetune" in grid_rss["measured"] and grid_rss["holds"] is False
+    model = by_measure[("benchmark", "model memory (width minus 16-16)")]  # 10 / 300, 10 / 400, 10 / 200
+    assert "x0.03 of ewc, x0.03 of si, x0.05 of finetune" in model["measured"] and model["holds"] is True
+    assert by_measure[("benchmark", "whole-process peak RSS")]["holds"] is False  # 1000 / 1100 ...
+    assert by_measure[("benchmark", "peak GPU memory")]["holds"] is None  # not measured: not a pass
+    assert "| not measured |" in open(tmp_path / "claims.md").read()

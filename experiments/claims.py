@@ -1,0 +1,179 @@
+"""The paper's three claims beside the numbers measured here: which hold, which do not.
+
+Aguilar et al. (2025) claim, for engramBNN:
+
+1. **class-IL**: accuracy far above the ~20 % of regularization methods. Checked per
+   class-IL scenario of the grid: `engram_bnn` ACC against the best of `ewc`,
+   `online_ewc` and `si`. It holds when the mean minus one s.e.m. is above 20 % and
+   above the best regularization method's mean plus its s.e.m.
+2. **domain-IL**: accuracy comparable to full-precision methods. Checked per
+   domain-IL scenario: `engram_bnn` ACC against the best full-precision continual
+   learner (`ewc`, `online_ewc`, `si`, `lwf`; `joint`, which trains on all data so far,
+   is shown as the upper reference, not compared). "Comparable" is read as: no more
+   than `--tolerance` points (default 2) below that best mean.
+3. **efficiency**: peak RAM under 20 % and peak GPU memory under 5 % of the
+   full-precision baselines'. Checked two ways, both ratios `engram_bnn / baseline` for
+   the baselines `ewc`, `si`, `finetune` (the MLP without protection):
+   - the grid's runs: the peak resident set of each run's own process, per scenario
+     (and GPU peaks, when a GPU was there);
+   - the benchmark (`experiments/benchmark.py --output=...json`): the memory a model
+     of the grid's width adds over a 16-16 one, the variables kept, and the whole
+     process.
+   It holds only where every ratio of a measure is below 0.2 (0.05 for GPU).
+
+    python experiments/claims.py --grid_dir=results/paper --benchmark=results/benchmark.json
+    # -> results/paper/claims.md and claims.json
+"""
+import json
+import os
+
+from absl import app, flags
+
+import cli  # noqa: F401,I001  (the scripts' shared flag handling and quiet start-up)
+
+REGULARIZATION = ("ewc", "online_ewc", "si")
+FULL_PRECISION = ("ewc", "online_ewc", "si", "lwf")
+MEMORY_BASELINES = ("ewc", "si", "finetune")
+RAM_LIMIT, GPU_LIMIT = 0.20, 0.05
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("grid_dir", "results/paper", "The grid's --outdir (its table.json).")
+flags.DEFINE_string("benchmark", "results/benchmark.json", "benchmark.py's --output; '' to leave it out.")
+flags.DEFINE_float("tolerance", 2.0, "Domain-IL: points below the best full-precision method still called comparable.")
+flags.register_validator("tolerance", lambda t: t >= 0, "--tolerance must be >= 0")
+flags.DEFINE_string("output", None, "Where claims.md/claims.json go (default: --grid_dir).")
+
+
+def _pct(pair):
+    return f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f} %"
+
+
+def class_il_claim(summaries):
+    """Rows (scenario, measured, verdict) for every class-IL scenario with `engram_bnn`."""
+    rows = []
+    for label, methods in summaries.items():
+        if "-class" not in label or "engram_bnn" not in methods:
+            continue
+        ours = methods["engram_bnn"]["acc"]
+        present = [m for m in REGULARIZATION if m in methods]
+        if not present:
+            continue
+        best = max(present, key=lambda m: methods[m]["acc"][0])
+        other = methods[best]["acc"]
+        holds = ours[0] - ours[1] > 0.20 and ours[0] - ours[1] > other[0] + other[1]
+        rows.append((label, f"engram_bnn {_pct(ours)}; best regularization method ({best}) {_pct(other)}",
+                     holds))
+    return rows
+
+
+def domain_il_claim(summaries, tolerance):
+    """Rows for every domain-IL scenario with `engram_bnn`: against the best full-precision
+    continual learner, `tolerance` in points."""
+    rows = []
+    for label, methods in summaries.items():
+        if "-domain" not in label or "engram_bnn" not in methods:
+            continue
+        present = [m for m in FULL_PRECISION if m in methods]
+        if not present:
+            continue
+        ours = methods["engram_bnn"]["acc"]
+        best = max(present, key=lambda m: methods[m]["acc"][0])
+        other = methods[best]["acc"]
+        gap = 100 * (ours[0] - other[0])
+        joint = f"; joint (upper reference) {_pct(methods['joint']['acc'])}" if "joint" in methods else ""
+        rows.append((label, f"engram_bnn {_pct(ours)}; best full-precision method ({best}) {_pct(other)}; "
+                            f"difference {gap:+.1f} points{joint}", gap >= -tolerance))
+    return rows
+
+
+def _ratios(values, limit):
+    """(text, holds) for `engram_bnn / baseline` over the baselines present in `values`."""
+    present = [b for b in MEMORY_BASELINES if values.get(b)]
+    if not values.get("engram_bnn") or not present:
+        return None
+    ratios = {b: values["engram_bnn"] / values[b] for b in present}
+    text = ", ".join(f"x{r:.2f} of {b}" for b, r in ratios.items())
+    return text, all(r < limit for r in ratios.values())
+
+
+def memory_claim(summaries, benchmark):
+    """Rows for peak RAM and GPU memory: from the grid's runs and from the benchmark."""
+    rows = []
+    for label, methods in summaries.items():
+        for key, limit, what in (("peak_rss_bytes", RAM_LIMIT, "peak RSS of each run's process"),
+                                 ("peak_gpu_bytes", GPU_LIMIT, "peak GPU memory")):
+            found = _ratios({m: s.get(key) for m, s in methods.items()}, limit)
+            if found:
+                rows.append((label, f"{what}: {found[0]}", found[1]))
+    if benchmark:
+        peaks = benchmark["memory"]
+        for measure, value in (("model memory (width minus 16-16)", lambda p: p["peak"] - p["tiny"]),
+                               ("variables kept (width minus 16-16)", lambda p: p["state"] - p["state_tiny"]),
+                               ("whole-process peak RSS", lambda p: p["peak"])):
+            found = _ratios({m: value(p) for m, p in peaks.items()}, RAM_LIMIT)
+            if found:
+                rows.append(("benchmark", f"{measure}: {found[0]}", found[1]))
+        gpu = _ratios({m: p.get("gpu") for m, p in peaks.items()}, GPU_LIMIT)
+        rows.append(("benchmark", "peak GPU memory: " + (gpu[0] if gpu else f"not measured (device: "
+                                                          f"{benchmark.get('device', 'unknown')})"),
+                     gpu[1] if gpu else None))
+    return rows
+
+
+def claims(summaries, benchmark, tolerance):
+    """{claim: [(where, measured, holds: True / False / None = not measured)]}."""
+    return {
+        "class-IL accuracy far above the ~20 % of regularization methods": class_il_claim(summaries),
+        f"domain-IL accuracy comparable to full-precision methods (within {tolerance:g} points)":
+            domain_il_claim(summaries, tolerance),
+        "peak RAM < 20 % and peak GPU memory < 5 % of the full-precision baselines'": memory_claim(summaries,
+                                                                                                   benchmark),
+    }
+
+
+def verdict(holds):
+    return {True: "holds", False: "does not hold", None: "not measured"}[holds]
+
+
+def to_markdown(found, sources):
+    lines = ["The paper's claims (Aguilar et al. 2025, engramBNN) beside the numbers measured here.", "",
+             "Sources: " + "; ".join(sources), "", "| claim | where | measured here | verdict |",
+             "|---|---|---|---|"]
+    for claim, rows in found.items():
+        if not rows:
+            lines.append(f"| {claim} | — | no finished scenario of this kind | not measured |")
+        for i, (where, measured, holds) in enumerate(rows):  # the claim on its first row only
+            lines.append(f"| {claim if i == 0 else ''} | {where} | {measured} | {verdict(holds)} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    table_path = os.path.join(FLAGS.grid_dir, "table.json")
+    if not os.path.exists(table_path):
+        raise app.UsageError(f"--grid_dir: no {table_path}; run experiments/reproduce.py first")
+    with open(table_path) as f:
+        table = json.load(f)
+    sources = [f"{table_path} ({table.get('command', '?')})"]
+    benchmark = None
+    if FLAGS.benchmark:
+        if not os.path.exists(FLAGS.benchmark):
+            raise app.UsageError(f"--benchmark: no {FLAGS.benchmark} (or pass --benchmark='')")
+        with open(FLAGS.benchmark) as f:
+            benchmark = json.load(f)
+        sources.append(FLAGS.benchmark)
+    found = claims(table["summaries"], benchmark, FLAGS.tolerance)
+    output = FLAGS.output or FLAGS.grid_dir
+    os.makedirs(output, exist_ok=True)
+    markdown = to_markdown(found, sources)
+    with open(os.path.join(output, "claims.md"), "w") as f:
+        f.write(markdown + "\n")
+    with open(os.path.join(output, "claims.json"), "w") as f:
+        json.dump({"sources": sources, "tolerance_points": FLAGS.tolerance,
+                   "claims": {c: [{"where": w, "measured": m, "holds": h} for w, m, h in rows]
+                              for c, rows in found.items()}}, f, indent=2)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    cli.run(main)
