@@ -110,7 +110,7 @@ def test_tune_ranks_settings_on_validation_data_only(tmp_path):
 
 
 def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path):
-    args = ("--grid=paper_smoke", "--methods=bnn,ncm", "--seeds=0", "--source=bundled", "--hidden=16",
+    args = ("--grid=paper_smoke", "--methods=bnn,ncm,finetune,joint", "--seeds=0", "--source=bundled", "--hidden=16",
             "--selection_grid=epochs=1,2", f"--outdir={tmp_path}/out", f"--selection_dir={tmp_path}/sel",
             "--noisolate")
     proc = run_script("reproduce.py", *args)
@@ -127,8 +127,16 @@ def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path)
     assert test["config"]["trainer"]["epochs"] == chosen["epochs"]
     assert json.load(open(label / "ncm" / "seed_0" / "result.json"))["config"]["trainer"]["epochs"] == 1
     assert not (label / "selection" / "class_statistics").exists()  # nothing to choose
+    # joint, the upper reference, is not run on validation: it follows its family's choice
+    mlp = json.load(open(label / "selection" / "mlp" / "selection.json"))
+    assert mlp["methods"] == ["finetune"]
+    assert not list((tmp_path / "sel").rglob("joint"))
+    mlp_chosen = json.load(open(label / "selection" / "mlp" / "chosen.json"))
+    assert json.load(open(label / "joint" / "seed_0" / "result.json"))["config"]["trainer"]["epochs"] == \
+        mlp_chosen["epochs"]
     table = json.load(open(tmp_path / "out" / "table.json"))
-    assert table["chosen"]["split_mnist-class-2tasks"] == {"bnn": chosen, "class_statistics": {"epochs": 1}}
+    assert table["chosen"]["split_mnist-class-2tasks"] == {"mlp": mlp_chosen, "bnn": chosen,
+                                                           "class_statistics": {"epochs": 1}}
     assert table["compute_seconds"]["selection"] > 0 and table["machine"]["cpu_count"] >= 1
     markdown = open(tmp_path / "out" / "table.md").read()
     assert f"| bnn | epochs {chosen['epochs']} |" in markdown and "| class_statistics | epochs 1 |" in markdown
