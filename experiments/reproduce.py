@@ -228,7 +228,9 @@ def recorded_compute(outdir, summaries):
                 if name in files:
                     with open(os.path.join(folder, name)) as f:
                         record = json.load(f)
-                    seconds = record["config"].get("wall_seconds") if part == "test" else record.get("wall_seconds")
+                    # a selection's runs' own times (an earlier sitting's included), else its wall time
+                    seconds = (record["config"].get("wall_seconds") if part == "test"
+                               else record.get("run_seconds", record.get("wall_seconds")))
                     total[part] += seconds or 0.0
     return total
 

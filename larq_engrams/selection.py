@@ -109,7 +109,7 @@ def select_on_validation(config, method_names, grid, seeds, folder, command=None
             return experiment.run_experiment(cfg, method, seed, outdir, logdir=None, verbose=verbose,
                                              command=command)
     started = time.perf_counter()
-    rows = []
+    rows, run_seconds = [], 0.0
     for i, point in enumerate(grid):
         point_config = apply_point(config, point)
         point_dir = os.path.join(folder, "point_" + point_name(point))
@@ -118,6 +118,7 @@ def select_on_validation(config, method_names, grid, seeds, folder, command=None
         for method in method_names:
             for seed in seeds:
                 result = runner(point_config, method, seed, point_dir)
+                run_seconds += result.config.get("wall_seconds") or 0.0  # its own, whichever sitting ran it
                 accs[method].append(result.metrics["acc"])
                 if "task_inference" in result.metrics:
                     inference.append(result.metrics["task_inference"])
@@ -133,7 +134,7 @@ def select_on_validation(config, method_names, grid, seeds, folder, command=None
                      _table(rows, config, method_names, seeds, command) + "\n")
     write_atomically(os.path.join(folder, "selection.json"), json.dumps(
         {"command": command, "methods": method_names, "seeds": list(seeds), "rows": rows,
-         "wall_seconds": time.perf_counter() - started}, indent=1))
+         "wall_seconds": time.perf_counter() - started, "run_seconds": run_seconds}, indent=1))
     write_atomically(os.path.join(folder, "chosen.json"), json.dumps(rows[0]["setting"], indent=1))
     return Selection(rows=rows, chosen=rows[0]["setting"], folder=folder)
 

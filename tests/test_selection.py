@@ -35,7 +35,9 @@ def test_a_family_is_ranked_by_its_mean_validation_acc_and_runs_never_see_test_d
 
     def runner(config, method, seed, outdir):
         calls.append((config.evaluate_on, config.epochs, method, seed, outdir))
-        return types.SimpleNamespace(metrics={"acc": table[method, config.epochs] + 0.01 * seed})
+        # each run's own time, as a reused run's result.json has it: here 10 s per epoch
+        return types.SimpleNamespace(metrics={"acc": table[method, config.epochs] + 0.01 * seed},
+                                     config={"wall_seconds": 10.0 * config.epochs})
 
     config = experiment.ExperimentConfig(evaluate_on="test")  # replaced: selection reads validation data only
     chosen = selection.select_on_validation(config, ["a", "b"], selection.parse_grid("epochs=2,5"), [0, 1],
@@ -43,7 +45,9 @@ def test_a_family_is_ranked_by_its_mean_validation_acc_and_runs_never_see_test_d
     assert {c[0] for c in calls} == {"validation"} and len(calls) == 2 * 2 * 2
     assert chosen.chosen == {"epochs": 5}
     assert json.load(open(tmp_path / "chosen.json")) == {"epochs": 5}
-    rows = json.load(open(tmp_path / "selection.json"))["rows"]
+    record = json.load(open(tmp_path / "selection.json"))
+    assert record["run_seconds"] == pytest.approx(2 * 2 * (20.0 + 50.0))  # 2 methods x 2 seeds per point
+    rows = record["rows"]
     assert [r["setting"]["epochs"] for r in rows] == [5, 2]
     assert rows[0]["mean_validation_acc"] == pytest.approx((0.5 + 0.51 + 0.9 + 0.91) / 4)
     assert rows[0]["per_method"] == pytest.approx({"a": 0.505, "b": 0.905})
