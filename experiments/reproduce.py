@@ -13,7 +13,7 @@ started again.
 `--grid=paper` is 2048-2048 for every method, with epochs per task and learning rate
 *chosen on validation data*: for each scenario and method family (`FAMILIES`), every
 point of the dataset's selection grid (`SELECTION_GRIDS`: epochs 2, 5, 10 on the
-bundled MNIST sample, 2, 5 on the full-size data, which has 5-7x the steps per epoch;
+bundled MNIST sample, 2, 5 on the full-size data, which has 5-7.5x the steps per epoch;
 learning rate 0.001, 0.005; or `--selection_grid`) is run on seed 0 with a validation
 split held out of the training data (`larq_engrams.selection`), the point with the best
 mean validation ACC over the family's continual learners (`joint`, the upper reference,
@@ -300,10 +300,12 @@ def grid_table(summaries, seeds, choices=None):
     names = []
     for label in labels:
         names += [m for m in summaries[label] if m not in names]
-    source = next(iter(next(iter(summaries.values())).values()))["source"]
     header = ["| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     pct = lambda pair: f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"  # noqa: E731
-    lines = [f"ACC / BWT in % (mean ± s.e.m. over {len(seeds)} seeds); data: {source}", ""] + header
+    # Each column's own data: scenarios of one grid may come from different datasets.
+    sources = [next(iter(summaries[label].values()))["source"] for label in labels]
+    lines = [f"ACC / BWT in % (mean ± s.e.m. over {len(seeds)} seeds)", ""] + header
+    lines.append("| data | " + " | ".join(sources) + " |")
     for name in names:
         cells = []
         for label in labels:

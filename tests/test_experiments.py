@@ -84,6 +84,7 @@ def test_reproduce_smoke_grid_resumes(tmp_path):
     assert proc.stderr == "", "each run's own process is as quiet as the script"
     table = open(tmp_path / "table.md").read()
     assert "| engram_bnn |" in table and "| bnn |" in table
+    assert "| data | bundled:mnist-t10k[8000/2000] |" in table  # each column's source
     inference = table.split("Task-inference accuracy")[1]  # only the model that infers the task
     assert "| engram_bnn |" in inference and "| bnn |" not in inference
     assert (tmp_path / "acc.png").exists() and (tmp_path / "memory.png").exists()
