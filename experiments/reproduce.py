@@ -336,27 +336,44 @@ def grid_table(summaries, seeds, choices=None):
 
 
 def plot_grid(summaries, path, key, ylabel, scale):
+    """One panel per scenario (small multiples: a grid of 7 scenarios x 13 methods stays
+    readable), bars per method with their s.e.m., coloured by method family; the upper
+    reference (joint training) hatched."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     labels = list(summaries)
-    names = []
-    for label in labels:
-        names += [m for m in summaries[label] if m not in names]
-    # Room for the bars, plus the legend outside them; "constrained" fits both at any size.
-    fig = Figure(figsize=(max(3.0, 0.9 * len(names) * len(labels) / 3) + 2.0, 4), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(labels)
-    for j, label in enumerate(labels):
-        values = [summaries[label][n][key] if n in summaries[label] else None for n in names]
+    family_of = {m: f for f, members in FAMILIES.items() for m in members}
+    colours = {family: f"C{i}" for i, family in enumerate(FAMILIES)}
+    columns = min(4, len(labels))
+    rows = -(-len(labels) // columns)
+    most = max(len(summaries[label]) for label in labels)
+    # "constrained" layout fits the rotated method names and titles at any size.
+    fig = Figure(figsize=(columns * max(2.5, 0.32 * most + 0.8), rows * 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True, squeeze=False)).ravel()
+    for ax, label in zip(axes, labels):
+        names = list(summaries[label])
+        pairs = [summaries[label][n][key] for n in names]
         pairs = [(np.nan, 0.0) if v is None else (tuple(v) if isinstance(v, (list, tuple)) else (v, 0.0))
-                 for v in values]  # metrics are (mean, s.e.m.); memory peaks single numbers
-        means = [mean * scale for mean, _ in pairs]
-        errors = [sem * scale for _, sem in pairs]
-        ax.bar(np.arange(len(names)) + j * width, means, width, yerr=errors, label=label, capsize=2)
-    ax.set_xticks(np.arange(len(names)) + width * (len(labels) - 1) / 2)
-    ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
+                 for v in pairs]  # metrics are (mean, s.e.m.); memory peaks single numbers
+        bars = ax.bar(np.arange(len(names)), [m * scale for m, _ in pairs], 0.8,
+                      yerr=[e * scale for _, e in pairs], color=[colours.get(family_of.get(n), "C7") for n in names],
+                      capsize=2)
+        for bar, name in zip(bars, names):
+            if name in REFERENCES:  # not a continual learner: marked apart
+                bar.set_hatch("//")
+        ax.set_xticks(np.arange(len(names)))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(labels):]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel(ylabel)
+    handles = [Patch(color=colour, label=family) for family, colour in colours.items()]
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="upper reference (joint)"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, title="method family",
+               title_fontsize=8)
     figure_to_png(fig, path)
 
 
