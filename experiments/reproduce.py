@@ -31,6 +31,7 @@ between processes that share `--outdir`; `table.md` covers every finished scenar
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -196,11 +197,14 @@ def main(argv):
             if finished.get("chosen"):
                 choices[label] = finished["chosen"]
     summaries = {label: summaries[label] for label in labels if label in summaries}
+    all_sittings = recorded_compute(FLAGS.outdir, summaries)
+    provenance = recorded_provenance(FLAGS.outdir, summaries)
     table = grid_table(summaries, seeds, choices)
-    write_atomically(os.path.join(FLAGS.outdir, "table.md"), table + "\n")
+    note = provenance_note(command, provenance, all_sittings)
+    write_atomically(os.path.join(FLAGS.outdir, "table.md"), table + "\n\n" + "\n".join(note) + "\n")
     write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(
         {"command": command, "seeds": seeds, "hidden": list(hp.hidden), "wall_seconds": time.perf_counter() - started,
-         "compute_seconds": compute, "compute_seconds_all_sittings": recorded_compute(FLAGS.outdir, summaries),
+         "compute_seconds": compute, "compute_seconds_all_sittings": all_sittings, "provenance": provenance,
          "machine": environment(), "chosen": choices, "summaries": summaries}, indent=2))
     plot_grid(summaries, os.path.join(FLAGS.outdir, "acc.png"), "acc", "ACC (%)", scale=100)
     plot_grid(summaries, os.path.join(FLAGS.outdir, "memory.png"), "peak_rss_bytes", "peak host RSS (MiB)",
@@ -217,22 +221,83 @@ def _label(row):
     return f"{scenario}-{setting}" + ("" if num_tasks is None else f"-{num_tasks}tasks")
 
 
+def _records(outdir, labels):
+    """(part, record) for every finished run's `result.json` ("test") and every
+    selection's `selection.json` ("selection") under the scenarios `labels`."""
+    for label in labels:
+        for folder, _, files in os.walk(os.path.join(outdir, label)):
+            for name, part in (("result.json", "test"), ("selection.json", "selection")):
+                if name in files:
+                    with open(os.path.join(folder, name)) as f:
+                        yield part, json.load(f)
+
+
 def recorded_compute(outdir, summaries):
     """{"test", "selection"}: seconds in the records of every finished scenario's runs
     (each run's own wall time; each selection's, from its table), whichever sitting ran them."""
     total = {"test": 0.0, "selection": 0.0}
-    for label in summaries:
-        root = os.path.join(outdir, label)
-        for folder, _, files in os.walk(root):
-            for name, part in (("result.json", "test"), ("selection.json", "selection")):
-                if name in files:
-                    with open(os.path.join(folder, name)) as f:
-                        record = json.load(f)
-                    # a selection's runs' own times (an earlier sitting's included), else its wall time
-                    seconds = (record["config"].get("wall_seconds") if part == "test"
-                               else record.get("run_seconds", record.get("wall_seconds")))
-                    total[part] += seconds or 0.0
+    for part, record in _records(outdir, summaries):
+        # a selection's runs' own times (an earlier sitting's included), else its wall time
+        seconds = (record["config"].get("wall_seconds") if part == "test"
+                   else record.get("run_seconds", record.get("wall_seconds")))
+        total[part] += seconds or 0.0
     return total
+
+
+def recorded_provenance(outdir, summaries):
+    """Which code and machines made the finished scenarios' test runs, from their records:
+    {"commits": distinct commits, oldest first where git knows them; "dirty": how many
+    records say "-dirty" (uncommitted edits to tracked files when the run started: which
+    files, the record cannot say); "library_changes": the files of `larq_engrams/` that
+    differ between the oldest and newest commit (empty: one library throughout), None
+    where git cannot tell; "machines": the distinct machines, in words}."""
+    found, dirty, machines = [], 0, []
+    for part, record in _records(outdir, summaries):
+        if part != "test":
+            continue
+        env = record.get("environment") or {}
+        machine = (f"{env.get('processor', '?')}, {env.get('cpu_count', '?')} CPU cores, device "
+                   f"{env.get('device', '?')}, TensorFlow {env.get('tensorflow', '?')}, Larq {env.get('larq', '?')}")
+        if machine not in machines:
+            machines.append(machine)
+        commit = env.get("git_commit")
+        if commit:
+            dirty += commit.endswith("-dirty")
+            commit = commit.removesuffix("-dirty")
+            if commit not in found:
+                found.append(commit)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        return proc.stdout.split() if proc.returncode == 0 else None
+
+    history = git("rev-list", "--reverse", "HEAD") or []  # oldest first
+    order = {commit: i for i, commit in enumerate(history)}
+    found.sort(key=lambda c: order.get(c, len(order)))
+    changes = None
+    if found and all(c in order for c in found):
+        changes = git("diff", "--name-only", found[0], found[-1], "--", "larq_engrams/")
+    return {"commits": found, "dirty": dirty, "library_changes": changes, "machines": machines}
+
+
+def provenance_note(command, provenance, compute):
+    """Markdown lines under the table: the command, the code, the compute and the machine."""
+    hours = {part: seconds / 3600 for part, seconds in compute.items()}
+    shown = [c[:7] for c in provenance["commits"]]
+    code = (f"runs recorded at {len(shown)} commits, {shown[0]} to {shown[-1]}" if len(shown) > 1
+            else f"runs recorded at commit {shown[0]}" if shown else "no commit recorded")
+    if provenance["dirty"]:
+        dirty = provenance["dirty"]
+        code += (f" ({dirty} record{'s' if dirty > 1 else ''} \"-dirty\": uncommitted edits to tracked files when "
+                 "the run started)")
+    changes = provenance["library_changes"]
+    code += ("; `larq_engrams/` is the same at all of them" if changes == [] else
+             f"; `larq_engrams/` differs between the first and last in: {', '.join(changes)}" if changes else "")
+    return [f"Command: `{command}`.", "",
+            f"Code: {code}. Compute, all sittings: {hours['test']:.2f} h of test runs and "
+            f"{hours['selection']:.2f} h of selection runs (each run's own time, from its record). "
+            f"Machine{'s' if len(provenance['machines']) > 1 else ''}: {'; '.join(provenance['machines']) or '?'}."]
 
 
 def _wanted(names):

@@ -88,9 +88,38 @@ def test_reproduce_smoke_grid_resumes(tmp_path):
     inference = table.split("Task-inference accuracy")[1]  # only the model that infers the task
     assert "| engram_bnn |" in inference and "| bnn |" not in inference
     assert (tmp_path / "acc.png").exists() and (tmp_path / "memory.png").exists()
+    assert "Command: `" in table and "Compute, all sittings: " in table  # provenance, from the run records
+    provenance = json.load(open(tmp_path / "table.json"))["provenance"]
+    assert len(provenance["machines"]) == 1 and f"{os.cpu_count()} CPU cores" in provenance["machines"][0]
     assert not list(tmp_path.rglob("checkpoints")), "finished runs drop their checkpoints"
     again = run_script("reproduce.py", *args)  # finished runs are loaded, not re-run
     assert again.returncode == 0 and open(tmp_path / "table.md").read() == table
+
+
+def test_sync_readme_refills_stale_blocks_and_flags_missing_files(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.md").write_text("preamble\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text('Intro\n<!-- include: results/t.md from "| a |" -->\nold\n<!-- end include -->\n'
+                      '![plot](results/t.md)\n')
+    check = run_script("sync_readme.py", f"--readme={readme}", "--check", timeout=60)
+    assert check.returncode == 1 and "block from results/t.md is stale" in check.stdout
+    assert "old" in readme.read_text()  # --check changes nothing
+    fill = run_script("sync_readme.py", f"--readme={readme}", timeout=60)
+    assert fill.returncode == 0, fill.stderr
+    assert readme.read_text() == ('Intro\n<!-- include: results/t.md from "| a |" -->\n| a | b |\n|---|---|\n'
+                                  '| 1 | 2 |\n<!-- end include -->\n![plot](results/t.md)\n')
+    assert run_script("sync_readme.py", f"--readme={readme}", "--check", timeout=60).returncode == 0
+    readme.write_text(readme.read_text() + "![gone](results/gone.png)\n")
+    missing = run_script("sync_readme.py", f"--readme={readme}", "--check", timeout=60)
+    assert missing.returncode == 1 and "results/gone.png, which does not exist" in missing.stdout
+
+
+def test_readme_results_are_those_of_the_results_files():
+    """The README's generated blocks equal the files under results/ that they name, and every
+    results file it links exists (after a new run: `python experiments/sync_readme.py`)."""
+    proc = run_script("sync_readme.py", "--check", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_tune_ranks_settings_on_validation_data_only(tmp_path):
