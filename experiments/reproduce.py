@@ -225,7 +225,8 @@ def _records(outdir, labels):
     """(part, record) for every finished run's `result.json` ("test") and every
     selection's `selection.json` ("selection") under the scenarios `labels`."""
     for label in labels:
-        for folder, _, files in os.walk(os.path.join(outdir, label)):
+        for folder, subfolders, files in os.walk(os.path.join(outdir, label)):
+            subfolders.sort()  # one order on every file system
             for name, part in (("result.json", "test"), ("selection.json", "selection")):
                 if name in files:
                     with open(os.path.join(folder, name)) as f:
@@ -244,13 +245,14 @@ def recorded_compute(outdir, summaries):
     return total
 
 
-def recorded_provenance(outdir, summaries):
+def recorded_provenance(outdir, summaries, root=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
     """Which code and machines made the finished scenarios' test runs, from their records:
     {"commits": distinct commits, oldest first where git knows them; "dirty": how many
     records say "-dirty" (uncommitted edits to tracked files when the run started: which
     files, the record cannot say); "library_changes": the files of `larq_engrams/` that
     differ between the oldest and newest commit (empty: one library throughout), None
-    where git cannot tell; "machines": the distinct machines, in words}."""
+    where git cannot tell; "machines": the distinct machines, in words}. `root`: the
+    checkout whose history orders the commits."""
     found, dirty, machines = [], 0, []
     for part, record in _records(outdir, summaries):
         if part != "test":
@@ -266,10 +268,12 @@ def recorded_provenance(outdir, summaries):
             commit = commit.removesuffix("-dirty")
             if commit not in found:
                 found.append(commit)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def git(*args):
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        try:
+            proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):  # no git: the order and the changes stay unknown
+            return None
         return proc.stdout.split() if proc.returncode == 0 else None
 
     history = git("rev-list", "--reverse", "HEAD") or []  # oldest first

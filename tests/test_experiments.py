@@ -96,6 +96,43 @@ def test_reproduce_smoke_grid_resumes(tmp_path):
     assert again.returncode == 0 and open(tmp_path / "table.md").read() == table
 
 
+def test_grid_provenance_orders_recorded_commits_and_lists_library_changes(tmp_path):
+    """Records from two commits of a small repository (newest found first), one of them
+    "-dirty": the note orders them by history and names the library file that changed."""
+    repo = tmp_path / "repo"
+    (repo / "larq_engrams").mkdir(parents=True)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    commits = []
+    for i, name in enumerate(("a.py", "b.py")):
+        (repo / "larq_engrams" / name).write_text(f"x = {i}\n")
+        (repo / "notes.md").write_text(f"{i}\n")  # changes outside the library are not listed
+        git("add", "-A")
+        git("commit", "-q", "-m", name)
+        commits.append(git("rev-parse", "HEAD"))
+    env = {"processor": "x86_64", "cpu_count": 2, "device": "CPU", "tensorflow": "2.21.0", "larq": "0.14.0"}
+    for method, commit in (("a", commits[1] + "-dirty"), ("b", commits[0]), ("c", commits[1])):
+        run = tmp_path / "out" / "s-class" / method / "seed_0"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({"config": {"wall_seconds": 3600.0},
+                                                     "environment": dict(env, git_commit=commit)}))
+    code = ("import json, sys; sys.argv = ['reproduce']; import reproduce; "
+            f"p = reproduce.recorded_provenance({str(tmp_path / 'out')!r}, ['s-class'], root={str(repo)!r}); "
+            "print(json.dumps(p)); "
+            "print(reproduce.provenance_note('cmd', p, reproduce.recorded_compute("
+            f"{str(tmp_path / 'out')!r}, ['s-class']))[2])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120,
+                          cwd=os.path.join(ROOT, "experiments"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found, note = proc.stdout.strip().splitlines()[-2:]
+    assert json.loads(found) == {"commits": commits, "dirty": 1, "library_changes": ["larq_engrams/b.py"],
+                                 "machines": ["x86_64, 2 CPU cores, device CPU, TensorFlow 2.21.0, Larq 0.14.0"]}
+    assert note.startswith(f"Code: runs recorded at 2 commits, {commits[0][:7]} to {commits[1][:7]} (1 record "
+                           '"-dirty"') and "differs between the first and last in: larq_engrams/b.py" in note
+    assert "3.00 h of test runs" in note
+
+
 def test_sync_readme_refills_stale_blocks_and_flags_missing_files(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "t.md").write_text("preamble\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
