@@ -230,24 +230,29 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
 
     summaries = {
         "split_mnist-class": {"engram_bnn": entry(0.90, 0.01, 100), "ewc": entry(0.21, 0.01, 1000),
-                              "si": entry(0.25, 0.02, 1000), "finetune": entry(0.20, 0.0, 400)},
+                              "si": entry(0.25, 0.02, 1000), "finetune": entry(0.20, 0.0, 400),
+                              "bnn": entry(0.20, 0.0, 200)},
         # 0.22 - 0.01 > 0.20 but not above SI's 0.20 + 0.02: too close to call
         "split_fashion_mnist-class": {"engram_bnn": entry(0.22, 0.01, 100), "si": entry(0.20, 0.02, 100)},
         "split_mnist-domain": {"engram_bnn": entry(0.80, 0.0, 100), "lwf": entry(0.819, 0.0, 100),
-                               "joint": entry(0.97, 0.0, 100)},  # 1.9 points below: comparable
+                               "joint": entry(0.97, 0.0, 100), "bnn": entry(0.5, 0.0, 80)},  # 1.9 points below
         "permuted_mnist-domain-10tasks": {"engram_bnn": entry(0.80, 0.0, 100), "si": entry(0.83, 0.0, 100)},
     }
-    (tmp_path / "table.json").write_text(json.dumps({"command": "reproduce.py --grid=paper",
+    (tmp_path / "table.json").write_text(json.dumps({"command": "reproduce.py --grid=paper", "hidden": [1024, 1024],
                                                      "summaries": summaries}))
     memory = {m: {"peak": peak, "tiny": tiny, "gpu": None, "state": state, "state_tiny": 0}
               for m, peak, tiny, state in (("engram_bnn", 1000, 990, 10), ("ewc", 1200, 900, 100),
-                                           ("si", 1300, 900, 100), ("finetune", 1100, 900, 100))}
-    (tmp_path / "benchmark.json").write_text(json.dumps({"device": "CPU", "memory": memory}))
+                                           ("si", 1300, 900, 100), ("finetune", 1100, 900, 100),
+                                           ("bnn", 990, 900, 50))}
+    steps = {"1024": {"engram_bnn": 1.0, "bnn": 4.0}, "2048": {"engram_bnn": 3.0, "bnn": 2.0}}
+    fit = {"engram_bnn": [9.0, 1.0, 2.0], "bnn": [9.0, 4.0, 8.0]}  # medians 2 and 8
+    (tmp_path / "benchmark.json").write_text(json.dumps({"device": "CPU", "memory": memory, "step_seconds": steps,
+                                                         "epoch_seconds": {"fit": fit}}))
     proc = run_script("claims.py", f"--grid_dir={tmp_path}", f"--benchmark={tmp_path}/benchmark.json",
                       timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.load(open(tmp_path / "claims.json"))["claims"]
-    class_il, domain_il, memory_rows = (found[c] for c in found)
+    class_il, domain_il, memory_rows, against_bnn = (found[c] for c in found)
     assert [(r["where"], r["holds"]) for r in class_il] == [("split_mnist-class", True),
                                                             ("split_fashion_mnist-class", False)]
     assert "best regularization method (si) 25.0 ± 2.0 %" in class_il[0]["measured"]
@@ -263,3 +268,10 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
     assert by_measure[("benchmark", "whole-process peak RSS")]["holds"] is False  # 1000 / 1100 ...
     assert by_measure[("benchmark", "peak GPU memory")]["holds"] is None  # not measured: not a pass
     assert "| not measured |" in open(tmp_path / "claims.md").read()
+    # against the plain BNN: peak RSS 100 / 200 and 100 / 80 over the grid (x0.50-1.25: does not hold);
+    # the step at the grid's width, 1024 (1 / 4), the median fit epoch (2 / 8), model memory (10 / 90) hold
+    assert [(r["where"], r["measured"], r["holds"]) for r in against_bnn] == [
+        ("grid, 2 scenarios", "peak RSS of each run's process: x0.50-1.25 of bnn", False),
+        ("benchmark", "training step at 1024-1024: x0.25 of bnn", True),
+        ("benchmark", "model.fit epoch (median of its epochs): x0.25 of bnn", True),
+        ("benchmark", "model memory (width minus 16-16): x0.11 of bnn", True)]
