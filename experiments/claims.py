@@ -110,6 +110,11 @@ def _ratios(values, limit, baselines=MEMORY_BASELINES):
     return text, all(r < limit for r in ratios.values())
 
 
+def _model_memory(peaks):
+    """What a model of the benchmark's width adds to the process: its peak RSS minus a 16-16 one's."""
+    return peaks["peak"] - peaks["tiny"]
+
+
 def memory_claim(summaries, benchmark):
     """Rows for peak RAM and GPU memory: from the grid's runs and from the benchmark."""
     rows = []
@@ -121,7 +126,7 @@ def memory_claim(summaries, benchmark):
                 rows.append((label, f"{what}: {found[0]}", found[1]))
     if benchmark:
         peaks = benchmark["memory"]
-        for measure, value in (("model memory (width minus 16-16)", lambda p: p["peak"] - p["tiny"]),
+        for measure, value in (("model memory (width minus 16-16)", _model_memory),
                                ("variables kept (width minus 16-16)", lambda p: p["state"] - p["state_tiny"]),
                                ("whole-process peak RSS", lambda p: p["peak"])):
             found = _ratios({m: value(p) for m, p in peaks.items()}, RAM_LIMIT)
@@ -160,7 +165,7 @@ def efficiency_claim(summaries, benchmark, width=None):
             found = _ratios({m: float(np.median(t)) for m, t in fit.items()}, 1.0, baselines=("bnn",))
             if found:
                 rows.append(("benchmark", f"model.fit epoch (median of its epochs): {found[0]}", found[1]))
-        found = _ratios({m: p["peak"] - p["tiny"] for m, p in benchmark["memory"].items()}, 1.0, baselines=("bnn",))
+        found = _ratios({m: _model_memory(p) for m, p in benchmark["memory"].items()}, 1.0, baselines=("bnn",))
         if found:
             rows.append(("benchmark", f"model memory (width minus 16-16): {found[0]}", found[1]))
     return rows

@@ -419,7 +419,7 @@ def plot_grid(summaries, path, key, ylabel, scale):
     most = max(len(summaries[label]) for label in labels)
     # "constrained" layout fits the rotated method names and titles at any size.
     fig = Figure(figsize=(columns * max(2.5, 0.32 * most + 0.8), rows * 3.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True, squeeze=False)).ravel()
+    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
     for ax, label in zip(axes, labels):
         names = list(summaries[label])
         pairs = [summaries[label][n][key] for n in names]
