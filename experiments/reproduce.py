@@ -165,10 +165,11 @@ def main(argv):
         out = os.path.join(FLAGS.outdir, label)
         logdir = os.path.join(FLAGS.logdir, label) if FLAGS.logdir else None
         results = {}
+        whole = dict(_families(names))  # --methods picks what runs on test, not whom a family's choice weighs
         for family, members in _families(_wanted(names)):
             config = base
             if epochs is CHOSEN:
-                point = choose_on_validation(base, label, family, members, selection_grids[scenario], out, run)
+                point = choose_on_validation(base, label, family, whole[family], selection_grids[scenario], out, run)
                 choices.setdefault(label, {})[family] = point
                 config = selection.apply_point(base, point)
             for method in members:
@@ -183,16 +184,20 @@ def main(argv):
                           flush=True)
         # Each finished scenario is summarized at once: a long grid can be committed part by part.
         summaries[label] = experiment.summarize(results)
+        if FLAGS.methods is not None:  # keep the rows of the methods other commands ran
+            earlier = _finished_summary(out)
+            summaries[label] = {**{m: row for m, row in earlier.get("methods", {}).items() if m in names},
+                                **summaries[label]}
+            summaries[label] = {m: summaries[label][m] for m in names if m in summaries[label]}  # grid order
+            choices[label] = {**(earlier.get("chosen") or {}), **choices.get(label, {})}
         experiment.write_summary(os.path.join(out, "summary"), summaries[label], label,
                                  {"command": command, "chosen": choices.get(label)})
 
     # The table covers every finished scenario of the grid in --outdir: those of this
     # command, of earlier sittings and of processes given other --scenarios.
     for label in labels:
-        path = os.path.join(FLAGS.outdir, label, "summary.json")
-        if label not in summaries and os.path.exists(path):
-            with open(path) as f:
-                finished = json.load(f)
+        finished = _finished_summary(os.path.join(FLAGS.outdir, label))
+        if label not in summaries and finished:
             summaries[label] = finished["methods"]
             if finished.get("chosen"):
                 choices[label] = finished["chosen"]
@@ -302,6 +307,15 @@ def provenance_note(command, provenance, compute):
             f"Code: {code}. Compute, all sittings: {hours['test']:.2f} h of test runs and "
             f"{hours['selection']:.2f} h of selection runs (each run's own time, from its record). "
             f"Machine{'s' if len(provenance['machines']) > 1 else ''}: {'; '.join(provenance['machines']) or '?'}."]
+
+
+def _finished_summary(folder):
+    """The scenario summary an earlier command wrote in `folder` ({} if none)."""
+    try:
+        with open(os.path.join(folder, "summary.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
 
 
 def _wanted(names):

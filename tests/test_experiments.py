@@ -185,6 +185,9 @@ def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path)
     label = tmp_path / "out" / "split_mnist-class-2tasks"
     chosen = json.load(open(label / "selection" / "bnn" / "chosen.json"))
     assert chosen["epochs"] in (1, 2)
+    # the family's choice weighs all its learners, mbnn too, though --methods leaves it out on test
+    assert json.load(open(label / "selection" / "bnn" / "selection.json"))["methods"] == ["bnn", "mbnn"]
+    assert not (label / "mbnn").exists()
     for point in (1, 2):  # the selection ran every point on validation data
         run = json.load(open(tmp_path / "sel" / "split_mnist-class-2tasks" / "bnn" / f"point_epochs={point}"
                              / "bnn" / "seed_0" / "result.json"))
@@ -219,6 +222,18 @@ def test_paper_grid_chooses_per_family_on_validation_then_runs_on_test(tmp_path)
     assert table2["summaries"] == table["summaries"] and table2["chosen"] == table["chosen"]
     assert max(table2["compute_seconds"].values()) < 0.5 * table["compute_seconds"]["selection"]  # nothing ran
     assert min(table2["compute_seconds_all_sittings"].values()) > 0  # from the earlier sitting's records
+    # Another command's --methods adds its rows: it reuses the family's choice and keeps the others' rows.
+    more = run_script("reproduce.py", *args[:1], "--methods=mbnn", *args[2:])
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "reusing the setting chosen for bnn" in more.stdout and "choosing" not in more.stdout
+    assert json.load(open(label / "selection" / "bnn" / "chosen.json")) == chosen
+    assert json.load(open(label / "mbnn" / "seed_0" / "result.json"))["config"]["trainer"]["epochs"] == \
+        chosen["epochs"]
+    table3 = json.load(open(tmp_path / "out" / "table.json"))
+    rows = table3["summaries"]["split_mnist-class-2tasks"]
+    assert list(rows) == ["finetune", "joint", "bnn", "mbnn", "ncm"]  # grid order
+    assert {m: r for m, r in rows.items() if m != "mbnn"} == table["summaries"]["split_mnist-class-2tasks"]
+    assert table3["chosen"] == table["chosen"]
     wrong = run_script("reproduce.py", *args, "--scenarios=split_mnist-domain")
     assert wrong.returncode != 0 and "--scenarios: unknown ['split_mnist-domain']" in wrong.stderr
 
