@@ -253,12 +253,15 @@ def recorded_compute(outdir, summaries):
 def recorded_provenance(outdir, summaries, root=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
     """Which code and machines made the finished scenarios' test runs, from their records:
     {"commits": distinct commits, oldest first where git knows them; "dirty": how many
-    records say "-dirty" (uncommitted edits to tracked files when the run started: which
-    files, the record cannot say); "library_changes": the files of `larq_engrams/` that
+    records say "-dirty" (uncommitted edits to tracked files when the run started);
+    "dirty_library": the files of `larq_engrams/` among those edits, where the records list
+    them ("git_modified"), and "dirty_unlisted": how many "-dirty" records predate that list;
+    "library_changes": the files of `larq_engrams/` that
     differ between the oldest and newest commit (empty: one library throughout), None
     where git cannot tell; "machines": the distinct machines, in words}. `root`: the
     checkout whose history orders the commits."""
     found, dirty, machines = [], 0, []
+    dirty_library, dirty_unlisted = set(), 0
     for part, record in _records(outdir, summaries):
         if part != "test":
             continue
@@ -269,7 +272,13 @@ def recorded_provenance(outdir, summaries, root=os.path.dirname(os.path.dirname(
             machines.append(machine)
         commit = env.get("git_commit")
         if commit:
-            dirty += commit.endswith("-dirty")
+            if commit.endswith("-dirty"):
+                dirty += 1
+                modified = env.get("git_modified")
+                if modified is None:
+                    dirty_unlisted += 1
+                else:
+                    dirty_library.update(f for f in modified if f.startswith("larq_engrams/"))
             commit = commit.removesuffix("-dirty")
             if commit not in found:
                 found.append(commit)
@@ -287,7 +296,8 @@ def recorded_provenance(outdir, summaries, root=os.path.dirname(os.path.dirname(
     changes = None
     if found and all(c in order for c in found):
         changes = git("diff", "--name-only", found[0], found[-1], "--", "larq_engrams/")
-    return {"commits": found, "dirty": dirty, "library_changes": changes, "machines": machines}
+    return {"commits": found, "dirty": dirty, "dirty_library": sorted(dirty_library),
+            "dirty_unlisted": dirty_unlisted, "library_changes": changes, "machines": machines}
 
 
 def provenance_note(command, provenance, compute):
@@ -298,8 +308,12 @@ def provenance_note(command, provenance, compute):
             else f"runs recorded at commit {shown[0]}" if shown else "no commit recorded")
     if provenance["dirty"]:
         dirty = provenance["dirty"]
+        listed = dirty - provenance["dirty_unlisted"]
+        edits = ("" if not listed else
+                 f"; of the {listed} that list their files, edits to `larq_engrams/`: "
+                 f"{', '.join(provenance['dirty_library']) or 'none'}")
         code += (f" ({dirty} record{'s' if dirty > 1 else ''} \"-dirty\": uncommitted edits to tracked files when "
-                 "the run started)")
+                 f"the run started{edits})")
     changes = provenance["library_changes"]
     code += ("; `larq_engrams/` is the same at all of them" if changes == [] else
              f"; `larq_engrams/` differs between the first and last in: {', '.join(changes)}" if changes else "")

@@ -97,8 +97,9 @@ def test_reproduce_smoke_grid_resumes(tmp_path):
 
 
 def test_grid_provenance_orders_recorded_commits_and_lists_library_changes(tmp_path):
-    """Records from two commits of a small repository (newest found first), one of them
-    "-dirty": the note orders them by history and names the library file that changed."""
+    """Records from two commits of a small repository (newest found first), two of them
+    "-dirty" (one from before records listed their edited files): the note orders them by
+    history, names the library file that changed and the library files edited uncommitted."""
     repo = tmp_path / "repo"
     (repo / "larq_engrams").mkdir(parents=True)
     git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa: E731
@@ -112,11 +113,16 @@ def test_grid_provenance_orders_recorded_commits_and_lists_library_changes(tmp_p
         git("commit", "-q", "-m", name)
         commits.append(git("rev-parse", "HEAD"))
     env = {"processor": "x86_64", "cpu_count": 2, "device": "CPU", "tensorflow": "2.21.0", "larq": "0.14.0"}
-    for method, commit in (("a", commits[1] + "-dirty"), ("b", commits[0]), ("c", commits[1])):
+    for method, commit, modified in (("a", commits[1] + "-dirty", None), ("b", commits[0], []),
+                                     ("c", commits[1], []),
+                                     ("d", commits[1] + "-dirty", ["README.md", "larq_engrams/a.py"])):
         run = tmp_path / "out" / "s-class" / method / "seed_0"
         run.mkdir(parents=True)
+        recorded = dict(env, git_commit=commit)
+        if modified is not None:
+            recorded["git_modified"] = modified
         (run / "result.json").write_text(json.dumps({"config": {"wall_seconds": 3600.0},
-                                                     "environment": dict(env, git_commit=commit)}))
+                                                     "environment": recorded}))
     code = ("import json, sys; sys.argv = ['reproduce']; import reproduce; "
             f"p = reproduce.recorded_provenance({str(tmp_path / 'out')!r}, ['s-class'], root={str(repo)!r}); "
             "print(json.dumps(p)); "
@@ -126,11 +132,13 @@ def test_grid_provenance_orders_recorded_commits_and_lists_library_changes(tmp_p
                           cwd=os.path.join(ROOT, "experiments"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     found, note = proc.stdout.strip().splitlines()[-2:]
-    assert json.loads(found) == {"commits": commits, "dirty": 1, "library_changes": ["larq_engrams/b.py"],
+    assert json.loads(found) == {"commits": commits, "dirty": 2, "dirty_library": ["larq_engrams/a.py"],
+                                 "dirty_unlisted": 1, "library_changes": ["larq_engrams/b.py"],
                                  "machines": ["x86_64, 2 CPU cores, device CPU, TensorFlow 2.21.0, Larq 0.14.0"]}
-    assert note.startswith(f"Code: runs recorded at 2 commits, {commits[0][:7]} to {commits[1][:7]} (1 record "
+    assert note.startswith(f"Code: runs recorded at 2 commits, {commits[0][:7]} to {commits[1][:7]} (2 records "
                            '"-dirty"') and "differs between the first and last in: larq_engrams/b.py" in note
-    assert "3.00 h of test runs" in note
+    assert "of the 1 that list their files, edits to `larq_engrams/`: larq_engrams/a.py)" in note
+    assert "4.00 h of test runs" in note
 
 
 def test_sync_readme_refills_stale_blocks_and_flags_missing_files(tmp_path):

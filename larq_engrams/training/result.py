@@ -56,8 +56,10 @@ def environment():
             details.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
         except Exception:  # device details are best effort
             details.append(gpu.name)
+    commit, modified = _git_state()
     return {
-        "git_commit": _git_commit(),
+        "git_commit": commit,
+        "git_modified": modified,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -72,17 +74,22 @@ def environment():
     }
 
 
-def _git_commit():
-    """The commit of the larq_engrams source in use (None outside a git checkout)."""
-    folder = os.path.dirname(os.path.abspath(__file__))
+def _git_state(folder=os.path.dirname(os.path.abspath(__file__))):
+    """The checkout the larq_engrams source in use comes from: (commit, "-dirty" appended
+    when tracked files hold uncommitted edits; the paths of those files, relative to the
+    repository root). (None, None) outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                                capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("-dirty" if dirty else "")) or None
+        return None, None
+    if not commit:
+        return None, None
+    # porcelain v1: "XY path", or "XY old -> new" for a rename; the path is the file as it stands now
+    modified = sorted(line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip())
+    return commit + ("-dirty" if modified else ""), modified
 
 
 @dataclasses.dataclass
