@@ -105,7 +105,9 @@ flags.DEFINE_string("selection_grid", None,
                     "; ".join(f"{k}: '{v}'" for k, v in SELECTION_GRIDS.items()) + ".")
 flags.DEFINE_list("selection_seeds", ["0"], "Grids with chosen epochs: the seeds of the selection runs.")
 flags.DEFINE_string("selection_dir", "runs/paper-selection", "Grids with chosen epochs: where selection runs go.")
-flags.DEFINE_list("methods", None, "Restrict to these methods.")
+flags.DEFINE_list("methods", None, "Run only these methods on test. With --grid=paper a family's setting is "
+                  "still chosen on validation over all its learners, and the scenario's summary keeps the rows "
+                  "other commands wrote.")
 flags.DEFINE_list("scenarios", None, "Restrict to these scenarios, by label (e.g. split_mnist-class, "
                   "permuted_mnist-domain-10tasks): two processes can share one --outdir, each on its own.")
 flags.DEFINE_enum("source", "auto", ["auto", "tfds", "local", "bundled"], "Data source.")
