@@ -257,11 +257,10 @@ def recorded_provenance(outdir, summaries, root=os.path.dirname(os.path.dirname(
     {"commits": distinct commits, oldest first where git knows them; "dirty": how many
     records say "-dirty" (uncommitted edits to tracked files when the run started);
     "dirty_library": the files of `larq_engrams/` among those edits, where the records list
-    them ("git_modified"), and "dirty_unlisted": how many "-dirty" records predate that list;
-    "library_changes": the files of `larq_engrams/` that
-    differ between the oldest and newest commit (empty: one library throughout), None
-    where git cannot tell; "machines": the distinct machines, in words}. `root`: the
-    checkout whose history orders the commits."""
+    them ("git_modified"); "dirty_unlisted": how many "-dirty" records predate that list;
+    "library_changes": the files of `larq_engrams/` that differ between the oldest and
+    newest commit (empty: one library throughout), None where git cannot tell; "machines":
+    the distinct machines, in words}. `root`: the checkout whose history orders the commits."""
     found, dirty, machines = [], 0, []
     dirty_library, dirty_unlisted = set(), 0
     for part, record in _records(outdir, summaries):

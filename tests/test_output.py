@@ -143,15 +143,15 @@ def test_an_engram_run_over_many_tasks_raises_no_retracing_warning():
 
 def test_recorded_git_state_lists_the_tracked_files_with_uncommitted_edits(tmp_path):
     """A clean checkout records its commit; edits and a staged rename add "-dirty" and
-    their paths (the new one for the rename); untracked files are not edits; outside a
-    checkout nothing is recorded."""
+    their paths, unquoted (the new one for the rename); untracked files are not edits;
+    outside a checkout nothing is recorded."""
     from larq_engrams.training.result import _git_state
     assert _git_state(str(tmp_path)) == (None, None)
     git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
                                     check=True, capture_output=True, text=True).stdout.strip()
     git("init", "-q")
     (tmp_path / "pkg").mkdir()
-    for name in ("a.py", "b.py"):
+    for name in ("a.py", "b.py", "with space é.py"):
         (tmp_path / "pkg" / name).write_text("x = 0\n")
     git("add", "-A")
     git("commit", "-q", "-m", "start")
@@ -159,5 +159,6 @@ def test_recorded_git_state_lists_the_tracked_files_with_uncommitted_edits(tmp_p
     assert _git_state(str(tmp_path / "pkg")) == (head, [])
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
     git("mv", "pkg/b.py", "pkg/c.py")
+    (tmp_path / "pkg" / "with space é.py").write_text("x = 2\n")
     (tmp_path / "pkg" / "new.py").write_text("y = 0\n")
-    assert _git_state(str(tmp_path / "pkg")) == (head + "-dirty", ["pkg/a.py", "pkg/c.py"])
+    assert _git_state(str(tmp_path / "pkg")) == (head + "-dirty", ["pkg/a.py", "pkg/c.py", "pkg/with space é.py"])

@@ -81,15 +81,20 @@ def _git_state(folder=os.path.dirname(os.path.abspath(__file__))):
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+        # -z: paths unquoted, whatever their characters; entries end in NUL
+        status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=no"], cwd=folder,
                                 capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
     if not commit:
         return None, None
-    # porcelain v1: "XY path", or "XY old -> new" for a rename; the path is the file as it stands now
-    modified = sorted(line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip())
-    return commit + ("-dirty" if modified else ""), modified
+    modified, fields = [], iter(status.split("\0"))
+    for entry in fields:
+        if entry:
+            modified.append(entry[3:])  # "XY path": the file as it stands now
+            if entry[0] in "RC":  # a rename or copy: its origin follows as a field of its own
+                next(fields, None)
+    return commit + ("-dirty" if modified else ""), sorted(modified)
 
 
 @dataclasses.dataclass
