@@ -15,7 +15,7 @@ from tensorflow.python.saved_model import save_context
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
 from larq_engrams.block_updates import BlockSlotCache, has_slots, supports_block_updates
 from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache, StackedEngramSubnetworks
-from larq_engrams.task_inference import MAX_FEATURES, InputDiscriminant
+from larq_engrams.task_inference import EMPTY_GROUP_SCORE, MAX_FEATURES, InputDiscriminant, floored_log_softmax
 from larq_engrams.layers import (
     EngramDense,
     default_kernel_initializer,
@@ -71,7 +71,11 @@ class EngramModel(tf.keras.Model):
         each task), exact whatever later engrams learn. The chosen engram's output is
         then a product of experts over its classes c:
         log_softmax(logits)_c + lda_weight * log_softmax_{c in s}(g_{s,c}(x))
-        (`lda_weight=0`: the engram's logits alone; 0.2 was chosen on validation data,
+        normalized over the engram's classes; the output is these log-probabilities,
+        with a total mass of 1e-3 spread over the other classes
+        (`task_inference.floored_log_softmax`), so Keras' cross-entropy on "infer"
+        outputs is finite and of normal size and the argmax is the engram's best class
+        (`lda_weight=0`: the engram's network alone; 0.2 was chosen on validation data,
         1024-1024, seed 0: Split MNIST class-IL ACC 95.1 -> 95.6 %, Split Fashion-MNIST
         86.9 -> 87.1 %, `experiments/task_inference_study.py`).
         "excitation": sum over layers of the engram's mean squared standardized
@@ -110,6 +114,8 @@ class EngramModel(tf.keras.Model):
         lda_features=2048,
         lda_shrinkage=0.01,
         lda_weight=0.2,
+        inference_mode="task",
+        inference_task=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "engram_bnn")
@@ -149,8 +155,10 @@ class EngramModel(tf.keras.Model):
         self.classifier_norm = tf.keras.layers.BatchNormalization(
             momentum=momentum, epsilon=epsilon, name="output_bn"
         )
-        self._inference_mode = "task"
-        self._inference_task = None
+        # What `set_inference` chose: part of the config, so a loaded model predicts as
+        # the saved one did (the task is checked against the engrams when used).
+        self._inference_mode = check_choice("inference_mode", inference_mode, INFERENCE_MODES)
+        self._inference_task = None if inference_task is None else int(inference_task)
         self._slot_cache = BlockSlotCache()
         self._inference_blocks = InferenceBlockCache()
         self.lda_features = None if lda_features is None else int(lda_features)
@@ -245,6 +253,26 @@ class EngramModel(tf.keras.Model):
         status = super().load_weights(*args, **kwargs)
         self._inference_blocks.invalidate()
         return status
+
+    def build(self, input_shape):
+        # Keras builds by calling the model, which must then create every weight
+        # whatever inference mode a loaded config names ("infer" needs engrams).
+        mode, task = self._inference_mode, self._inference_task
+        self._inference_mode, self._inference_task = "task", None
+        try:
+            super().build(input_shape)
+        finally:
+            self._inference_mode, self._inference_task = mode, task
+
+    def make_test_function(self, force=False):
+        if self.test_function is None or force:
+            self._infer_tasks = tuple(self.allocated_tasks)  # e.g. after loading weights
+        return super().make_test_function(force)
+
+    def make_predict_function(self, force=False):
+        if self.predict_function is None or force:
+            self._infer_tasks = tuple(self.allocated_tasks)
+        return super().make_predict_function(force)
 
     def _reset_compiled_functions(self):
         # The graph depends on the mode and, in "infer", on the allocated tasks: take
@@ -553,18 +581,21 @@ class EngramModel(tf.keras.Model):
         best = tf.argmax(score, axis=0, output_type=tf.int32)  # (batch,)
         chosen = tf.gather(tf.transpose(logits, [1, 0, 2]), best, batch_dims=1)
         chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
-        if self.restrict_to_engram_classes:
-            known = tf.gather(self.engram_classes, chosen_tasks)  # (batch, classes)
-            # Engrams with no recorded classes (e.g. trained outside train_step) predict freely.
-            known = tf.where(tf.reduce_any(known > 0, axis=-1, keepdims=True), known, tf.ones_like(known))
-            chosen = tf.where(known > 0, chosen, tf.fill(tf.shape(chosen), tf.constant(-1e9, chosen.dtype)))
-        if self.confidence == "input_lda" and self.lda_weight > 0:
-            # Product of experts within the chosen engram: its network's posterior times
-            # the discriminant's posterior over the engram's classes, to the power w.
-            lda = tf.gather(tf.transpose(groups, [1, 0, 2]), best, batch_dims=1)
-            chosen = (tf.nn.log_softmax(chosen, axis=-1)
-                      + self.lda_weight * tf.nn.log_softmax(tf.cast(lda, chosen.dtype), axis=-1))
-        return chosen, chosen_tasks
+        poe = self.confidence == "input_lda" and self.lda_weight > 0
+        if not (self.restrict_to_engram_classes or poe):
+            return chosen, chosen_tasks  # the chosen engram's own logits
+        log_probs = tf.nn.log_softmax(chosen, axis=-1)
+        if poe:
+            # Product of experts: the network's posterior times the discriminant's
+            # posterior over the groups the engram has data for, to the power w.
+            lda = tf.cast(tf.gather(tf.transpose(groups, [1, 0, 2]), best, batch_dims=1), chosen.dtype)
+            log_probs += self.lda_weight * floored_log_softmax(lda, lda > EMPTY_GROUP_SCORE / 2)
+        if not self.restrict_to_engram_classes:
+            return tf.nn.log_softmax(log_probs, axis=-1), chosen_tasks
+        known = tf.gather(self.engram_classes, chosen_tasks) > 0  # (batch, classes)
+        # Engrams with no recorded classes (e.g. trained outside train_step) predict freely.
+        known = tf.logical_or(known, tf.logical_not(tf.reduce_any(known, axis=-1, keepdims=True)))
+        return floored_log_softmax(log_probs, known), chosen_tasks
 
     def _input_lda_group_scores(self, x, tasks):
         """(K, batch, classes) discriminant scores g_{s,c}(x) of the engrams `tasks`."""
@@ -592,6 +623,8 @@ class EngramModel(tf.keras.Model):
             "lda_features": self.lda_features,
             "lda_shrinkage": self.lda_shrinkage,
             "lda_weight": self.lda_weight,
+            "inference_mode": self._inference_mode,
+            "inference_task": self._inference_task,
             **self._engram_args,
         }
 

@@ -38,11 +38,40 @@ import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int
 
-__all__ = ["InputDiscriminant", "MAX_FEATURES"]
+__all__ = ["InputDiscriminant", "MAX_FEATURES", "EMPTY_GROUP_SCORE", "floored_log_softmax"]
 
 # M x M float64 statistics: 4096 features take 134 MB.
 MAX_FEATURES = 4096
-_EMPTY = -1e9  # the score of an (engram, class) group that has no data
+EMPTY_GROUP_SCORE = -1e9  # the score of an (engram, class) group that has no data
+
+
+def floored_log_softmax(logits, allowed, outside_mass=None):
+    r"""Log-probabilities over every class that put almost all mass on `allowed` ones.
+
+    ```
+    p_c = (1 - eps) softmax_{allowed}(logits)_c     c allowed
+    p_c = eps / (number of classes not allowed)     otherwise
+    ```
+
+    with eps = `outside_mass`, by default 1e-3 / C for C classes. Since eps < 1 / C,
+    every allowed class keeps more probability than any other (an allowed one has at
+    least (1 - eps) / C), so the argmax is the argmax among the allowed classes; and the
+    values are finite, so a cross-entropy on them stays of normal size: a sample whose
+    true class is not allowed costs -log(eps / n_out), about 11.3 nats at C = 10.
+    Rows with every class allowed are a plain log_softmax.
+
+    Args:
+        logits: (..., C) float tensor.
+        allowed: (..., C) bool tensor.
+        outside_mass: eps in (0, 1 / C).
+    """
+    classes = logits.shape[-1]
+    eps = 1e-3 / classes if outside_mass is None else float(outside_mass)
+    inside = tf.nn.log_softmax(tf.where(allowed, logits, tf.fill(tf.shape(logits), tf.constant(
+        EMPTY_GROUP_SCORE, logits.dtype))), axis=-1)
+    outside_count = tf.reduce_sum(tf.cast(tf.logical_not(allowed), logits.dtype), axis=-1, keepdims=True)
+    outside = tf.math.log(eps / tf.maximum(outside_count, 1.0))
+    return tf.where(allowed, inside + tf.math.log(tf.constant(1.0 - eps, logits.dtype)), outside)
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_engrams")
@@ -108,7 +137,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "second_moment", (features, features), dtype=tf.float64, **state)
         self.kernel = self.add_weight("kernel", (tasks, classes, features), **state)
         self.bias = self.add_weight(
-            "bias", (tasks, classes), **{**state, "initializer": tf.keras.initializers.Constant(_EMPTY)})
+            "bias", (tasks, classes), **{**state, "initializer": tf.keras.initializers.Constant(EMPTY_GROUP_SCORE)})
         super().build(input_shape)
 
     def transform(self, x):
@@ -157,7 +186,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
     def _set_discriminant(self, kernel, means, counts):
         """kernel = mu^T P per group; bias = -1/2 mu^T P mu; empty groups score -1e9."""
         bias = -0.5 * tf.reduce_sum(kernel * means, axis=-1)
-        bias = tf.where(counts > 0, bias, tf.constant(_EMPTY, tf.float64))
+        bias = tf.where(counts > 0, bias, tf.constant(EMPTY_GROUP_SCORE, tf.float64))
         kernel = tf.where(counts[:, None] > 0, kernel, tf.zeros_like(kernel))
         self.kernel.assign(tf.cast(tf.reshape(kernel, self.kernel.shape), self.kernel.dtype))
         self.bias.assign(tf.cast(tf.reshape(bias, self.bias.shape), self.bias.dtype))

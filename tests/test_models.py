@@ -212,21 +212,80 @@ def test_deviation_formula():
     np.testing.assert_allclose(deviation.numpy(), standardized[:, mask].mean(axis=1), rtol=1e-5)
 
 
+_PREDICT_IN_FRESH_PROCESS = """
+import sys, numpy as np, larq_engrams, tensorflow as tf
+model = tf.keras.models.load_model(sys.argv[1])
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], model.predict(x, verbose=0))
+print(model.inference_mode, model.get_config()["inference_task"])
+"""
+
+
 def test_engram_model_save_load_round_trip(tmp_path):
     tasks = permuted_feature_tasks(seed=2)
     model = _trained_engram_model(tasks, epochs=1, optimizer=lambda: MetaplasticAdam(0.005, m=1.3))
-    x = tasks[0][1][0]
-    for fmt in ("keras", "tf"):
-        path = str(tmp_path / ("model.keras" if fmt == "keras" else "saved"))
-        model.save(path, save_format=None if fmt == "keras" else "tf")
-        restored = tf.keras.models.load_model(path)
-        assert isinstance(restored, EngramModel)
-        assert restored.allocated_tasks == [0, 1] and restored.active_task == 1
-        for t in (0, 1):
-            for name, mask in model.engram_masks(t).items():
-                np.testing.assert_array_equal(restored.engram_masks(t)[name], mask)
-        for mode in ("task", "union", "infer"):
-            model.set_inference(mode)
-            restored.set_inference(mode)
-            np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+    x = np.concatenate([tasks[0][1][0], tasks[1][1][0]])
+    np.save(tmp_path / "x.npy", x)
+    env = {**__import__("os").environ, "LARQ_ENGRAMS_QUIET_STARTUP": "1"}
+    # Each inference mode is saved with the model: a fresh process that loads it
+    # predicts exactly what the saved model did, without being told the mode.
+    for mode, task in (("task", None), ("task", 0), ("union", None), ("infer", None)):
+        model.set_inference(mode, task=task)
+        for fmt in ("keras", "tf"):
+            path = str(tmp_path / f"{mode}{task}.{'keras' if fmt == 'keras' else 'saved'}")
+            model.save(path, save_format=None if fmt == "keras" else "tf")
+            if fmt == "tf":  # the SavedModel path round-trips in this process
+                restored = tf.keras.models.load_model(path)
+                assert isinstance(restored, EngramModel) and restored.allocated_tasks == [0, 1]
+                assert restored.inference_mode == mode
+                np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+                continue
+            out = tmp_path / "out.npy"
+            proc = subprocess.run([sys.executable, "-c", _PREDICT_IN_FRESH_PROCESS, path, str(tmp_path / "x.npy"),
+                                   str(out)], capture_output=True, text=True, env=env)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert proc.stdout.split()[-2:] == [mode, str(task)]
+            np.testing.assert_array_equal(np.load(out), model.predict(x, verbose=0))
+    restored = tf.keras.models.load_model(str(tmp_path / "taskNone.keras"))
+    assert restored.allocated_tasks == [0, 1] and restored.active_task == 1
+    for t in (0, 1):
+        for name, mask in model.engram_masks(t).items():
+            np.testing.assert_array_equal(restored.engram_masks(t)[name], mask)
     assert EngramModel.from_config(model.get_config()).get_config() == model.get_config()
+
+
+def test_infer_outputs_are_log_probabilities_with_the_engrams_argmax():
+    rng = np.random.default_rng(0)
+    model = engram_bnn((8,), 6, hidden=(32,), max_tasks=2, engram_fraction=0.5, lda_features=16)
+    data = []
+    for t, classes in enumerate(((0, 1), (2, 3))):
+        y = rng.choice(classes, 300).astype(np.int32)
+        x = (rng.normal(size=(300, 8)) + 2.0 * t).astype(np.float32)
+        model.begin_task(t)
+        model.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
+        model.fit(x, y, batch_size=50, epochs=1, verbose=0)
+        data.append((x, y))
+    x, y = np.concatenate([d[0] for d in data]), np.concatenate([d[1] for d in data])
+    model.set_inference("infer")
+    out = model.predict(x, verbose=0)
+    np.testing.assert_allclose(np.exp(out).sum(axis=-1), 1.0, rtol=1e-5)  # a distribution
+    # By hand: the chosen engram's network log-probabilities plus 0.2 x the
+    # discriminant's, normalized over the engram's two classes; argmax among them.
+    chosen = model.infer_tasks(x).numpy()
+    logits = np.stack([model((x, np.full(len(x), t, np.int32))).numpy() for t in (0, 1)])[chosen, np.arange(len(x))]
+    groups = model.task_discriminant.group_scores(tf.constant(x)).numpy()[np.arange(len(x)), chosen]
+    classes = np.array([[0, 1], [2, 3]])[chosen]
+    pick = lambda a: np.take_along_axis(a, classes, axis=1)  # noqa: E731
+    log_softmax = lambda a: a - np.log(np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True)) - a.max(-1, keepdims=True)  # noqa: E731
+    poe = log_softmax(pick(log_softmax(logits)) + 0.2 * log_softmax(pick(groups)))
+    eps = 1e-3 / 6
+    np.testing.assert_allclose(pick(out), np.log(1 - eps) + poe, atol=1e-4)
+    np.testing.assert_array_equal(out.argmax(-1), np.take_along_axis(classes, poe.argmax(-1)[:, None], 1)[:, 0])
+    # The other four classes share eps = 1e-3 / 6 of the mass.
+    others = np.ones_like(out, bool)
+    np.put_along_axis(others, classes, False, axis=1)
+    np.testing.assert_allclose(out[others], np.log(eps / 4), rtol=1e-5)
+    # Keras' cross-entropy on them is of normal size: at most -log(eps / 4) = 10.1 per sample.
+    loss, accuracy = model.evaluate(x, y, verbose=0)
+    assert 0.0 < loss < 10.1 and np.isfinite(loss)
+    assert accuracy == pytest.approx((out.argmax(-1) == y).mean())
