@@ -2,16 +2,16 @@
 
 Both show accuracy in percent, as the terminal and the summaries do. In the matrix,
 cells above the diagonal (task k not trained yet after task t) are measured all the
-same (FWT needs them) but drawn hatched on grey, with their value in small grey type,
-so that a 0 there never reads as forgetting; NaN cells (no network to evaluate, e.g. an
-engram not allocated yet in task-IL) read "n/a".
+same (FWT needs them) but drawn hatched on grey and left blank, so that a 0 there never
+reads as forgetting; NaN cells (no network to evaluate, e.g. an engram not allocated
+yet in task-IL) read "n/a".
 """
 import io
 
 import numpy as np
 from matplotlib.figure import Figure  # not pyplot: the user's backend is left alone
 
-__all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "figure_to_png", "run_title"]
+__all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "plot_engram_overlap", "figure_to_png", "run_title"]
 
 _UNTRAINED_FACE = "#d9d9d9"
 
@@ -29,30 +29,32 @@ def _percent_text(value):
 def plot_accuracy_matrix(R, title=None, ax=None, label=None):
     """Heat map of R in % (rows: after training task t; columns: tested on task k).
 
-    `label` names the run (e.g. "engram_bnn · split_mnist class-IL · seed 0"); it goes
-    under the title."""
+    The title states ACC, the mean of the last row over the tasks trained by then.
+    Cells of tasks not trained yet (k > t) are hatched grey and left blank: their
+    measured values are in the JSON and CSV (FWT uses them). `label` names the run
+    (e.g. "engram_bnn · split_mnist class-IL · seed 0"); it goes under the title."""
     R = np.asarray(R, np.float64)
     T, K = R.shape
     if ax is None:
-        ax = Figure(figsize=(1.6 + 0.65 * K, 1.2 + 0.6 * T)).subplots()
+        ax = Figure(figsize=(2.2 + 0.8 * K, 1.6 + 0.7 * T)).subplots()
     untrained = np.triu(np.ones((T, K), bool), k=1)
     trained = np.ma.masked_array(100.0 * R, mask=untrained | np.isnan(R))
     image = ax.imshow(trained, vmin=0.0, vmax=100.0, cmap="viridis")
     for (t, k), value in np.ndenumerate(R):
         if untrained[t, k]:
             ax.add_patch(_hatched_cell(k, t))
-        if np.isnan(value):
-            ax.text(k, t, "n/a", ha="center", va="center", color="0.35", fontsize=7)
-        elif untrained[t, k]:
-            ax.text(k, t, _percent_text(value), ha="center", va="center", color="0.35", fontsize=6, style="italic")
+        elif np.isnan(value):
+            ax.text(k, t, "n/a", ha="center", va="center", color="0.35", fontsize=9)
         else:
             ax.text(k, t, _percent_text(value), ha="center", va="center",
-                    color="white" if value < 0.6 else "black", fontsize=7)
+                    color="white" if value < 0.6 else "black", fontsize=10)
     ax.set_xlabel("tested on task k" + ("\n(hatched: task k not trained yet)" if untrained.any() else ""))
     ax.set_ylabel("after training task t")
     ax.set_xticks(range(K))
     ax.set_yticks(range(T))
-    ax.set_title(run_title(title or "accuracy matrix R[t][k] (%)", label), fontsize=9)
+    seen = R[-1, : min(T, K)]
+    acc = f" · ACC {100.0 * np.nanmean(seen):.1f} %" if np.isfinite(seen).any() else ""
+    ax.set_title(run_title((title or "accuracy matrix R[t][k] (%)") + acc, label), fontsize=10)
     bar = ax.figure.colorbar(image, ax=ax, fraction=0.046)
     bar.set_label("accuracy (%)")
     ax.figure.tight_layout()
@@ -68,20 +70,53 @@ def _hatched_cell(k, t):
 
 def plot_task_accuracies(R, title=None, ax=None, label=None):
     """Accuracy (%) on each task as training moves through the sequence (one line per
-    task, starting when it is trained), plus the running mean over tasks seen so far."""
+    task, starting when it is trained), plus the running mean over tasks seen so far.
+
+    The y axis spans the plotted values (in steps of 5 %, 0 % points drawn whole), so
+    lines that stay within a few points of each other remain apart; the legend sits
+    beside the axes, never over the data."""
     R = 100.0 * np.asarray(R, np.float64)
     T = len(R)
     if ax is None:
-        ax = Figure(figsize=(6, 4)).subplots()
+        ax = Figure(figsize=(7.2, 4)).subplots()
+    shown = [R[k:, k] for k in range(T)]
+    mean = [np.nanmean(R[t, : t + 1]) for t in range(T)]
     for k in range(T):
-        ax.plot(range(k, T), R[k:, k], marker="o", label=f"task {k}")
-    ax.plot(range(T), [np.nanmean(R[t, : t + 1]) for t in range(T)], "k--", lw=2, label="mean over seen tasks")
+        ax.plot(range(k, T), shown[k], marker="o", label=f"task {k}", clip_on=False, zorder=3)
+    ax.plot(range(T), mean, "k--", lw=2, label="mean over\nseen tasks", clip_on=False, zorder=4)
+    values = np.concatenate([*shown, mean])
+    low = np.nanmin(values) if np.isfinite(values).any() else 0.0
+    bottom = max(0.0, 5.0 * np.floor((low - 2.0) / 5.0))
+    ax.set_ylim(bottom - 0.02 * (100.0 - bottom), 100.0 + 0.02 * (100.0 - bottom))
     ax.set_xlabel("after training task t")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0.0, 102.0)
     ax.set_xticks(range(T))
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(run_title(title or "accuracy per task over the sequence", label), fontsize=9)
+    ax.set_xlim(-0.2, T - 0.8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.set_title(run_title(title or "accuracy per task over the sequence", label), fontsize=10)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_engram_overlap(overlap, tasks=None, title=None, ax=None):
+    """Heat map of engram overlap |E_s and E_t| / N in % (diagonal: each engram's size)
+    for the allocated engrams `tasks` (default 0..K-1)."""
+    overlap = 100.0 * np.asarray(overlap, np.float64)
+    K = len(overlap)
+    tasks = list(range(K)) if tasks is None else list(tasks)
+    if ax is None:
+        ax = Figure(figsize=(1.8 + 0.6 * K, 1.4 + 0.55 * K)).subplots()
+    image = ax.imshow(overlap, vmin=0.0, vmax=max(1e-9, overlap.max()), cmap="magma")
+    for (s, t), value in np.ndenumerate(overlap):
+        ax.text(t, s, f"{value:.1f}", ha="center", va="center", fontsize=9,
+                color="white" if value < 0.6 * overlap.max() else "black")
+    ax.set_xticks(range(K), [str(t) for t in tasks])
+    ax.set_yticks(range(K), [str(t) for t in tasks])
+    ax.set_xlabel("engram t")
+    ax.set_ylabel("engram s")
+    ax.set_title(title or "overlap |E_s ∩ E_t| / N (%)", fontsize=10)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046).set_label("% of the layer's units")
     ax.figure.tight_layout()
     return ax.figure
 
