@@ -13,7 +13,8 @@ asked for with `--log_level`:
 - `run(main)` is absl's `app.run` with Python loggers set by `--log_level` (default
   "warning": this package's warnings are kept; TensorFlow's, TFDS' and absl's INFO and
   WARNING lines, such as tf.function retracing notes, are not) and with flag errors
-  printed as one line plus a pointer to `--help`, exit status 2.
+  printed as one line plus a pointer to `--help`, exit status 2; a data source that
+  cannot give its data set (`benchmarks.DataSourceError`) is one line too, exit status 2.
 """
 import logging
 import os
@@ -42,6 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if _SHOW_STARTUP else "2")
 import larq_engrams  # noqa: E402,F401  (TensorFlow, quietly; tf.keras bound to Keras 2)
 import tensorflow as tf  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
+
+from larq_engrams.benchmarks import DataSourceError  # noqa: E402
 
 flags.DEFINE_enum("log_level", _DEFAULT_LEVEL, list(LOG_LEVELS),
                   "Log lines shown: 'warning' keeps this package's warnings and hides TensorFlow's, TFDS' "
@@ -72,7 +75,7 @@ def _parse_flags(argv):
 def _usage_error(error):
     lines = str(error).strip().splitlines() or ["bad command line"]
     sys.stderr.write("".join(f"error: {line}\n" for line in lines))
-    sys.stderr.write(f"(`python {os.path.basename(sys.argv[0])} --help` lists every flag)\n")
+    sys.stderr.write(f"(`python {sys.argv[0]} --help` lists every flag)\n")  # the script as typed
     sys.exit(2)
 
 
@@ -86,5 +89,8 @@ def run(main):
             return main(argv)
         except app.UsageError as error:
             _usage_error(error)
+        except DataSourceError as error:  # its message says what was expected and how to get it
+            sys.stderr.write(f"error: {error}\n")
+            sys.exit(2)
 
     app.run(main_with_conventions, flags_parser=_parse_flags)

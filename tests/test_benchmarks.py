@@ -28,7 +28,7 @@ def bundled():
 @pytest.fixture
 def no_tfds(monkeypatch):
     def unavailable(name, data_dir):
-        raise AssertionError(f"Dataset {name}: could not find data (simulated)")
+        raise B.DataNotFoundError(f"TFDS has no prepared {name!r} (simulated)")
 
     monkeypatch.setattr(sources, "_load_tfds", unavailable)
 
@@ -136,10 +136,36 @@ def test_auto_without_tfds_and_without_sample_says_what_to_do(no_tfds, monkeypat
         B.split_cifar10(source="bundled")
 
 
+def test_every_data_source_problem_is_one_line_saying_what_to_do(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (dict(source="local", data_dir=str(empty)), "missing IDX files.*expected the four IDX files"),
+        (dict(source="local", data_dir=str(tmp_path / "absent")), "is not a folder"),
+        (dict(source="local"), "needs `data_dir`"),
+        (dict(source="tfds", data_dir=str(empty)), "TFDS has no prepared 'mnist'.*tfds build mnist.*source='local'"),
+        # "auto" with the user's own folder never falls back to other data.
+        (dict(data_dir=str(empty)), "no 'mnist' in data_dir.*missing IDX files"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(B.DataSourceError, match=message) as error:
+            B.load_arrays("mnist", **kwargs)
+        assert "\n" not in str(error.value)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        write_idx(str(bad / name), np.zeros((4, 28, 28), np.uint8), 2051)
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        write_idx(str(bad / name), np.zeros(3, np.uint8), 2049)  # 3 labels for 4 images
+    with pytest.raises(B.DataFormatError, match=r"\(3,\) labels for 4 images") as error:
+        B.load_arrays("mnist", "local", str(bad))
+    assert "\n" not in str(error.value)
+
+
 def test_auto_logs_the_fallback(no_tfds, caplog):
     with caplog.at_level("INFO", logger="larq_engrams.benchmarks"):
         B.load_arrays("mnist")
-    assert any("bundled:mnist-t10k" in r.getMessage() and "TFDS could not" in r.getMessage()
+    assert any("bundled:mnist-t10k" in r.getMessage() and "TFDS has not prepared it" in r.getMessage()
                for r in caplog.records)
 
 

@@ -67,8 +67,16 @@ def test_invalid_flags_fail_before_training(flag, message, tmp_path):
     # One line naming the problem, one pointing at --help: not the help, no log lines.
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert lines[1] == "(`python run.py --help` lists every flag)"
+    assert lines[1] == f"(`python {os.path.join(ROOT, 'experiments', 'run.py')} --help` lists every flag)"  # as typed
     assert not os.path.exists(tmp_path / "split_mnist-class"), "nothing ran"
+
+
+def test_a_missing_data_set_is_one_line(tmp_path):
+    proc = run_script("run.py", "--source=local", f"--data_dir={tmp_path}", "--num_tasks=1", "--epochs=1",
+                      f"--outdir={tmp_path / 'out'}", f"--logdir={tmp_path / 'logs'}", timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: missing IDX files in") and "yann.lecun.com" in errors[0]
 
 
 def test_help_prints_the_flags_and_nothing_else():

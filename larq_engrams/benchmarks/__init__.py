@@ -12,7 +12,14 @@ A user's own arrays: `split_by_classes`, `permuted_tasks` and `tasks_from_arrays
 """
 from larq_engrams.benchmarks.core50 import core50_ni
 from larq_engrams.benchmarks.from_arrays import class_groups, permuted_tasks, split_by_classes, tasks_from_arrays
-from larq_engrams.benchmarks.formats import DataFormatError, read_cifar10, read_core50, read_idx
+from larq_engrams.benchmarks.formats import (
+    DataFormatError,
+    DataNotFoundError,
+    DataSourceError,
+    read_cifar10,
+    read_core50,
+    read_idx,
+)
 from larq_engrams.benchmarks.joint import joint
 from larq_engrams.benchmarks.permuted import permuted_mnist, pixel_permutations
 from larq_engrams.benchmarks.scenario import SETTINGS, Preprocessing, Scenario, ShuffleOrder, Task, make_dataset
@@ -27,7 +34,7 @@ from larq_engrams.benchmarks.sources import (
 from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fashion_mnist, split_mnist
 
 __all__ = [
-    "DataFormatError", "DatasetArrays", "EVALUATION_SPLITS", "Preprocessing", "SETTINGS", "SOURCES",
+    "DataFormatError", "DataNotFoundError", "DataSourceError", "DatasetArrays", "EVALUATION_SPLITS", "Preprocessing", "SETTINGS", "SOURCES",
     "Scenario", "ShuffleOrder", "Task", "class_groups", "class_pairs", "permuted_tasks", "split_by_classes",
     "tasks_from_arrays", "core50_ni", "hold_out_validation", "joint", "load_arrays",
     "load_bundled_mnist", "make_dataset", "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",

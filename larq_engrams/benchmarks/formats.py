@@ -17,6 +17,9 @@ __all__ = [
     "read_idx_dataset",
     "read_cifar10",
     "read_core50",
+    "DataFormatError",
+    "DataNotFoundError",
+    "DataSourceError",
     "IDX_FILES",
     "CIFAR10_FILES",
     "CORE50_FILES",
@@ -31,8 +34,17 @@ CORE50_FILES = ("core50_imgs.npz", "LUP.pkl", "labels.pkl")
 _IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
 
 
-class DataFormatError(ValueError):
-    """A dataset file is missing, truncated or not in the expected format."""
+class DataSourceError(Exception):
+    """A data source cannot give the data set: its one-line message names what was
+    expected and how to get it (the experiment scripts print it without a traceback)."""
+
+
+class DataNotFoundError(DataSourceError, FileNotFoundError):
+    """The files or the prepared data set are not where the source looks."""
+
+
+class DataFormatError(DataSourceError, ValueError):
+    """A dataset file is truncated or not in the expected format."""
 
 
 def _open_maybe_gzip(path):
@@ -94,7 +106,7 @@ def read_idx_dataset(directory, splits=("train", "test")):
         name for split in splits for name in IDX_FILES[split] if _find(directory, name) is None
     ]
     if missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"missing IDX files in {directory}: {', '.join(missing)} (optionally .gz)"
         )
     out = {}
@@ -124,7 +136,7 @@ def read_cifar10(directory):
         directory = nested
     missing = [n for n in CIFAR10_FILES if not os.path.exists(os.path.join(directory, n))]
     if missing:
-        raise FileNotFoundError(f"missing CIFAR-10 pickles in {directory}: {', '.join(missing)}")
+        raise DataNotFoundError(f"missing CIFAR-10 pickles in {directory}: {', '.join(missing)}")
 
     def load(name):
         path = os.path.join(directory, name)
@@ -166,7 +178,7 @@ def read_core50(directory, scenario="ni", run=0):
     if not os.path.exists(bin_path) and not os.path.exists(npz_path):
         missing.append(npz_path)
     if missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             "missing CORe50 files: " + ", ".join(missing) + ". Download core50_imgs.npz, "
             "LUP.pkl and labels.pkl from https://vlomonaco.github.io/core50/ (section "
             "Download) into that folder."

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from larq_engrams.benchmarks.formats import read_cifar10, read_idx, read_idx_dataset
+from larq_engrams.benchmarks.formats import DataNotFoundError, DataSourceError, read_cifar10, read_idx, read_idx_dataset
 
 __all__ = ["SOURCES", "EVALUATION_SPLITS", "DatasetArrays", "hold_out_validation", "load_arrays",
            "load_bundled_mnist", "select_evaluation"]
@@ -100,33 +100,43 @@ def _tfds_logs_off():
 
 
 def _load_tfds(name, data_dir):
-    """Loads a prepared TFDS dataset without downloading (raises if it is not there)."""
+    """Loads a prepared TFDS dataset without downloading (`DataNotFoundError` if it is
+    not there)."""
     import tensorflow_datasets as tfds  # here, not at the top: importing it takes seconds
 
     splits = {}
-    for split in ("train", "test"):
-        ds = tfds.load(
-            _TFDS_NAMES[name], split=split, as_supervised=True, data_dir=data_dir, download=False
-        )
-        xs, ys = [], []
-        for x, y in tfds.as_numpy(ds.batch(10_000)):
-            xs.append(x)
-            ys.append(y)
-        x = np.concatenate(xs)
-        if x.ndim == 4 and x.shape[-1] == 1:  # (N, 28, 28, 1) -> (N, 28, 28), as IDX
-            x = x[..., 0]
-        splits[split] = (x.astype(np.uint8), np.concatenate(ys).astype(np.int64))
+    try:
+        for split in ("train", "test"):
+            ds = tfds.load(
+                _TFDS_NAMES[name], split=split, as_supervised=True, data_dir=data_dir, download=False
+            )
+            xs, ys = [], []
+            for x, y in tfds.as_numpy(ds.batch(10_000)):
+                xs.append(x)
+                ys.append(y)
+            x = np.concatenate(xs)
+            if x.ndim == 4 and x.shape[-1] == 1:  # (N, 28, 28, 1) -> (N, 28, 28), as IDX
+                x = x[..., 0]
+            splits[split] = (x.astype(np.uint8), np.concatenate(ys).astype(np.int64))
+    except Exception as err:  # TFDS says "not prepared" with AssertionError, among others
+        where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+        raise DataNotFoundError(
+            f"TFDS has no prepared {_TFDS_NAMES[name]!r} in {where} ({type(err).__name__}); prepare it with "
+            f"`tfds build {_TFDS_NAMES[name]}` where there is internet access and copy that folder here, or "
+            f"use source='local' with data_dir=<a folder of {_DOWNLOAD_HINTS[name]}>") from err
     where = f"tfds:{_TFDS_NAMES[name]}" + (f"@{data_dir}" if data_dir else "")
     return DatasetArrays(*splits["train"], *splits["test"], where)
 
 
 def _load_local(name, data_dir):
     if data_dir is None:
-        raise ValueError(f"source='local' needs `data_dir`: the folder holding {_DOWNLOAD_HINTS[name]}.")
-    if name == "cifar10":
-        splits = read_cifar10(data_dir)
-    else:
-        splits = read_idx_dataset(data_dir)
+        raise DataNotFoundError(f"source='local' needs `data_dir`: the folder holding {_DOWNLOAD_HINTS[name]}.")
+    if not os.path.isdir(data_dir):
+        raise DataNotFoundError(f"data_dir {data_dir} is not a folder; expected one holding {_DOWNLOAD_HINTS[name]}")
+    try:
+        splits = read_cifar10(data_dir) if name == "cifar10" else read_idx_dataset(data_dir)
+    except DataNotFoundError as err:
+        raise DataNotFoundError(f"{err}; expected {_DOWNLOAD_HINTS[name]}") from err
     (xt, yt), (xe, ye) = splits["train"], splits["test"]
     return DatasetArrays(xt, yt.astype(np.int64), xe, ye.astype(np.int64), f"local:{data_dir}")
 
@@ -137,11 +147,16 @@ def load_arrays(name, source="auto", data_dir=None):
     Args:
         source: "tfds" (`tfds.load(..., download=False)`, `data_dir` is TFDS' data
             directory), "local" (`data_dir` holds the original files), "bundled" (the
-            MNIST sample inside the package; MNIST only) or "auto": TFDS when it can
-            load the set; otherwise, for Fashion-MNIST, the Debian package's folder
+            MNIST sample inside the package; MNIST only) or "auto": with `data_dir`,
+            TFDS' data there or else the original files there; without it, TFDS when
+            it can load the set; otherwise, for Fashion-MNIST, the Debian package's folder
             (`apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist),
             and for MNIST the bundled sample, saying so in the log. Nothing is ever
             downloaded.
+
+    Raises:
+        DataSourceError: the source cannot give the data set; the one-line message
+            names what was expected and how to get it.
     """
     if name not in _TFDS_NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(_TFDS_NAMES)}")
@@ -155,37 +170,45 @@ def load_arrays(name, source="auto", data_dir=None):
         arrays = load_bundled_mnist()
     elif source == "tfds":
         arrays = _load_tfds(name, data_dir)
+    elif data_dir is not None:  # "auto" in the user's folder: TFDS' layout or the original files
+        try:
+            with _tfds_logs_off():
+                arrays = _load_tfds(name, data_dir)
+        except DataSourceError as tfds_error:
+            try:
+                arrays = _load_local(name, data_dir)
+            except DataSourceError as local_error:
+                raise DataNotFoundError(
+                    f"no {name!r} in data_dir {data_dir}: {local_error} (TFDS found no prepared data set "
+                    f"there either)") from tfds_error
     else:
         try:
             with _tfds_logs_off():  # a failed probe is expected here; its warnings are noise
                 arrays = _load_tfds(name, data_dir)
-        except Exception as err:  # not prepared, no tfds metadata, no network...
-            first_sentence = (str(err).splitlines() or [""])[0].split(". ")[0][:160]
-            reason = f"{type(err).__name__}: {first_sentence}"
+        except DataSourceError as err:  # not prepared, no tfds metadata, no network...
             if name == "fashion_mnist":
                 if os.path.isdir(DEBIAN_FASHION_MNIST):
                     arrays = _load_local(name, DEBIAN_FASHION_MNIST)
                     log.info("Data source for %s: %s", name, arrays.source)
                     return arrays
-                raise FileNotFoundError(
-                    f"no source for 'fashion_mnist': TFDS cannot load it ({reason}) and "
-                    f"{DEBIAN_FASHION_MNIST} does not exist. On Debian/Ubuntu: `apt-get install "
-                    f"dataset-fashion-mnist`; elsewhere download {_DOWNLOAD_HINTS[name]} and pass "
-                    f"source='local', data_dir=<folder>."
+                raise DataNotFoundError(
+                    f"no source for 'fashion_mnist': TFDS has not prepared it and {DEBIAN_FASHION_MNIST} "
+                    f"does not exist. On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`; elsewhere "
+                    f"download {_DOWNLOAD_HINTS[name]} and pass source='local', data_dir=<folder>."
                 ) from err
             if name != "mnist":
-                raise FileNotFoundError(
-                    f"no source for {name!r}: TFDS cannot load it ({reason}) and there is "
-                    f"no bundled sample. Download {_DOWNLOAD_HINTS[name]} into a folder and "
-                    f"pass source='local', data_dir=<folder>."
+                raise DataNotFoundError(
+                    f"no source for {name!r}: TFDS has not prepared it and there is no bundled sample. "
+                    f"Download {_DOWNLOAD_HINTS[name]} into a folder and pass source='local', "
+                    f"data_dir=<folder>."
                 ) from err
             arrays = load_bundled_mnist()
             # The documented offline default, and recorded in every result and summary:
             # information, not a warning.
             log.info(
-                "Data source for %s: %s (TFDS could not load it: %s). This is the real "
+                "Data source for %s: %s (TFDS has not prepared it). This is the real "
                 "MNIST test set split 8,000/2,000, not the MNIST training set.",
-                name, arrays.source, reason,
+                name, arrays.source,
             )
             return arrays
     log.info("Data source for %s: %s", name, arrays.source)
