@@ -42,6 +42,7 @@ import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to K
 import numpy as np
 
 from larq_engrams import experiment, methods, selection
+from larq_engrams.metrics import format_mean_and_sem
 from larq_engrams.plots import figure_to_png
 from larq_engrams.training import environment, write_atomically
 
@@ -399,10 +400,11 @@ def grid_table(summaries, seeds, choices=None):
     for label in labels:
         names += [m for m in summaries[label] if m not in names]
     header = ["| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    pct = lambda pair: f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"  # noqa: E731
+    pct = lambda pair: format_mean_and_sem(pair, len(seeds))  # noqa: E731
     # Each column's own data: scenarios of one grid may come from different datasets.
     sources = [next(iter(summaries[label].values()))["source"] for label in labels]
-    lines = [f"ACC / BWT in % (mean ± s.e.m. over {len(seeds)} seeds)", ""] + header
+    spread = f"mean ± s.e.m. over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    lines = [f"ACC / BWT in % ({spread})", ""] + header
     lines.append("| data | " + " | ".join(sources) + " |")
     for name in names:
         cells = []

@@ -11,11 +11,13 @@ Larq requires Keras 2 (`tf_keras`). Importing this package sets `TF_USE_LEGACY_K
 before TensorFlow resolves `tf.keras`, so users never have to; if `tf.keras` was already
 bound to Keras 3 in this process, the import fails with instructions.
 
-With `LARQ_ENGRAMS_QUIET_STARTUP=1` in the environment (the experiment scripts and the
-tests set it), TensorFlow is imported and its devices listed with the process' stderr
-pointed at /dev/null: its start-up lines (CUDA probing on machines without a GPU,
-CPU-feature notes, absl's pre-initialization warning) are C++ logs that no Python
-setting can filter. A failing import still raises its Python exception.
+Quiet start-up: by default TensorFlow is imported and its devices listed with the
+process' stderr pointed at /dev/null, and TensorFlow's later C++ INFO lines are off
+(`TF_CPP_MIN_LOG_LEVEL=1` unless set): its start-up lines (CUDA probing on machines
+without a GPU, CPU-feature notes, absl's pre-initialization warning) are C++ logs that
+no Python setting can filter. A failing import still raises its Python exception. To
+see them, set `LARQ_ENGRAMS_QUIET_STARTUP=0` in the environment before the import
+(or import TensorFlow yourself first).
 """
 import contextlib
 import os
@@ -55,7 +57,9 @@ def _use_legacy_keras():
     """Make `tf.keras` resolve to `tf_keras` and check that it did."""
     if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() not in ("1", "true"):
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    quiet = os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "").strip() == "1"
+    quiet = os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "1").strip() != "0"
+    if quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     with _stderr_to_devnull(quiet):
         import tensorflow as tf  # noqa: E402  (must follow the environment variable)
 

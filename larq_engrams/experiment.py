@@ -26,7 +26,7 @@ import numpy as np
 import larq_engrams
 from larq_engrams import benchmarks, methods
 from larq_engrams.callbacks import EngramTensorBoard
-from larq_engrams.metrics import mean_and_sem
+from larq_engrams.metrics import format_mean_and_sem, mean_and_sem
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 __all__ = [
@@ -352,15 +352,17 @@ def summarize(results_by_method):
 def summary_table(summary, title):
     """A Markdown table of a `summarize` output."""
     any_entry = next(iter(summary.values()))
+    seeds = any_entry["seeds"]
     lines = [
-        f"{title}; data: {any_entry['source']}; seeds: {any_entry['seeds']} (mean ± s.e.m.)",
+        f"{title}; data: {any_entry['source']}; "
+        + (f"seeds: {seeds} (mean ± s.e.m.)" if seeds > 1 else "one seed (no spread measured)"),
         "",
         "| method | ACC % | BWT % | forgetting % | task inference % | epochs | lr | hidden "
         "| peak RSS MiB (own process) | train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
-        fmt = lambda key: f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}" if key in s else "—"  # noqa: E731
+        fmt = lambda key: format_mean_and_sem(s[key], s["seeds"]) if key in s else "—"  # noqa: E731
         hidden = "-".join(map(str, s.get("hidden") or [])) or "—"
         mib = f"{s['peak_rss_bytes'] / 2**20:.0f}"
         rss = {True: mib, False: "— (shared process)", None: f"{mib} (process not recorded)"}[

@@ -92,6 +92,13 @@ def mean_and_sem(values):
     return float(v.mean()), sem
 
 
+def format_mean_and_sem(pair, count, scale=100.0, digits=1):
+    """"96.6 ± 0.1" for a `mean_and_sem` pair over `count` > 1 values; "96.6" for one
+    value, whose spread was not measured (scaled by `scale`: percent by default)."""
+    mean = f"{scale * pair[0]:.{digits}f}"
+    return mean if count <= 1 else f"{mean} ± {scale * pair[1]:.{digits}f}"
+
+
 def summarize(R, baseline=None):
     """Every metric above as a dict (FWT only when `baseline` is given)."""
     out = {

@@ -70,3 +70,11 @@ def test_summarize():
     s = metrics.summarize(R, B)
     assert set(s) == {"acc", "bwt", "forgetting", "avg_incremental_acc", "fwt"}
     assert s["bwt"] == pytest.approx(-0.325)
+
+
+def test_one_value_has_no_spread_printed():
+    from larq_engrams.metrics import format_mean_and_sem
+
+    assert format_mean_and_sem((0.966, 0.0), 1) == "96.6"
+    assert format_mean_and_sem((0.966, 0.0012), 3) == "96.6 ± 0.1"
+    assert format_mean_and_sem((0.0, 0.0), 3) == "0.0 ± 0.0"  # measured over seeds: shown

@@ -30,6 +30,19 @@ def test_keras_2_is_bound():
     assert tf.keras.Model.__module__.startswith("tf_keras")
 
 
+def test_import_is_quiet_by_default_and_can_be_loud():
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("LARQ_ENGRAMS_QUIET_STARTUP", "TF_CPP_MIN_LOG_LEVEL")}
+    code = "import larq_engrams, tensorflow as tf; tf.constant(1.0) + 1.0"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "LARQ_ENGRAMS_QUIET_STARTUP": "0"})
+    assert loud.returncode == 0
+    if not tf.config.list_physical_devices("GPU"):  # CPU machines: the CUDA probe speaks
+        assert loud.stderr != ""
+
+
 def test_import_accepts_tf_keras_already_touched_with_the_variable_set():
     code = "import tensorflow as tf; tf.keras.layers; import larq_engrams; print('ok')"
     env = {**__import__("os").environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}

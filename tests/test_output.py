@@ -45,6 +45,13 @@ def test_printed_matrix_marks_untrained_tasks():
     assert lines[3].split()[2:] == ["80.0", "50.0", "97.0"]
 
 
+def test_fwt_is_printed_only_where_it_means_something():
+    assert "FWT" not in result().format_matrix()  # class-IL: no task's classes before it is trained
+    domain = result()
+    domain.config["scenario"]["setting"] = "domain"
+    assert "FWT" in domain.format_matrix()
+
+
 def test_accuracy_matrix_plot_names_the_run_uses_percent_and_marks_untrained_cells():
     label = result().label
     assert label == "engram_bnn · split_mnist class-IL · seed 3"

@@ -221,8 +221,11 @@ class ContinualResult:
         rows = [f"task {t:<6}" + " ".join(cell(t, k, v) for k, v in enumerate(row))
                 for t, row in enumerate(self.accuracy_matrix)]
         m = self.metrics
-        tail = (f"ACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f}%  "
-                f"forgetting {100 * m['forgetting']:.2f}%  FWT {100 * m.get('fwt', float('nan')):+.2f}%")
+        tail = f"ACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f}%  forgetting {100 * m['forgetting']:.2f}%"
+        # FWT (R[k-1][k] - b_k) needs a task's classes to be predictable before it is
+        # trained; in class-IL they never were, so it measures nothing and is not printed.
+        if "fwt" in m and (self.config.get("scenario") or {}).get("setting") != "class":
+            tail += f"  FWT {100 * m['fwt']:+.2f}%"
         if "task_inference" in m:
             tail += f"  task inference {100 * m['task_inference']:.1f}%"
         return "\n".join([head, *rows, tail])
