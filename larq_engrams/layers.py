@@ -1,7 +1,7 @@
 """Engram-gated binarized dense layers (stochastic engrams, Aguilar et al. 2025).
 
 Each `EngramDense` layer keeps an engram bank: one binary mask E_t in {0, 1}^N per task
-over its N units (METHOD.md section 3). During task t only the units of E_t are active,
+over its N units (docs/method.md, section 3). During task t only the units of E_t are active,
 each reactivated per sample and step with probability q; every other unit outputs
 exactly 0, receives no gradient and keeps its BatchNorm statistics.
 """

@@ -1,4 +1,4 @@
-"""Continual-learning metrics on the accuracy matrix (METHOD.md section 5).
+"""Continual-learning metrics on the accuracy matrix (docs/method.md, section 6).
 
 R[t][k] is the accuracy on task k's test set after training on tasks 0..t (shape T x T;
 entries above the diagonal are accuracies on tasks not yet trained). Accuracies are
@@ -47,7 +47,7 @@ def backward_transfer(R):
 def forgetting(R):
     """F = 1/(T-1) sum_{k<T-1} (max_{t<T-1} R[t][k] - R[T-1][k])  (Chaudhry et al. 2018).
 
-    As in METHOD.md and Chaudhry et al., the max runs over every row t < T-1 (rows
+    As in docs/method.md (section 6) and Chaudhry et al., the max runs over every row t < T-1 (rows
     before task k was trained included), skipping entries that could not be measured
     (NaN above the diagonal: an engram not allocated yet in task-IL). NaN for T = 1.
     """

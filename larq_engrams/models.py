@@ -1,6 +1,6 @@
 """Model builders: the engram BNN, the plain BNN and the full-precision MLP.
 
-All three share the backbone of METHOD.md section 1: dense layers of the same widths,
+All three share the backbone of docs/method.md, section 1: dense layers of the same widths,
 a `classes`-way output whose values are the logits (train with
 `SparseCategoricalCrossentropy(from_logits=True)`).
 """
@@ -15,7 +15,14 @@ from tensorflow.python.saved_model import save_context
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
 from larq_engrams.block_updates import BlockSlotCache, has_slots, supports_block_updates
 from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache, StackedEngramSubnetworks
-from larq_engrams.task_inference import EMPTY_GROUP_SCORE, MAX_FEATURES, InputDiscriminant, floored_log_softmax
+from larq_engrams.task_inference import (
+    DEFAULT_FEATURES,
+    DEFAULT_SHRINKAGE,
+    EMPTY_GROUP_SCORE,
+    MAX_FEATURES,
+    InputDiscriminant,
+    floored_log_softmax,
+)
 from larq_engrams.layers import (
     EngramDense,
     default_kernel_initializer,
@@ -111,8 +118,8 @@ class EngramModel(tf.keras.Model):
         confidence="input_lda",
         restrict_to_engram_classes=True,
         execution="sparse",
-        lda_features=2048,
-        lda_shrinkage=0.01,
+        lda_features=DEFAULT_FEATURES,
+        lda_shrinkage=DEFAULT_SHRINKAGE,
         lda_weight=0.2,
         inference_mode="task",
         inference_task=None,
@@ -661,7 +668,7 @@ def engram_bnn(input_shape, num_classes, hidden=(2048, 2048), max_tasks=5, **kwa
 
 
 def bnn(input_shape, num_classes, hidden=(2048, 2048), momentum=0.9, epsilon=1e-5, name="bnn"):
-    r"""The plain Larq BNN of METHOD.md section 1, as a `tf.keras.Sequential`.
+    r"""The plain Larq BNN of docs/method.md, section 1, as a `tf.keras.Sequential`.
 
     ```
     h_1 = sign(BN(QuantDense(x)))                       # real-valued pixels in

@@ -38,10 +38,15 @@ import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int
 
-__all__ = ["InputDiscriminant", "MAX_FEATURES", "EMPTY_GROUP_SCORE", "floored_log_softmax"]
+__all__ = ["InputDiscriminant", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE", "EMPTY_GROUP_SCORE",
+           "floored_log_softmax"]
 
 # M x M float64 statistics: 4096 features take 134 MB.
 MAX_FEATURES = 4096
+# The router's defaults (`EngramModel`'s lda_features and lda_shrinkage), chosen on
+# validation data (see `InputDiscriminant`); the router-alone baselines follow them.
+DEFAULT_FEATURES = 2048
+DEFAULT_SHRINKAGE = 0.01
 EMPTY_GROUP_SCORE = -1e9  # the score of an (engram, class) group that has no data
 
 
@@ -100,7 +105,8 @@ class InputDiscriminant(tf.keras.layers.Layer):
     and 82.7 / 83.0 %; `experiments/task_inference_study.py`).
     """
 
-    def __init__(self, max_tasks, num_classes, features=2048, shrinkage=0.01, seed=0, covariance="shared",
+    def __init__(self, max_tasks, num_classes, features=DEFAULT_FEATURES, shrinkage=DEFAULT_SHRINKAGE, seed=0,
+                 covariance="shared",
                  **kwargs):
         super().__init__(**kwargs)
         self.covariance = check_choice("covariance", covariance, ("shared", "identity"), owner="InputDiscriminant")

@@ -83,3 +83,25 @@ def test_registry_methods_learn_class_incremental_split_mnist(name, floor):
     R = result.R
     assert result.metrics["acc"] > floor  # regularization methods sit near 1/T here
     assert R[2, 0] > 0.7 and R[2, 1] > 0.7  # old classes keep being recognised
+
+
+def test_slda_rf_is_the_engram_models_router_alone():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 12)).astype(np.float32)
+    y = rng.integers(0, 6, 600)
+    x += y[:, None] * rng.normal(size=12).astype(np.float32) * 0.5
+    scenario = B.split_by_classes(x[:400], y[:400], x[400:], y[400:], setting="class", classes_per_task=2)
+    hp = methods.HyperParameters(hidden=(16,), lda_features=32, seed=3)
+    router = methods.build("slda_rf", scenario, hp).model
+    engram = methods.build("engram", scenario, hp).model
+    for task in scenario:
+        engram.begin_task(task.task_id)
+        engram.observe_task_data(task.train)
+        for xb, yb in task.train:
+            router.observe(xb, yb)
+    # The same features (count and seed) and shrinkage: the router's best (engram, class)
+    # group names the class slda_rf predicts, on every test input.
+    groups = engram.task_discriminant.group_scores(tf.constant(x[400:])).numpy().max(axis=1)
+    np.testing.assert_allclose(router(x[400:]).numpy(), groups, rtol=1e-4, atol=1e-3)
+    assert router.discriminant.features == engram.lda_features == 32
+    assert router.shrinkage == engram.lda_shrinkage

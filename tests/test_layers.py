@@ -19,7 +19,7 @@ def inputs(batch=32, features=10, seed=0):
 
 # ----------------------------------------------------------------- allocation
 def expected_probabilities(usage, rho, beta):
-    """METHOD.md section 3 by hand: p_i = min(1, rho N e_i / sum e), e_i = exp(-beta u_i)."""
+    """docs/method.md, section 3 by hand: p_i = min(1, rho N e_i / sum e), e_i = exp(-beta u_i)."""
     e = np.exp(-beta * np.asarray(usage, np.float64))
     return np.minimum(1.0, rho * len(usage) * e / e.sum())
 

@@ -31,7 +31,7 @@ def test_forgetting_uses_the_best_earlier_accuracy():
     R3 = [[0.5, 0.1, 0.0], [0.8, 0.9, 0.1], [0.6, 0.7, 0.9]]
     assert metrics.forgetting(R3) == pytest.approx(0.2)
     assert metrics.backward_transfer(R3) == pytest.approx(-0.05)
-    # The max includes rows before the task was trained (METHOD.md): here row 0.
+    # The max includes rows before the task was trained (docs/method.md, section 6): here row 0.
     R4 = [[0.5, 0.6, 0.0], [0.4, 0.3, 0.1], [0.4, 0.3, 0.9]]
     # task 0: max(0.5, 0.4) - 0.4 = 0.1; task 1: max(0.6, 0.3) - 0.3 = 0.3 -> 0.2.
     assert metrics.forgetting(R4) == pytest.approx(0.2)

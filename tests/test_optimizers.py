@@ -1,4 +1,4 @@
-"""MetaplasticAdam against a NumPy reference of METHOD.md section 2."""
+"""MetaplasticAdam against a NumPy reference of docs/method.md, section 2."""
 import os
 
 import larq as lq
@@ -12,7 +12,7 @@ LR, B1, B2, EPS = 0.01, 0.9, 0.999, 1e-7
 
 
 def reference_metaplastic_adam(w, grads, m, lr=LR, b1=B1, b2=B2, eps=EPS):
-    """METHOD.md section 2 in NumPy (Keras' Adam parameterization of the step)."""
+    """docs/method.md, section 2 in NumPy (Keras' Adam parameterization of the step)."""
     w = np.array(w, np.float64)
     m_t = np.zeros_like(w)
     v_t = np.zeros_like(w)

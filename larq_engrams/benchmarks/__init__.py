@@ -1,4 +1,4 @@
-"""Continual-learning benchmarks on tf.data (METHOD.md section 4).
+"""Continual-learning benchmarks on tf.data (docs/method.md, section 5).
 
 ```python
 from larq_engrams import benchmarks

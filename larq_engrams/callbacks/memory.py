@@ -1,4 +1,4 @@
-"""Peak GPU and host memory per task (METHOD.md section 6)."""
+"""Peak GPU and host memory per task (docs/method.md, section 7)."""
 import os
 import threading
 import time

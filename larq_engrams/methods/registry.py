@@ -16,6 +16,7 @@ from larq_engrams.distillation import LearningWithoutForgetting, LwFUpdate
 from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
+from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE
 
 __all__ = [
     "MethodSetup", "HyperParameters", "build", "names", "register", "describe", "default_strengths",
@@ -42,7 +43,7 @@ def default_strengths(scenario):
 class HyperParameters:
     """Every method's settings in one place; each method reads the ones it uses.
 
-    Defaults: METHOD.md section 1 (Adam lr 0.005, batch 100 is the scenario's),
+    Defaults: docs/method.md, section 1 (Adam lr 0.005, batch 100 is the scenario's),
     metaplasticity m = 1.3 (permuted MNIST, Laborieux et al. 2021), and this project's
     engram defaults (rho 0.2, q 0.9, beta 6.0: nearly disjoint engrams).
     """
@@ -238,6 +239,25 @@ def _slda(scenario, hp):
     model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule="slda",
                                       shrinkage=hp.slda_shrinkage, features=hp.statistics_features, seed=hp.seed)
     return _setup("slda", model, _adam(hp), scenario)
+
+
+def _router_alone(name, rule, scenario, hp):
+    """The engram model's task router used directly as a class-IL learner: the same
+    random features (seed and count, `lda_features`), shrinkage and one pass."""
+    features = DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features
+    model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule=rule,
+                                      shrinkage=DEFAULT_SHRINKAGE, features=features, seed=hp.seed)
+    return _setup(name, model, _adam(hp), scenario)
+
+
+@register("ncm_rf", "nearest class mean on the engram router's random features (the router alone, no network)")
+def _ncm_rf(scenario, hp):
+    return _router_alone("ncm_rf", "ncm", scenario, hp)
+
+
+@register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)")
+def _slda_rf(scenario, hp):
+    return _router_alone("slda_rf", "slda", scenario, hp)
 
 
 @register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id")
