@@ -84,6 +84,15 @@ class ClassStatisticsClassifier(tf.keras.Model):
         tf.cond(self.stale, self._refresh, lambda: tf.constant(False))
         return self.discriminant.group_scores(self._flat(x))[:, 0, :]
 
+    def continual_train_step(self, x, y, loss_fn, optimizer, task_ids=None):
+        """The continual protocol's step (`larq_engrams.protocol`): counts the batch; no
+        loss, no gradient, the optimizer unused. Returns the logits of the
+        discriminant as last refreshed (refreshing is a Cholesky solve, done when the
+        model is next called, e.g. by the evaluation) and a loss of 0."""
+        logits = self.stale_logits(x)
+        self.observe(x, y)
+        return logits, tf.constant(0.0)
+
     def train_step(self, data):
         x, y = data[0], data[1]
         logits = self.stale_logits(x)  # as ContinualTrainer's step: no Cholesky solve per batch

@@ -15,7 +15,7 @@ both fill the accuracy matrix R the same way:
 import numpy as np
 import tensorflow as tf
 
-from larq_engrams.models import EngramModel
+from larq_engrams import protocol
 from larq_engrams.task_inputs import class_mask_table, masked_logits, model_inputs, split_task_inputs  # noqa: F401
 
 # The task-id helpers live in `task_inputs`; importing them from here keeps working.
@@ -53,9 +53,10 @@ class TaskEvaluator:
             )
         if batchnorm not in ("moving", "batch"):
             raise ValueError(f"`batchnorm` must be 'moving' or 'batch', got {batchnorm!r}.")
-        if batchnorm == "batch" and isinstance(model, EngramModel):
-            raise ValueError("batchnorm='batch' evaluates in training mode, where an EngramModel's gating is "
-                             "stochastic: use it for models without engrams (bnn, mbnn, the MLP baselines).")
+        if batchnorm == "batch" and protocol.stochastic_in_training(model):
+            raise ValueError(f"batchnorm='batch' evaluates in training mode, where {type(model).__name__} is "
+                             "stochastic (an EngramModel's gating): use it for models without engrams (bnn, "
+                             "mbnn, the MLP baselines).")
         self.batchnorm = batchnorm
         self.mixed_batch_size = int(mixed_batch_size)
         self.seed = int(seed)
@@ -87,18 +88,15 @@ class TaskEvaluator:
     def _prepare(self):
         """Sets the engram inference mode; retraces when the allocated engrams changed
         (the "infer" graph loops over them)."""
-        key = None
-        if isinstance(self.model, EngramModel):
-            if not self.scenario.provides_task_id:
-                if self.model.inference_mode != self.engram_inference:
-                    self.model.set_inference(self.engram_inference)
-            key = tuple(self.model.allocated_tasks)
+        if not self.scenario.provides_task_id:
+            protocol.set_inference(self.model, self.engram_inference)
+        key = protocol.has_networks_for(self.model)
         if self._step is None or key != self._traced_for:
             self._step, self._traced_for = self._make_step(), key
 
     def accuracy(self, task):
         self._prepare()
-        if (self.scenario.provides_task_id and isinstance(self.model, EngramModel)
+        if (self.scenario.provides_task_id and self._traced_for is not None
                 and task.task_id not in self._traced_for):
             return float("nan")  # no engram for this task yet: nothing to evaluate
         correct = total = 0
@@ -111,7 +109,7 @@ class TaskEvaluator:
     def task_inference_accuracies(self):
         """For an `EngramModel` without task ids: per task, the fraction of its test
         samples for which "infer" picks the task's own engram. None otherwise."""
-        if not isinstance(self.model, EngramModel) or self.scenario.provides_task_id:
+        if not protocol.infers_tasks(self.model) or self.scenario.provides_task_id:
             return None
         model = self.model
         infer = tf.function(lambda x: model.infer_tasks(x), reduce_retracing=True)

@@ -13,6 +13,8 @@ import tensorflow as tf
 from tensorflow.python.saved_model import save_context
 
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
+from larq_engrams.protocol import gradient_step, model_inputs
+from larq_engrams.task_inputs import split_task_inputs
 from larq_engrams.block_updates import BlockSlotCache, has_slots, supports_block_updates
 from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache, StackedEngramSubnetworks
 from larq_engrams.task_inference import (
@@ -333,7 +335,7 @@ class EngramModel(tf.keras.Model):
                 "task's training data (e.g. the dataset before `.repeat()`).")
         if self._observe_step is None:
             def observe(x, y):
-                x, _ = _split_inputs(x)
+                x, _ = split_task_inputs(x)
                 self.task_discriminant.observe(
                     self.flatten(x), y, self.engram_layers[0].active_task)
             self._observe_step = tf.function(observe, reduce_retracing=True)
@@ -344,12 +346,51 @@ class EngramModel(tf.keras.Model):
             self._observe_step(x, y)
         self.task_discriminant.refresh()
 
+    # ------------------------------------------------ the continual protocol
+    # (`larq_engrams.protocol`: what ContinualTrainer, its step and the evaluator call)
+    takes_task_ids = True  # task-IL inputs `(x, task_ids)` gate per sample
+    stochastic_in_training = True  # reactivation: no evaluation in training mode
+
+    @property
+    def compiles_step(self):
+        """XLA cannot compile the sparse step: its shapes depend on the engram."""
+        return self.execution != "sparse"
+
+    def check_scenario(self, scenario):
+        if self.max_tasks < scenario.num_tasks:
+            raise ValueError(
+                f"the engram model holds {self.max_tasks} engrams but the scenario has "
+                f"{scenario.num_tasks} tasks; build it with max_tasks >= {scenario.num_tasks}.")
+
+    def begin_epoch(self, optimizer):
+        self.load_engram_slots(optimizer)  # compact optimizer moments (a no-op if loaded)
+
+    def end_epoch(self):
+        self.flush_engram_slots()
+
+    def end_task(self, task):
+        self.flush_engram_slots(end_of_task=True)
+
+    def continual_train_step(self, x, y, loss_fn, optimizer, task_ids=None):
+        """One step of the active engram: its labels recorded (`observe_labels`), then
+        its sub-network trained (`train_engram`; the masked network with
+        `execution="masked"`). Returns `(logits, loss)`."""
+        self.observe_labels(y)
+        if self.execution != "sparse":
+            return gradient_step(self, model_inputs(self, x, task_ids), loss_fn, optimizer)
+        if task_ids is not None:  # training gates by the active engram, not by the ids
+            tf.debugging.assert_equal(
+                tf.cast(task_ids, tf.int32), self.engram_layers[0].active_task,
+                message="EngramModel trains its active engram: every task id in a training "
+                        "batch must equal it (call begin_task).")
+        return self.train_engram(x, loss_fn, optimizer)
+
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         self.observe_labels(y)
         if self.execution != "sparse":
             return super().train_step(data)
-        x, _ = _split_inputs(x)  # training always gates by the active engram
+        x, _ = split_task_inputs(x)  # training always gates by the active engram
 
         def loss_fn(logits):
             return self.compute_loss(x, y, logits, sample_weight)
@@ -489,14 +530,14 @@ class EngramModel(tf.keras.Model):
             log.warning("EngramModel.fit: inputs of type %s are not recorded for task inference; "
                         "call `model.observe_task_data(...)` for this task.", type(x).__name__)
             return
-        x, _ = _split_inputs(x)
+        x, _ = split_task_inputs(x)
         split = kwargs.get("validation_split", args[8] if len(args) > 8 else 0.0) or 0.0
         n = int(int(tf.shape(x)[0]) * (1.0 - split))  # Keras validates on the last rows
         self.observe_task_data(x[:n], y[:n])
 
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=None):
-        x, task_ids = _split_inputs(inputs)
+        x, task_ids = split_task_inputs(inputs)
         training = bool(training) if training is not None else False
         if task_ids is not None:
             return self._forward(x, training, task=tf.cast(task_ids, tf.int32))
@@ -712,15 +753,3 @@ def mlp(input_shape, num_classes, hidden=(2048, 2048), name="mlp"):
         tf.keras.layers.Dense(check_positive_int("num_classes", num_classes), name="output")
     )
     return tf.keras.Sequential(layers, name=name)
-
-
-def _split_inputs(inputs):
-    if isinstance(inputs, dict):
-        return inputs["x"], inputs.get("task")
-    if isinstance(inputs, (tuple, list)):
-        if len(inputs) != 2:
-            raise ValueError("EngramModel inputs must be `x` or `(x, task_ids)`.")
-        return inputs[0], inputs[1]
-    return inputs, None
-
-

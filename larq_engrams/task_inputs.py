@@ -8,14 +8,18 @@ consolidated.
 import numpy as np
 import tensorflow as tf
 
-from larq_engrams.models import EngramModel
+from larq_engrams.protocol import model_inputs  # noqa: F401  (its home is the protocol)
 
 __all__ = ["class_mask_table", "masked_logits", "model_inputs", "split_task_inputs"]
 
 
 def split_task_inputs(x):
-    """`(x, task_ids)` -> (x, task_ids); `x` -> (x, None)."""
+    """`(x, task_ids)` or `{"x": x, "task": task_ids}` -> (x, task_ids); `x` -> (x, None)."""
+    if isinstance(x, dict):
+        return x["x"], x.get("task")
     if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError("inputs must be `x` or `(x, task_ids)`.")
         return x[0], x[1]
     return x, None
 
@@ -26,13 +30,6 @@ def class_mask_table(scenario):
     for task in scenario:
         table[task.task_id, list(task.labels)] = 1.0
     return table
-
-
-def model_inputs(model, x, task_ids):
-    """What the model is called with: engram models take the task ids when given."""
-    if task_ids is not None and isinstance(model, EngramModel):
-        return (x, task_ids)
-    return x
 
 
 def masked_logits(logits, task_ids, mask_table):

@@ -34,7 +34,7 @@ CORE50_FILES = ("core50_imgs.npz", "LUP.pkl", "labels.pkl")
 _IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
 
 
-class DataSourceError(Exception):
+class DataSourceError(ValueError):
     """A data source cannot give the data set: its one-line message names what was
     expected and how to get it (the experiment scripts print it without a traceback)."""
 
@@ -43,7 +43,7 @@ class DataNotFoundError(DataSourceError, FileNotFoundError):
     """The files or the prepared data set are not where the source looks."""
 
 
-class DataFormatError(DataSourceError, ValueError):
+class DataFormatError(DataSourceError):
     """A dataset file is truncated or not in the expected format."""
 
 

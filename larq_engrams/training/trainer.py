@@ -14,7 +14,7 @@ from larq_engrams.benchmarks.scenario import Scenario
 from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.callbacks.memory import PeakMemoryCallback
 from larq_engrams.evaluation import TaskEvaluator
-from larq_engrams.models import EngramModel
+from larq_engrams import protocol
 from larq_engrams.task_inputs import class_mask_table, split_task_inputs
 from larq_engrams.training.result import ContinualResult, environment, write_atomically
 from larq_engrams.training.step import train_step
@@ -135,15 +135,15 @@ class ContinualTrainer:
         self.memory = PeakMemoryCallback()
         self.user_callbacks = list(callbacks or [])
         self.checkpoint_dir = checkpoint_dir
-        sparse = isinstance(self.model, EngramModel) and self.model.execution == "sparse"
+        compiles = protocol.compiles_step(self.model)
         if jit_compile == "auto":
-            jit_compile = not sparse
+            jit_compile = compiles
         elif jit_compile not in (True, False):
             raise ValueError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
-        elif jit_compile and sparse:
+        elif jit_compile and not compiles:
             raise ValueError(
-                "jit_compile=True cannot compile a sparse EngramModel's step (its shapes "
-                "depend on the engram); use jit_compile='auto' or execution='masked'."
+                f"jit_compile=True cannot compile {type(self.model).__name__}'s step (e.g. a sparse "
+                "EngramModel's shapes depend on the engram); use jit_compile='auto' (or execution='masked')."
             )
         self.jit_compile = bool(jit_compile)
         self.seed = seed
@@ -162,12 +162,7 @@ class ContinualTrainer:
             raise TypeError(f"`scenario` must be a larq_engrams.benchmarks.Scenario, got {type(scenario)}.")
         if self.seed is not None:
             tf.keras.utils.set_random_seed(self.seed)
-        is_engram = isinstance(self.model, EngramModel)
-        if is_engram and self.model.max_tasks < scenario.num_tasks:
-            raise ValueError(
-                f"the engram model holds {self.model.max_tasks} engrams but the scenario has "
-                f"{scenario.num_tasks} tasks; build it with max_tasks >= {scenario.num_tasks}."
-            )
+        protocol.check_scenario(self.model, scenario)
         self._check_scenario(scenario)
         T = self._num_tasks = scenario.num_tasks
         self._mask_table = tf.constant(class_mask_table(scenario)) if scenario.provides_task_id else None
@@ -176,6 +171,7 @@ class ContinualTrainer:
         callbacks = tf.keras.callbacks.CallbackList(
             [self.memory, *self.user_callbacks], model=self.model, add_progbar=False
         )
+        self._batch_hooks = _has_batch_hooks([self.memory, *self.user_callbacks])
         state = self._restore(scenario)
         R = np.full((T, T), np.nan)
         if state:
@@ -187,8 +183,7 @@ class ContinualTrainer:
             first = state["completed"]
             log.info("Resuming from %s after task %d.", self.checkpoint_dir, first - 1)
         else:
-            if is_engram:
-                self.model.begin_task(0)  # allocation only: the model is still untrained
+            protocol.begin_task(self.model, 0)  # e.g. an engram's allocation: the model is still untrained
             untrained = TaskEvaluator(self.model, scenario, "task", self.jit_compile,
                                       batchnorm=self.batchnorm_evaluation, seed=self.seed or 0)
             baseline = untrained.accuracies()
@@ -201,10 +196,9 @@ class ContinualTrainer:
         try:
             for t in range(first, T):
                 task = scenario[t]
-                if is_engram:
-                    self.model.begin_task(t)
-                    if not scenario.provides_task_id:  # inputs for "infer"'s task inference
-                        self.model.observe_task_data(task.train)
+                protocol.begin_task(self.model, t)
+                if not scenario.provides_task_id:  # e.g. the inputs an engram model's router needs
+                    protocol.observe_task_data(self.model, task.train)
                 self._prepare_optimizer(t)
                 for cb in (self.memory, *self.user_callbacks):
                     if isinstance(cb, ContinualCallback):
@@ -217,8 +211,7 @@ class ContinualTrainer:
                     logs = self._train_epoch(task, t, epoch, callbacks)
                     if self.eval_every_epoch:
                         epoch_accuracies.append({"task": t, "epoch": epoch, "accuracies": evaluator.accuracies()})
-                if is_engram:
-                    self.model.flush_engram_slots(end_of_task=True)
+                protocol.end_task(self.model, t)
                 task_seconds.append(time.perf_counter() - started)
                 R[t] = evaluator.accuracies()
                 logs = {**logs, "accuracies": R[t].tolist(), "accuracy_matrix": R[: t + 1].tolist()}
@@ -246,7 +239,7 @@ class ContinualTrainer:
             environment=environment(),
             epoch_accuracies=epoch_accuracies,
         )
-        if is_engram and self.engram_inference == "infer":
+        if self.engram_inference == "infer":
             result.task_inference = evaluator.task_inference_accuracies()
             if result.task_inference is not None:
                 result.metrics["task_inference"] = float(np.mean(result.task_inference))
@@ -326,8 +319,8 @@ class ContinualTrainer:
         optimizer's would (`EngramModel.build_task_optimizer`)."""
         fresh = self._optimizer_factory is not None or self.reset_optimizer
         with self.strategy.scope():
-            if fresh and isinstance(self.model, EngramModel):
-                self.model.build_task_optimizer(self.optimizer)
+            if fresh:
+                protocol.build_task_optimizer(self.model, self.optimizer)
             else:
                 self.optimizer.build(self.model.trainable_variables)
 
@@ -373,13 +366,11 @@ class ContinualTrainer:
             # Tasks are named by their 0-based id everywhere (R, plots, logs); epochs count from 1, as in Keras.
             print(f"task {t} ({t + 1} of {self._num_tasks}), epoch {epoch + 1}/{self.epochs}")
         callbacks.on_epoch_begin(epoch)
-        if isinstance(self.model, EngramModel):  # compact optimizer moments (a no-op if loaded)
-            self.model.load_engram_slots(self.optimizer)
+        protocol.begin_epoch(self.model, self.optimizer)  # e.g. an engram's compact optimizer moments
         try:
             logs = self._run_batches(task, callbacks, progbar, where)
         finally:
-            if isinstance(self.model, EngramModel):
-                self.model.flush_engram_slots()
+            protocol.end_epoch(self.model)
         logs = {**logs, "task": t}
         callbacks.on_epoch_end(epoch, logs)
         return logs
@@ -389,7 +380,7 @@ class ContinualTrainer:
         # Python reads them only for callbacks with batch hooks and the progress bar.
         self._sums.assign(tf.zeros(4))
         self._health.assign(tf.fill([3], np.inf))
-        batch_logs = callbacks._should_call_train_batch_hooks  # Keras' own flag
+        batch_logs = self._batch_hooks
         every = max(1, (progbar.target or 50) // 50) if progbar is not None else 50
         batches = 0
         data = self.strategy.experimental_distribute_dataset(task.train)
@@ -532,9 +523,16 @@ class ContinualTrainer:
                 f"It is missing, truncated, or holds another model. {start_over}") from error
         for cb, entry in zip(callbacks, state["callbacks"]):
             cb.set_state(entry["state"])
-        if isinstance(self.model, EngramModel):
-            self.model.begin_task(completed - 1)
+        protocol.begin_task(self.model, completed - 1)
         return state
+
+
+def _has_batch_hooks(callbacks):
+    """Whether a callback overrides a per-batch training hook (else the step's sums are
+    read from the device only for the progress bar)."""
+    base = tf.keras.callbacks.Callback
+    names = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
+    return any(getattr(type(cb), n) is not getattr(base, n) for cb in callbacks for n in names)
 
 
 class CheckpointError(ValueError):

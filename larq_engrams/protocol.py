@@ -1,0 +1,120 @@
+"""The continual protocol: what the trainer, its train step and the evaluator ask of a
+model, with defaults for a plain Keras model.
+
+Keras' contract runs from the model outward: a model's own methods hold its logic, and
+the loop calls them. A model takes part in continual training by defining any of the
+methods and attributes below (`EngramModel` and `ClassStatisticsClassifier` do); a
+plain Keras model defines none and gets the default. The loop reaches a model only
+through these functions, so it never asks what class a model is.
+
+| the model defines | called | default |
+|---|---|---|
+| `check_scenario(scenario)` | before training; raises `ValueError` if it cannot learn it | nothing |
+| `begin_task(task)` | before each task, and with task 0 before the untrained model is measured | nothing |
+| `observe_task_data(dataset)` | after `begin_task`, when test inputs will come without task ids | nothing |
+| `build_task_optimizer(optimizer)` | for an optimizer that is fresh at every task | `optimizer.build(trainable_variables)` |
+| `begin_epoch(optimizer)`, `end_epoch()` | around every epoch | nothing |
+| `end_task(task)` | after a task's last epoch | nothing |
+| `continual_train_step(x, y, loss_fn, optimizer, task_ids)` | every step; returns `(logits, loss)` | `gradient_step` |
+| `takes_task_ids` | True: called with `(x, task_ids)` when the scenario gives ids | False: `x` |
+| `compiles_step` | False: XLA cannot compile its train step | True |
+| `set_inference(mode)`, `inference_mode` | evaluation without task ids | nothing |
+| `allocated_tasks` | the tasks it has a network for (task-IL evaluates only those) | every task |
+| `infer_tasks(x)` | the task it infers per input (task-inference accuracy) | not measured |
+| `stochastic_in_training` | True: refuses evaluation in training mode (BatchNorm batch statistics) | False |
+"""
+import tensorflow as tf
+
+__all__ = [
+    "begin_epoch", "begin_task", "build_task_optimizer", "check_scenario", "compiles_step", "end_epoch",
+    "end_task", "gradient_step", "has_networks_for", "infers_tasks", "model_inputs", "observe_task_data",
+    "set_inference", "stochastic_in_training", "train_on_batch",
+]
+
+
+def _call(model, name, *args):
+    hook = getattr(model, name, None)
+    return None if hook is None else hook(*args)
+
+
+def check_scenario(model, scenario):
+    _call(model, "check_scenario", scenario)
+
+
+def begin_task(model, task):
+    _call(model, "begin_task", task)
+
+
+def observe_task_data(model, dataset):
+    _call(model, "observe_task_data", dataset)
+
+
+def end_task(model, task):
+    _call(model, "end_task", task)
+
+
+def begin_epoch(model, optimizer):
+    _call(model, "begin_epoch", optimizer)
+
+
+def end_epoch(model):
+    _call(model, "end_epoch")
+
+
+def build_task_optimizer(model, optimizer):
+    """Builds an optimizer that is fresh at every task: the model's own way if it has
+    one (an engram model's task-scoped moments), else on every trainable variable."""
+    if getattr(model, "build_task_optimizer", None) is not None:
+        model.build_task_optimizer(optimizer)
+    else:
+        optimizer.build(model.trainable_variables)
+
+
+def compiles_step(model):
+    return bool(getattr(model, "compiles_step", True))
+
+
+def stochastic_in_training(model):
+    return bool(getattr(model, "stochastic_in_training", False))
+
+
+def model_inputs(model, x, task_ids):
+    """What the model is called with: `(x, task_ids)` for models that take the ids."""
+    if task_ids is not None and getattr(model, "takes_task_ids", False):
+        return (x, task_ids)
+    return x
+
+
+def set_inference(model, mode):
+    """Sets the model's inference mode for inputs without task ids, if it has modes."""
+    if getattr(model, "set_inference", None) is not None and model.inference_mode != mode:
+        model.set_inference(mode)
+
+
+def has_networks_for(model):
+    """The tasks the model can be evaluated on with their ids (None: every task)."""
+    tasks = getattr(model, "allocated_tasks", None)
+    return None if tasks is None else tuple(tasks)
+
+
+def infers_tasks(model):
+    return getattr(model, "infer_tasks", None) is not None
+
+
+def gradient_step(model, inputs, loss_fn, optimizer):
+    """The plain step: `loss_fn(model(inputs, training=True))`, its gradients applied to
+    every trainable variable. Returns `(logits, loss)`."""
+    with tf.GradientTape() as tape:
+        logits = model(inputs, training=True)
+        loss = loss_fn(logits)
+    variables = model.trainable_variables
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return logits, loss
+
+
+def train_on_batch(model, x, y, loss_fn, optimizer, task_ids=None):
+    """One step of any model: its `continual_train_step`, or `gradient_step`."""
+    step = getattr(model, "continual_train_step", None)
+    if step is not None:
+        return step(x, y, loss_fn, optimizer, task_ids)
+    return gradient_step(model, model_inputs(model, x, task_ids), loss_fn, optimizer)
