@@ -24,7 +24,16 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from larq_engrams.optimizers import MetaplasticAdam, variable_path, attenuate
+from larq_engrams.optimizers import (
+    MetaplasticAdam,
+    adam_hyperparameters,
+    adam_moments,
+    adam_update,
+    begin_step,
+    has_adam_moments,
+    is_built,
+    variable_path,
+)
 
 __all__ = [
     "Block", "BlockSlotCache", "apply_block_gradients", "gather_block", "has_slots", "latent_variable",
@@ -76,12 +85,9 @@ def _scatter_block(handle, shape, values, rows, cols):
         tf.raw_ops.ResourceScatterNdUpdate(ref=handle, indices=indices, updates=values)
 
 
-def _adam_on_block(w, m, v, gradient, strength, alpha, epsilon, beta_1, beta_2):
+def _adam_on_block(w, m, v, gradient, strength, *hyper):
     """Adam's (or MetaplasticAdam's) update of one block: the new (w, m, v)."""
-    m = m + (gradient - m) * (1 - beta_1)
-    v = v + (tf.square(gradient) - v) * (1 - beta_2)
-    direction = m if strength is None else attenuate(w, m, strength)
-    return w - (direction * alpha) / (tf.sqrt(v) + epsilon), m, v
+    return adam_update(w, m, v, gradient, strength, *hyper)[:3]
 
 
 # Gathers, Adam's arithmetic and scatters of a block fuse in one XLA cluster (outside
@@ -314,7 +320,7 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
         _check_slots(optimizer, blocks)
         return _apply_densely(optimizer, gradients, blocks, variables, extra)
 
-    optimizer._compute_current_learning_rate()
+    begin_step(optimizer)
     with tf.name_scope(optimizer.name or "optimizer"):
         with tf.init_scope():  # slots are created once, outside any function, as Keras does
             optimizer.build(variables)
@@ -328,28 +334,26 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
         if replica is not None and replica.num_replicas_in_sync > 1:
             summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
             pairs = [(g, b) for g, (_, b) in zip(summed, pairs)]
-        return tf.__internal__.distribute.interim.maybe_merge_call(
-            lambda strategy, pairs: _update_blocks(optimizer, strategy, pairs),
-            optimizer._distribution_strategy,
-            pairs,
-        )
+        update = lambda strategy, pairs: _update_blocks(optimizer, strategy, pairs)  # noqa: E731
+        if replica is None:  # cross-replica context: the strategy's own
+            return update(tf.distribute.get_strategy(), pairs)
+        return replica.merge_call(update, args=(pairs,))
 
 
 def _moments(optimizer, variable):
     """Adam's (m, v) slot variables of `variable`."""
-    index = optimizer._index_dict[optimizer._var_key(variable)]
-    return optimizer._momentums[index], optimizer._velocities[index]
+    return adam_moments(optimizer, variable)[:2]
 
 
 def has_slots(optimizer, variable):
     """Whether the (built) optimizer holds slots for `variable`: not so for the engram
     blocks of an optimizer built with task-scoped moments
     (`EngramModel.build_task_optimizer`), whose moments live in a `BlockSlotCache`."""
-    return optimizer._var_key(variable) in getattr(optimizer, "_index_dict", {})
+    return has_adam_moments(optimizer, variable)
 
 
 def _check_slots(optimizer, blocks):
-    if not getattr(optimizer, "_built", False):
+    if not is_built(optimizer):
         return  # the step builds it on every variable
     missing = [b.variable.name for b in blocks if not has_slots(optimizer, b.variable)]
     if missing:
@@ -358,19 +362,6 @@ def _check_slots(optimizer, blocks):
             "which live in the engram model's slot cache: load it "
             "(`model.load_engram_slots(optimizer)`) before such steps, or build the "
             "optimizer on every variable.")
-
-
-def _hyperparameters(optimizer):
-    """Adam's alpha_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t), epsilon, beta_1, beta_2."""
-    local_step = tf.cast(optimizer.iterations + 1, tf.float32)
-    beta_2_power = tf.pow(tf.cast(optimizer.beta_2, tf.float32), local_step)
-    beta_1_power = tf.pow(tf.cast(optimizer.beta_1, tf.float32), local_step)
-    lr = tf.cast(optimizer.learning_rate, tf.float32)
-    alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-    epsilon = tf.constant(optimizer.epsilon, tf.float32)
-    if getattr(optimizer, "adaptive_epsilon", False):
-        epsilon = epsilon * tf.sqrt(1 - beta_2_power)
-    return alpha, epsilon, tf.constant(optimizer.beta_1, tf.float32), tf.constant(optimizer.beta_2, tf.float32)
 
 
 def _strength(optimizer, variable):
@@ -389,12 +380,12 @@ def _update_cached_blocks(optimizer, cache, gradients, blocks):
         rows.append(block.rows)
         cols.append(block.cols)
         strengths.append(_strength(optimizer, block.variable))
-    _adam_cached_steps(handles, slots, grads, rows, cols, strengths, *_hyperparameters(optimizer))
+    _adam_cached_steps(handles, slots, grads, rows, cols, strengths, *adam_hyperparameters(optimizer))
     return optimizer.iterations.assign_add(1)
 
 
 def _update_blocks(optimizer, strategy, pairs):
-    hyper = _hyperparameters(optimizer)
+    hyper = adam_hyperparameters(optimizer)
     for gradient, block in pairs:
         # Slots and indices go through `args`: each device's update gets its own copy
         # (after the merge, the replicas' tensors arrive as per-replica values).

@@ -10,7 +10,6 @@ import logging
 import larq as lq
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.saved_model import save_context
 
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
 from larq_engrams.protocol import gradient_step, model_inputs
@@ -194,6 +193,7 @@ class EngramModel(tf.keras.Model):
         )
         self._infer_tasks = ()
         self._observe_step = None
+        self._cache_inference_blocks = True  # off while `save` traces the model
 
     # ------------------------------------------------------------- task control
     @property
@@ -272,6 +272,16 @@ class EngramModel(tf.keras.Model):
             super().build(input_shape)
         finally:
             self._inference_mode, self._inference_task = mode, task
+
+    def save(self, *args, **kwargs):
+        """Keras' `save`. A SavedModel (`save_format="tf"`) traces the model without the
+        "infer" kernel-block cache, transient state that must not be exported; use this
+        method rather than `tf.saved_model.save(model)` for an EngramModel."""
+        self._cache_inference_blocks = False
+        try:
+            return super().save(*args, **kwargs)
+        finally:
+            self._cache_inference_blocks = True
 
     def make_test_function(self, force=False):
         if self.test_function is None or force:
@@ -603,7 +613,7 @@ class EngramModel(tf.keras.Model):
         if self.execution == "sparse":  # the engrams' sub-networks, stacked
             stacked = StackedEngramSubnetworks(self, tasks)
             # A SavedModel export must not capture the cache: it is transient state.
-            cache = None if save_context.in_save_context() else self._inference_blocks
+            cache = self._inference_blocks if self._cache_inference_blocks else None
             if self.confidence == "excitation":
                 logits, score = stacked(x, with_excitation=True, cache=cache)
             else:

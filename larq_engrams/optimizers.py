@@ -14,7 +14,10 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-__all__ = ["MetaplasticAdam", "attenuate", "is_binary_kernel", "variable_path"]
+__all__ = [
+    "MetaplasticAdam", "adam_hyperparameters", "adam_moments", "adam_update", "attenuate", "has_adam_moments",
+    "begin_step", "is_binary_kernel", "is_built", "variable_path",
+]
 
 
 def is_binary_kernel(variable) -> bool:
@@ -38,6 +41,70 @@ def _name_matches(key: str, path: str) -> bool:
     """A mapping key names a variable by its full path, one path component (a layer
     name, e.g. "engram_dense_1"), or a glob over the path ("hidden_*/*")."""
     return key == path or key in path.split("/") or fnmatch.fnmatchcase(path, key)
+
+
+def adam_moments(optimizer, variable):
+    """Adam's (m, v, v_hat) slot variables of `variable` (v_hat: None without AMSGrad).
+
+    tf_keras has no public accessor for an optimizer's slots; this is the one place in
+    the package that reads Adam's own bookkeeping (the fields its subclasses use:
+    `_var_key`, `_index_dict`, `_momentums`, `_velocities`, `_velocity_hats`). Sparse execution,
+    `SynapticIntelligence` and `MetaplasticAdam` go through it, and their tests
+    (`tests/test_sparse_execution.py`, `test_regularizers.py`, `test_optimizers.py`)
+    fail if a tf_keras release changes it.
+    """
+    index = optimizer._index_dict[optimizer._var_key(variable)]
+    v_hat = optimizer._velocity_hats[index] if getattr(optimizer, "amsgrad", False) else None
+    return optimizer._momentums[index], optimizer._velocities[index], v_hat
+
+
+def has_adam_moments(optimizer, variable):
+    """Whether the (built) Adam optimizer holds moments for `variable` (see `adam_moments`)."""
+    return optimizer._var_key(variable) in getattr(optimizer, "_index_dict", {})
+
+
+def is_built(optimizer):
+    """Whether the optimizer has made its slots (see `adam_moments`)."""
+    return bool(getattr(optimizer, "_built", False))
+
+
+def begin_step(optimizer):
+    """What `apply_gradients` does before its updates, for steps that update variables
+    without it (sparse execution): a learning-rate schedule evaluated at this step
+    (see `adam_moments` on why this reaches into the optimizer)."""
+    optimizer._compute_current_learning_rate()
+
+
+def adam_hyperparameters(optimizer):
+    """`(alpha_t, epsilon, beta_1, beta_2)` of the coming step, float32, with Adam's
+    bias-corrected step size alpha_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)."""
+    local_step = tf.cast(optimizer.iterations + 1, tf.float32)
+    beta_2_power = tf.pow(tf.cast(optimizer.beta_2, tf.float32), local_step)
+    beta_1_power = tf.pow(tf.cast(optimizer.beta_1, tf.float32), local_step)
+    alpha = tf.cast(optimizer.learning_rate, tf.float32) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+    epsilon = tf.constant(optimizer.epsilon, tf.float32)
+    if getattr(optimizer, "adaptive_epsilon", False):
+        epsilon = epsilon * tf.sqrt(1 - beta_2_power)
+    return alpha, epsilon, tf.constant(optimizer.beta_1, tf.float32), tf.constant(optimizer.beta_2, tf.float32)
+
+
+def adam_update(w, m, v, gradient, strength, alpha, epsilon, beta_1, beta_2, v_hat=None):
+    """Adam's step (metaplastic where `strength` is not None), the one formula of the
+    package: returns the new `(w, m, v, v_hat)`.
+
+    ```
+    m <- m + (g - m)(1 - beta_1);   v <- v + (g^2 - v)(1 - beta_2)
+    v_hat <- max(v_hat, v)          (AMSGrad only; it replaces v below)
+    w <- w - alpha * d / (sqrt(v) + epsilon),   d = m, or attenuate(w, m, strength)
+    ```
+    """
+    m = m + (gradient - m) * (1 - beta_1)
+    v = v + (tf.square(gradient) - v) * (1 - beta_2)
+    denominator = v
+    if v_hat is not None:
+        v_hat = denominator = tf.maximum(v_hat, v)
+    direction = m if strength is None else attenuate(w, m, strength)
+    return w - (direction * alpha) / (tf.sqrt(denominator) + epsilon), m, v, v_hat
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_engrams")
@@ -143,11 +210,11 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
         step is being attenuated. Cheap: one elementwise pass; for logging."""
         out = {}
         for key, var in getattr(self, "_variables_by_key", {}).items():
-            if key not in self._index_dict:
+            if not has_adam_moments(self, var):
                 continue  # task-scoped moments: `BlockSlotCache.attenuated_fractions` has them
             if self._meta_strength.get(key, 0.0) > 0.0:
                 hidden = tf.convert_to_tensor(getattr(var, "latent_variable", var))
-                m = self._momentums[self._index_dict[key]]
+                m = adam_moments(self, var)[0]
                 shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)  # as in attenuate
                 out[variable_path(var)] = float(tf.reduce_mean(shrinking))
         return out
@@ -208,30 +275,18 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
             return super().update_step(gradient, variable)
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
-
-        dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
-        local_step = tf.cast(self.iterations + 1, dtype)
-        beta_1_power = tf.pow(tf.cast(self.beta_1, dtype), local_step)
-        beta_2_power = tf.pow(tf.cast(self.beta_2, dtype), local_step)
-        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        epsilon_hat = self.epsilon
-        if getattr(self, "adaptive_epsilon", False):
-            epsilon_hat = self.epsilon * tf.sqrt(1 - beta_2_power)
-
-        index = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[index], self._velocities[index]
-        m.assign_add((gradient - m) * (1 - self.beta_1))
-        v.assign_add((tf.square(gradient) - v) * (1 - self.beta_2))
-        if self.amsgrad:
-            v_hat = self._velocity_hats[index]
-            v_hat.assign(tf.maximum(v_hat, v))
-            v = v_hat
-
+        m, v, v_hat = adam_moments(self, variable)
         # The latent weights, also when Larq wraps them in a QuantizedVariable.
-        hidden = tf.convert_to_tensor(getattr(variable, "latent_variable", variable))
-        direction = _attenuated_direction(hidden, tf.convert_to_tensor(m), tf.constant(strength, dtype))
-        variable.assign_sub(alpha * direction / (tf.sqrt(v) + epsilon_hat))
+        w = getattr(variable, "latent_variable", variable)
+        w_new, m_new, v_new, v_hat_new = _metaplastic_adam_update(
+            tf.convert_to_tensor(w), tf.convert_to_tensor(m), tf.convert_to_tensor(v), gradient,
+            tf.constant(strength, tf.float32), *adam_hyperparameters(self),
+            v_hat=None if v_hat is None else tf.convert_to_tensor(v_hat))
+        m.assign(m_new)
+        v.assign(v_new)
+        if v_hat is not None:
+            v_hat.assign(v_hat_new)
+        w.assign(w_new)
 
     def get_config(self):
         config = super().get_config()
@@ -251,9 +306,9 @@ def attenuate(hidden, m, strength):
     return tf.where(shrinks, f_meta * m, m)
 
 
-# Fused by XLA into one pass over the kernel, on CPU as on GPU: unfused, these five
-# elementwise ops cost about 3x Adam's own update on a 2048 x 2048 kernel (2-core CPU).
-_attenuated_direction = tf.function(attenuate, jit_compile=True)
+# Fused by XLA into one pass over the kernel, on CPU as on GPU: unfused, the attenuation's
+# five elementwise ops cost about 3x Adam's own update on a 2048 x 2048 kernel (2-core CPU).
+_metaplastic_adam_update = tf.function(adam_update, jit_compile=True)
 
 
 def _validate_strength(m):

@@ -1,6 +1,7 @@
 """Synaptic intelligence (Zenke, Poole & Ganguli 2017)."""
 import tensorflow as tf
 
+from larq_engrams.optimizers import adam_moments, has_adam_moments
 from larq_engrams.regularizers.base import ConsolidationPenalty, latent
 
 __all__ = ["SynapticIntelligence"]
@@ -64,9 +65,8 @@ class SynapticIntelligence(ConsolidationPenalty):
                 f"SynapticIntelligence reads the step gradients from Adam's first moment; "
                 f"use an Adam-family optimizer, got {type(optimizer).__name__}."
             )
-        if not getattr(optimizer, "_momentums", None):  # slots not built yet: m_0 = 0
-            return optimizer, [None] * len(self.penalized_variables)
-        return optimizer, [optimizer._momentums[optimizer._index_dict[optimizer._var_key(p)]] for p in self.penalized_variables]
+        return optimizer, [adam_moments(optimizer, p)[0] if has_adam_moments(optimizer, p) else None  # m_0 = 0
+                           for p in self.penalized_variables]
 
     def on_train_batch_begin(self, batch, logs=None):
         _, momenta = self._momenta()
