@@ -22,7 +22,6 @@ import sys
 
 from absl import app, flags
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 _DEFAULT_LEVEL = "warning"
 
 
@@ -41,28 +40,14 @@ _SHOW_STARTUP = _level_on_command_line(sys.argv) in ("debug", "info")
 os.environ.setdefault("LARQ_ENGRAMS_QUIET_STARTUP", "0" if _SHOW_STARTUP else "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if _SHOW_STARTUP else "2")
 import larq_engrams  # noqa: E402,F401  (TensorFlow, quietly; tf.keras bound to Keras 2)
-import tensorflow as tf  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-
 from larq_engrams.benchmarks import DataSourceError  # noqa: E402
+from larq_engrams.experiment import LOG_LEVELS, set_log_level  # noqa: E402,F401  (scripts use both)
 
 flags.DEFINE_enum("log_level", _DEFAULT_LEVEL, list(LOG_LEVELS),
                   "Log lines shown: 'warning' keeps this package's warnings and hides TensorFlow's, TFDS' "
                   "and absl's below ERROR; 'info'/'debug' show everything, TensorFlow's start-up included.")
 # Listed by the script's own --help (absl lists only the main module's flags there).
 flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["log_level"])
-
-
-def set_log_level(level):
-    """Python loggers for `level` (one of `LOG_LEVELS`): the package's at `level`; the
-    libraries' at ERROR unless `level` is "info" or "debug"."""
-    value = getattr(logging, level.upper())
-    libraries = value if level in ("debug", "info") else max(value, logging.ERROR)
-    absl_logging.set_verbosity(value)
-    logging.getLogger("larq_engrams").setLevel(value)
-    for name in ("tensorflow", "absl", "tensorflow_datasets", "h5py", "matplotlib"):
-        logging.getLogger(name).setLevel(libraries)
-    tf.autograph.set_verbosity(0)
 
 
 def _parse_flags(argv):

@@ -118,14 +118,10 @@ flags.DEFINE_string("outdir", "results", "Where results go.")
 flags.DEFINE_string("logdir", None, "TensorBoard logs (none by default: the grid is large).")
 flags.DEFINE_bool("isolate", True, "Run every experiment in a fresh process, so that its peak memory is its "
                   "own (in one long process the resident set only grows from run to run).")
-flags.DEFINE_string("child", None, "Internal: run one experiment described by this JSON.")
 
 
 def main(argv):
     del argv
-    if FLAGS.child:
-        experiment.run_child(FLAGS.child)
-        return
     seeds = [int(s) for s in FLAGS.seeds]
     hidden = FLAGS.hidden or HIDDEN.get(FLAGS.grid, ("256", "256"))
     hp = methods.HyperParameters(hidden=tuple(int(h) for h in hidden))
@@ -144,9 +140,8 @@ def main(argv):
     def run(config, method, seed, outdir, logdir=None, part="test"):
         begun = time.perf_counter()
         if FLAGS.isolate:
-            result = experiment.run_in_fresh_process(os.path.abspath(__file__), config, method, seed, outdir,
-                                                     logdir, command=command,
-                                                     extra_args=[f"--log_level={FLAGS.log_level}"])
+            result = experiment.run_in_fresh_process(config, method, seed, outdir, logdir, command=command,
+                                                     log_level=FLAGS.log_level)
         else:
             result = experiment.run_experiment(config, method, seed, outdir, logdir, verbose=0, command=command)
         compute[part] += time.perf_counter() - begun

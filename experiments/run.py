@@ -67,7 +67,6 @@ flags.DEFINE_bool("isolate", True, "Run every method and seed in a fresh process
                   "summary's RSS column) is its own.")
 flags.DEFINE_bool("keep_checkpoints", False, "Keep each finished run's per-task checkpoints (model, optimizer, "
                   "callbacks after every task); by default they are deleted once the run is finished.")
-flags.DEFINE_string("child", None, "Internal: run one experiment described by this JSON (--isolate).")
 flags.DEFINE_bool("resume", True, "Resume interrupted runs from their per-task checkpoints.")
 flags.DEFINE_integer("verbose", 1, "0: silent; 1: progress bars and a line per task.")
 
@@ -137,9 +136,6 @@ def validate():
 
 
 def main(argv):
-    if FLAGS.child:
-        experiment.run_child(FLAGS.child)
-        return
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_preset()
@@ -169,9 +165,8 @@ def main(argv):
                 common = dict(resume=FLAGS.resume, verbose=FLAGS.verbose, command=command,
                               keep_checkpoints=FLAGS.keep_checkpoints)
                 if FLAGS.isolate:
-                    result = experiment.run_in_fresh_process(os.path.abspath(__file__), config, method, seed,
-                                                             out_root, log_root, **common,
-                                                             extra_args=[f"--log_level={FLAGS.log_level}"])
+                    result = experiment.run_in_fresh_process(config, method, seed, out_root, log_root, **common,
+                                                             log_level=FLAGS.log_level)
                 else:
                     result = experiment.run_experiment(config, method, seed, out_root, log_root, **common)
             except (experiment.StaleRunError, CheckpointError, experiment.ChildRunError) as error:

@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
 import larq_engrams
 from larq_engrams import benchmarks, methods
@@ -31,7 +32,8 @@ from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomi
 
 __all__ = [
     "ChildRunError", "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "finished_run",
-    "make_scenario", "run_child", "run_experiment", "run_in_fresh_process", "run_settings", "summarize",
+    "make_scenario", "run_child", "run_experiment", "run_in_fresh_process", "run_settings", "set_log_level",
+    "summarize",
     "summary_table",
 ]
 
@@ -269,16 +271,16 @@ class ChildRunError(RuntimeError):
     """An experiment run in a fresh process failed (its own error went to stderr)."""
 
 
-def run_in_fresh_process(script, config, method, seed, outdir, logdir=None, resume=True, verbose=0, command=None,
-                         keep_checkpoints=False, extra_args=()):
+def run_in_fresh_process(config, method, seed, outdir, logdir=None, resume=True, verbose=0, command=None,
+                         keep_checkpoints=False, log_level="warning"):
     """`run_experiment` in a new Python process, so that the result's peak memory is
     the run's own (in one process the resident set only grows from run to run).
 
-    `script` is a command-line script that, given `--child=SPEC`, calls
-    `run_child(SPEC)` (`experiments/run.py` and `reproduce.py` do); `extra_args` are
-    passed on (e.g. `--log_level`). The child's output goes straight to this process'
-    terminal. With `resume`, a finished run of the same settings is reused without
-    starting a process. The other arguments are `run_experiment`'s.
+    The child is `python -m larq_engrams.experiment SPEC` (SPEC: this call's arguments
+    as JSON), with the Python loggers set by `log_level` (`set_log_level`). Its output
+    goes straight to this process' terminal. With `resume`, a finished run of the same
+    settings is reused without starting a process. The other arguments are
+    `run_experiment`'s.
     """
     if resume:
         reused = finished_run(config, method, seed, outdir)  # same settings, or StaleRunError
@@ -286,9 +288,9 @@ def run_in_fresh_process(script, config, method, seed, outdir, logdir=None, resu
             return reused
     spec = {"config": dataclasses.asdict(config), "method": method, "seed": seed, "outdir": outdir,
             "logdir": logdir, "resume": resume, "verbose": verbose, "command": command,
-            "keep_checkpoints": keep_checkpoints}
+            "keep_checkpoints": keep_checkpoints, "log_level": log_level}
     sys.stdout.flush()
-    code = subprocess.call([sys.executable, script, f"--child={json.dumps(spec)}", *extra_args])
+    code = subprocess.call([sys.executable, "-m", "larq_engrams.experiment", json.dumps(spec)])
     if code != 0:
         raise ChildRunError(f"{config.name} {method} seed {seed}: its process exited with status {code} "
                             f"(its error is above).")
@@ -298,9 +300,30 @@ def run_in_fresh_process(script, config, method, seed, outdir, logdir=None, resu
 def run_child(spec_json):
     """The child side of `run_in_fresh_process`."""
     spec = json.loads(spec_json)
+    set_log_level(spec.get("log_level", "warning"))
     return run_experiment(ExperimentConfig.from_dict(spec["config"]), spec["method"], spec["seed"], spec["outdir"],
                           spec["logdir"], resume=spec["resume"], verbose=spec["verbose"], command=spec["command"],
                           keep_checkpoints=spec["keep_checkpoints"])
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def set_log_level(level):
+    """Python loggers for `level` (one of `LOG_LEVELS`): the package's at `level`; the
+    libraries' (TensorFlow, absl, TFDS, ...) at ERROR unless `level` is "info" or
+    "debug", so an experiment's terminal carries its own progress and results."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    value = getattr(logging, level.upper())
+    libraries = value if level in ("debug", "info") else max(value, logging.ERROR)
+    absl_logging.set_verbosity(value)
+    logging.getLogger("larq_engrams").setLevel(value)
+    for name in ("tensorflow", "absl", "tensorflow_datasets", "h5py", "matplotlib"):
+        logging.getLogger(name).setLevel(libraries)
+    tf.autograph.set_verbosity(0)
 
 
 def collect_results(outdir):
@@ -379,3 +402,10 @@ def write_summary(path_prefix, summary, title, extra=None):
     table = summary_table(summary, title)
     write_atomically(path_prefix + ".md", table + "\n")
     return table
+
+
+if __name__ == "__main__":  # the child process of `run_in_fresh_process`
+    try:
+        run_child(sys.argv[1])
+    except benchmarks.DataSourceError as error:  # one line: what was expected and how to get it
+        sys.exit(f"error: {error}")
