@@ -16,7 +16,6 @@ asked for with `--log_level`:
   printed as one line plus a pointer to `--help`, exit status 2; a data source that
   cannot give its data set (`benchmarks.DataSourceError`) is one line too, exit status 2.
 """
-import logging
 import os
 import sys
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["check_choice", "check_positive_int", "check_positive_ints", "check_setting"]
+__all__ = ["check_choice", "check_fraction", "check_int", "check_positive_int", "check_positive_ints",
+           "check_setting"]
 
 
 def _prefix(owner):
@@ -22,6 +23,24 @@ def check_positive_int(name, value, owner=None, allow_none=False):
         also = " or None" if allow_none else ""
         raise ValueError(f"{_prefix(owner)}`{name}` must be a positive int{also}, got {value!r}.")
     return int(value)
+
+
+def check_int(name, value, minimum, owner=None):
+    """`value` as an int >= `minimum` (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{_prefix(owner)}`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_fraction(name, value, owner=None):
+    """`value` as a float in (0, 1]."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0.0 < number <= 1.0:
+        raise ValueError(f"{_prefix(owner)}`{name}` must be in (0, 1], got {value!r}.")
+    return number
 
 
 def check_positive_ints(name, values, owner=None):

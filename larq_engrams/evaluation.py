@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams import protocol
-from larq_engrams.task_inputs import class_mask_table, masked_logits, model_inputs, split_task_inputs  # noqa: F401
+from larq_engrams.protocol import model_inputs
+from larq_engrams.task_inputs import class_mask_table, masked_logits, split_task_inputs
 
-# The task-id helpers live in `task_inputs`; importing them from here keeps working.
 __all__ = ["TaskEvaluator"]
 
 

@@ -11,6 +11,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from larq_engrams.arguments import check_fraction, check_int
 from larq_engrams.block_updates import Block
 
 __all__ = ["EngramDense"]
@@ -116,17 +117,16 @@ class EngramDense(tf.keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _check_int("units", units, minimum=1)
-        self.max_tasks = _check_int("max_tasks", max_tasks, minimum=1)
-        self.engram_fraction = _check_fraction("engram_fraction", engram_fraction)
-        self.activation_probability = _check_fraction(
-            "activation_probability", activation_probability
-        )
+        self.units = check_int("units", units, 1, owner="EngramDense")
+        self.max_tasks = check_int("max_tasks", max_tasks, 1, owner="EngramDense")
+        self.engram_fraction = check_fraction("engram_fraction", engram_fraction, owner="EngramDense")
+        self.activation_probability = check_fraction(
+            "activation_probability", activation_probability, owner="EngramDense")
         if not float(excitability) >= 0.0:
             raise ValueError(f"EngramDense: `excitability` must be >= 0, got {excitability!r}.")
         self.excitability = float(excitability)
         self.rescale_reactivation = bool(rescale_reactivation)
-        self.seed = _check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, 0, owner="EngramDense")
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"EngramDense: `momentum` must be in [0, 1), got {momentum!r}.")
         self.momentum = float(momentum)
@@ -493,19 +493,3 @@ def _static_training_flag(training):
             )
         training = value
     return bool(training)
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"EngramDense: `{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_fraction(name, value):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"EngramDense: `{name}` must be in (0, 1], got {value!r}.")
-    return value

@@ -8,9 +8,7 @@ consolidated.
 import numpy as np
 import tensorflow as tf
 
-from larq_engrams.protocol import model_inputs  # noqa: F401  (its home is the protocol)
-
-__all__ = ["class_mask_table", "masked_logits", "model_inputs", "split_task_inputs"]
+__all__ = ["class_mask_table", "masked_logits", "split_task_inputs"]
 
 
 def split_task_inputs(x):

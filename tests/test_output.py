@@ -169,7 +169,7 @@ def test_recorded_git_state_lists_the_tracked_files_with_uncommitted_edits(tmp_p
     """A clean checkout records its commit; edits and a staged rename add "-dirty" and
     their paths, unquoted (the new one for the rename); untracked files are not edits;
     outside a checkout nothing is recorded."""
-    from larq_engrams.training.result import _git_state
+    from larq_engrams.results import _git_state
     assert _git_state(str(tmp_path)) == (None, None)
     git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
                                     check=True, capture_output=True, text=True).stdout.strip()

@@ -5,7 +5,7 @@ import numpy as np
 
 from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.evaluation import TaskEvaluator
-from larq_engrams.training.result import ContinualResult, environment
+from larq_engrams.results import ContinualResult, environment
 
 __all__ = ["AccuracyMatrixCallback"]
 

@@ -4,7 +4,8 @@ kernels."""
 import tensorflow as tf
 
 from larq_engrams.regularizers.base import ConsolidationPenalty, latent
-from larq_engrams.task_inputs import class_mask_table, masked_logits, model_inputs, split_task_inputs
+from larq_engrams.protocol import model_inputs
+from larq_engrams.task_inputs import class_mask_table, masked_logits, split_task_inputs
 
 __all__ = ["EWC", "OnlineEWC", "empirical_fisher"]
 

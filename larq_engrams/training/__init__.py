@@ -1,6 +1,7 @@
-"""Continual training: `ContinualTrainer` and its `ContinualResult`."""
-from larq_engrams.training.result import ContinualResult, environment, write_atomically
+"""Continual training: `ContinualTrainer` and its `ContinualResult` (`larq_engrams.results`)."""
+from larq_engrams.results import ContinualResult, environment, write_atomically
 from larq_engrams.training.step import train_step
-from larq_engrams.training.trainer import CheckpointError, ContinualTrainer
+from larq_engrams.training.checkpoints import CheckpointError
+from larq_engrams.training.trainer import ContinualTrainer
 
 __all__ = ["CheckpointError", "ContinualResult", "ContinualTrainer", "environment", "train_step", "write_atomically"]

@@ -1,29 +1,25 @@
 """`ContinualTrainer`: trains a model through the tasks of a scenario with a custom
 tf.data loop and fills the accuracy matrix."""
-import json
 import logging
-import os
-import shutil
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from larq_engrams import protocol
 from larq_engrams.arguments import check_choice, check_positive_int
 from larq_engrams.benchmarks.scenario import Scenario
 from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.callbacks.memory import PeakMemoryCallback
 from larq_engrams.evaluation import TaskEvaluator
-from larq_engrams import protocol
+from larq_engrams.results import ContinualResult, environment
 from larq_engrams.task_inputs import class_mask_table, split_task_inputs
-from larq_engrams.training.result import ContinualResult, environment, write_atomically
+from larq_engrams.training.checkpoints import CheckpointError, TaskCheckpoints
 from larq_engrams.training.step import train_step
 
 __all__ = ["ContinualTrainer", "CheckpointError"]
 
 log = logging.getLogger("larq_engrams.training")
-_STATE_FILE = "trainer_state.json"
-_STATE_FORMAT = "larq_engrams.trainer_state/2"
 
 
 class ContinualTrainer:
@@ -135,6 +131,7 @@ class ContinualTrainer:
         self.memory = PeakMemoryCallback()
         self.user_callbacks = list(callbacks or [])
         self.checkpoint_dir = checkpoint_dir
+        self._checkpoints = TaskCheckpoints(checkpoint_dir, self.strategy)
         compiles = protocol.compiles_step(self.model)
         if jit_compile == "auto":
             jit_compile = compiles
@@ -449,24 +446,8 @@ class ContinualTrainer:
                                    data=tf.train.Checkpoint(**scenario.data_state()))
 
     def _checkpoint(self, scenario, t, R, baseline, task_seconds, epoch_accuracies):
-        if not self.checkpoint_dir:
-            return
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        name = f"after_task_{t}"
-        chief = _is_chief(self.strategy)
-        # Every worker writes (variables read across workers need all of them); the
-        # others write to a folder of their own, removed at once.
-        folder = self.checkpoint_dir if chief else os.path.join(
-            self.checkpoint_dir, f".worker_{self.strategy.cluster_resolver.task_id}")
-        prefix = self._checkpoint_object(scenario).write(os.path.join(folder, name))
-        if not chief:
-            shutil.rmtree(folder, ignore_errors=True)
-            return
-        state = {
-            "format": _STATE_FORMAT,
+        self._checkpoints.save(t, self._checkpoint_object(scenario), {
             "scenario": _scenario_key(scenario),
-            "completed": t + 1,
-            "checkpoint": os.path.basename(prefix),
             "R": R[: t + 1].tolist(),
             "baseline": list(map(float, baseline)),
             "task_seconds": task_seconds,
@@ -475,55 +456,18 @@ class ContinualTrainer:
             "rss_before_bytes": self.memory.rss_before_bytes,
             "callbacks": [{"class": type(cb).__name__, "state": cb.get_state()}
                           for cb in self._stateful_callbacks()],
-        }
-        # The state file names the checkpoint it belongs to and is replaced atomically
-        # after the checkpoint is complete: a run killed at any point resumes from the
-        # last complete one. Only then are the older checkpoints removed.
-        write_atomically(os.path.join(self.checkpoint_dir, _STATE_FILE), json.dumps(state, indent=1))
-        for file in os.listdir(self.checkpoint_dir):
-            if file.startswith("after_task_") and not file.startswith(os.path.basename(prefix) + "."):
-                os.remove(os.path.join(self.checkpoint_dir, file))
+        })
 
     def _restore(self, scenario):
-        if not self.checkpoint_dir:
-            return None
-        path = os.path.join(self.checkpoint_dir, _STATE_FILE)
-        if not os.path.exists(path):
-            return None
-        start_over = (f"Delete the folder {self.checkpoint_dir} to start the run over, or give another "
-                      f"checkpoint_dir.")
-        try:
-            with open(path) as f:
-                state = json.load(f)
-            if state.get("format") != _STATE_FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {_STATE_FORMAT!r}")
-            completed, prefix = int(state["completed"]), state["checkpoint"]
-            saved_callbacks = [entry["class"] for entry in state["callbacks"]]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(
-                f"{path} is not a trainer state file this version can resume from ({error}): it is "
-                f"truncated, corrupt, or written by another program or version. {start_over}") from error
-        if state["scenario"] != _scenario_key(scenario):
-            raise CheckpointError(
-                f"{path} belongs to a different scenario ({state['scenario']}) than this run "
-                f"({_scenario_key(scenario)}). {start_over}"
-            )
         callbacks = self._stateful_callbacks()
-        if saved_callbacks != [type(cb).__name__ for cb in callbacks]:
-            raise CheckpointError(
-                f"{path} was written with the callbacks {saved_callbacks}, this run has "
-                f"{[type(cb).__name__ for cb in callbacks]}: it is another method's run. {start_over}")
+        state = self._checkpoints.load_state(_scenario_key(scenario), [type(cb).__name__ for cb in callbacks])
+        if state is None:
+            return None
         self._build_optimizer()  # slots must exist to be restored, built as the run built them
-        checkpoint = os.path.join(self.checkpoint_dir, prefix)
-        try:
-            self._checkpoint_object(scenario).read(checkpoint).assert_existing_objects_matched()
-        except Exception as error:  # TensorFlow raises many kinds for a broken file
-            raise CheckpointError(
-                f"cannot restore the checkpoint {checkpoint} named by {path}: {str(error).splitlines()[0]}. "
-                f"It is missing, truncated, or holds another model. {start_over}") from error
+        self._checkpoints.restore(self._checkpoint_object(scenario), state)
         for cb, entry in zip(callbacks, state["callbacks"]):
             cb.set_state(entry["state"])
-        protocol.begin_task(self.model, completed - 1)
+        protocol.begin_task(self.model, state["completed"] - 1)
         return state
 
 
@@ -533,22 +477,6 @@ def _has_batch_hooks(callbacks):
     base = tf.keras.callbacks.Callback
     names = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
     return any(getattr(type(cb), n) is not getattr(base, n) for cb in callbacks for n in names)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or trainer state file that cannot be resumed from."""
-
-
-def _is_chief(strategy):
-    """Whether this process keeps the checkpoints: always, except on the workers of a
-    multi-worker strategy other than the chief (or worker 0 without a chief)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _scenario_key(scenario):
