@@ -328,13 +328,9 @@ class EngramDense(tf.keras.layers.Layer):
         z = tf.matmul(x, kernel)
         if training:
             mean, variance = tf.nn.moments(z, axes=[0])
-            index = units[:, None]
-            n = tf.constant([self.units])
-            decay = (1.0 - self.momentum) * tf.scatter_nd(index, tf.ones_like(mean), n)
-            self.moving_mean.assign_sub((self.moving_mean - tf.scatter_nd(index, mean, n)) * decay)
-            self.moving_variance.assign_sub(
-                (self.moving_variance - tf.scatter_nd(index, variance, n)) * decay
-            )
+            index, n = units[:, None], tf.constant([self.units])
+            self._update_moving_statistics(tf.scatter_nd(index, mean, n), tf.scatter_nd(index, variance, n),
+                                           tf.scatter_nd(index, tf.ones_like(mean), n))
         else:
             mean = tf.gather(self.moving_mean, units)
             variance = tf.gather(self.moving_variance, units)
@@ -372,13 +368,17 @@ class EngramDense(tf.keras.layers.Layer):
         """BatchNorm (batch statistics and masked moving updates when training) + sign."""
         if training:
             mean, variance = tf.nn.moments(z, axes=[0])
-            trained_units = gate if gate.shape.rank == 1 else tf.reduce_max(gate, axis=0)
-            decay = (1.0 - self.momentum) * trained_units
-            self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
-            self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
+            self._update_moving_statistics(mean, variance, gate if gate.shape.rank == 1 else tf.reduce_max(gate, axis=0))
         else:
             mean, variance = self.moving_mean, self.moving_variance
         return self.normalized_sign(z, mean, variance, self.gamma, self.beta)
+
+    def _update_moving_statistics(self, mean, variance, trained):
+        """Keras' BatchNorm update, on the trained units only (`trained`: (N,) 0/1):
+        moving <- moving - (1 - momentum) trained (moving - batch statistic)."""
+        decay = (1.0 - self.momentum) * trained
+        self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+        self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
 
     def _engram_gate(self, task, mode):
         if mode == _UNION_MODE:

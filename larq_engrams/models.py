@@ -15,14 +15,13 @@ from larq_engrams.arguments import check_choice, check_positive_int, check_posit
 from larq_engrams.protocol import gradient_step, model_inputs
 from larq_engrams.task_inputs import split_task_inputs
 from larq_engrams.block_updates import BlockSlotCache, has_slots, supports_block_updates
-from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache, StackedEngramSubnetworks
+from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache
 from larq_engrams.task_inference import (
     DEFAULT_FEATURES,
     DEFAULT_SHRINKAGE,
-    EMPTY_GROUP_SCORE,
     MAX_FEATURES,
+    EngramTaskInference,
     InputDiscriminant,
-    floored_log_softmax,
 )
 from larq_engrams.layers import (
     EngramDense,
@@ -192,8 +191,8 @@ class EngramModel(tf.keras.Model):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         self._infer_tasks = ()
-        self._observe_step = None
         self._cache_inference_blocks = True  # off while `save` traces the model
+        self.task_inference = EngramTaskInference(self)  # "infer" mode: which engram answers
 
     # ------------------------------------------------------------- task control
     @property
@@ -320,10 +319,8 @@ class EngramModel(tf.keras.Model):
 
     def observe_task_data(self, data, y=None, batch_size=1000):
         """Records the inputs of the active engram's task for task inference
-        (`confidence="input_lda"`): adds them to the engram's class sums and to the
-        shared second moment, then refreshes the discriminant. The statistics depend on
-        the inputs only, so any time during the task will do; `fit` and
-        `ContinualTrainer` call it at the task's start. Data observed twice counts twice.
+        (`EngramTaskInference.observe`; `fit` and `ContinualTrainer` call it at the
+        task's start). Data observed twice counts twice.
 
         Args:
             data: a `tf.data.Dataset` of `(x, y)`, `((x, task_ids), y)` or
@@ -331,30 +328,7 @@ class EngramModel(tf.keras.Model):
             y: the labels when `data` is an array.
             batch_size: for arrays.
         """
-        if self.task_discriminant is None:
-            return
-        if self.active_task is None:
-            raise RuntimeError("EngramModel: no active task. Call `model.begin_task(t)` first.")
-        if not isinstance(data, tf.data.Dataset):
-            if y is None:
-                raise ValueError("observe_task_data: give `y` with array inputs.")
-            data = tf.data.Dataset.from_tensor_slices((data, y)).batch(batch_size)
-        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-            raise ValueError(
-                "observe_task_data: the dataset repeats for ever; pass one pass over the "
-                "task's training data (e.g. the dataset before `.repeat()`).")
-        if self._observe_step is None:
-            def observe(x, y):
-                x, _ = split_task_inputs(x)
-                self.task_discriminant.observe(
-                    self.flatten(x), y, self.engram_layers[0].active_task)
-            self._observe_step = tf.function(observe, reduce_retracing=True)
-        for batch in data:
-            x, y, _ = tf.keras.utils.unpack_x_y_sample_weight(batch)
-            if y is None:
-                raise ValueError("observe_task_data: the dataset must yield labels.")
-            self._observe_step(x, y)
-        self.task_discriminant.refresh()
+        self.task_inference.observe(data, y, batch_size)
 
     # ------------------------------------------------ the continual protocol
     # (`larq_engrams.protocol`: what ContinualTrainer, its step and the evaluator call)
@@ -556,12 +530,12 @@ class EngramModel(tf.keras.Model):
         if self._inference_mode == "union":
             return self._forward(x, training, mode="union")
         if self._inference_mode == "infer":
-            return self._infer(x)[0]
+            return self.task_inference(x)[0]
         return self._forward(x, training, task=self._inference_task)
 
     def infer_tasks(self, x):
         """The engram chosen per sample in "infer" mode (an int tensor of task ids)."""
-        return self._infer(self.flatten(tf.convert_to_tensor(x)))[1]
+        return self.task_inference(tf.convert_to_tensor(x))[1]
 
     def _forward(self, x, training, task=None, mode="task"):
         # The first call (Keras' build) creates the weights through the masked path.
@@ -591,81 +565,6 @@ class EngramModel(tf.keras.Model):
         for layer in self.engram_layers:
             h = layer(h, training=training, task=task, mode=mode)
         return self.classifier_norm(self.classifier(h), training=training)
-
-    def _forward_with_excitation(self, x, task_ids):
-        """Logits and the excitation: the sum over layers of each engram's deviation
-        from its units' resting (moving) statistics."""
-        h, total = x, 0.0
-        for layer in self.engram_layers:
-            h, deviation = layer.call_with_deviation(h, task_ids)
-            total += deviation
-        return self.classifier_norm(self.classifier(h), training=False), total
-
-    def _infer(self, x):
-        """Runs every allocated engram on the batch (its sub-network, or the masked
-        network on a tiled batch); keeps the most confident per sample."""
-        tasks = list(self.allocated_tasks if tf.executing_eagerly() else self._infer_tasks)
-        if not tasks:
-            raise RuntimeError("EngramModel: 'infer' mode needs at least one allocated engram.")
-        x = self.flatten(x)
-        batch = tf.shape(x)[0]
-        k = len(tasks)
-        if self.execution == "sparse":  # the engrams' sub-networks, stacked
-            stacked = StackedEngramSubnetworks(self, tasks)
-            # A SavedModel export must not capture the cache: it is transient state.
-            cache = self._inference_blocks if self._cache_inference_blocks else None
-            if self.confidence == "excitation":
-                logits, score = stacked(x, with_excitation=True, cache=cache)
-            else:
-                logits = stacked(x, cache=cache)
-        else:
-            tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
-            ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
-            if self.confidence == "excitation":
-                logits, score = self._forward_with_excitation(tiled, ids)
-                score = tf.reshape(score, [k, batch])
-            else:
-                logits = self._forward(tiled, False, task=ids)
-            logits = tf.reshape(logits, [k, batch, self.num_classes])
-        if self.confidence == "input_lda":
-            groups = self._input_lda_group_scores(x, tasks)  # (K, batch, classes)
-            score = tf.reduce_max(groups, axis=-1)
-        elif self.confidence != "excitation":
-            probs = tf.nn.softmax(logits, axis=-1)
-        if self.confidence == "max_softmax":
-            score = tf.reduce_max(probs, axis=-1)
-        elif self.confidence == "entropy":
-            score = tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)  # -entropy
-        best = tf.argmax(score, axis=0, output_type=tf.int32)  # (batch,)
-        chosen = tf.gather(tf.transpose(logits, [1, 0, 2]), best, batch_dims=1)
-        chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
-        poe = self.confidence == "input_lda" and self.lda_weight > 0
-        if not (self.restrict_to_engram_classes or poe):
-            return chosen, chosen_tasks  # the chosen engram's own logits
-        log_probs = tf.nn.log_softmax(chosen, axis=-1)
-        if poe:
-            # Product of experts: the network's posterior times the discriminant's
-            # posterior over the groups the engram has data for, to the power w.
-            lda = tf.cast(tf.gather(tf.transpose(groups, [1, 0, 2]), best, batch_dims=1), chosen.dtype)
-            log_probs += self.lda_weight * floored_log_softmax(lda, lda > EMPTY_GROUP_SCORE / 2)
-        if not self.restrict_to_engram_classes:
-            return tf.nn.log_softmax(log_probs, axis=-1), chosen_tasks
-        known = tf.gather(self.engram_classes, chosen_tasks) > 0  # (batch, classes)
-        # Engrams with no recorded classes (e.g. trained outside train_step) predict freely.
-        known = tf.logical_or(known, tf.logical_not(tf.reduce_any(known, axis=-1, keepdims=True)))
-        return floored_log_softmax(log_probs, known), chosen_tasks
-
-    def _input_lda_group_scores(self, x, tasks):
-        """(K, batch, classes) discriminant scores g_{s,c}(x) of the engrams `tasks`."""
-        discriminant = self.task_discriminant
-        observed = tf.gather(discriminant.observed_tasks(), tasks)
-        check = tf.debugging.Assert(tf.reduce_all(observed), [
-            "EngramModel: confidence 'input_lda' needs the input statistics of every engram: "
-            "call `model.observe_task_data(train_data)` for each task trained outside "
-            "`fit` / `ContinualTrainer` (engrams without statistics:", tf.constant(tasks),
-            tf.logical_not(observed), ")"])
-        with tf.control_dependencies([check]):
-            return tf.transpose(tf.gather(discriminant.group_scores(x), tasks, axis=1), [1, 0, 2])
 
     # ------------------------------------------------------------ serialization
     def get_config(self):

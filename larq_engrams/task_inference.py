@@ -37,9 +37,11 @@ trained already competes in "infer" evaluations during its own task.
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int
+from larq_engrams.subnetwork import StackedEngramSubnetworks
+from larq_engrams.task_inputs import split_task_inputs
 
-__all__ = ["InputDiscriminant", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE", "EMPTY_GROUP_SCORE",
-           "floored_log_softmax"]
+__all__ = ["EngramTaskInference", "InputDiscriminant", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
+           "EMPTY_GROUP_SCORE", "floored_log_softmax"]
 
 # M x M float64 statistics: 4096 features take 134 MB.
 MAX_FEATURES = 4096
@@ -245,3 +247,130 @@ class _RandomSigns(tf.keras.initializers.Initializer):
 
     def get_config(self):
         return {"seed": self.seed, "scale": self.scale}
+
+
+class EngramTaskInference:
+    """An `EngramModel`'s "infer" mode: which engram answers an input, and its output.
+
+    For the allocated engrams s, the model's engram networks run on the batch (their
+    stacked sub-networks, or the masked network on a tiled batch); the confidence
+    measure (`model.confidence`) picks one engram per sample: "input_lda" (the
+    router, `InputDiscriminant`: the best group score g_{s,c}(x) over the engram's
+    classes), "excitation" (the summed BatchNorm deviation of its units),
+    "max_softmax" or "entropy" (of its network's output). The output is the chosen
+    engram's product of experts with the router's class evidence, restricted to the
+    engram's classes (`floored_log_softmax`; docs/method.md, section 3).
+
+    It holds no state of its own: the router's statistics, the engram classes and the
+    weights are the model's (saved with it).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._observe_step = None
+
+    def observe(self, data, y=None, batch_size=1000):
+        """Adds the inputs of the active engram's task to the router's statistics (its
+        class sums and the shared second moment), then refreshes the discriminant. The
+        statistics depend on the inputs only, so any time during the task will do."""
+        model = self.model
+        if model.task_discriminant is None:
+            return
+        if model.active_task is None:
+            raise RuntimeError("EngramModel: no active task. Call `model.begin_task(t)` first.")
+        if not isinstance(data, tf.data.Dataset):
+            if y is None:
+                raise ValueError("observe_task_data: give `y` with array inputs.")
+            data = tf.data.Dataset.from_tensor_slices((data, y)).batch(batch_size)
+        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError(
+                "observe_task_data: the dataset repeats for ever; pass one pass over the "
+                "task's training data (e.g. the dataset before `.repeat()`).")
+        if self._observe_step is None:
+            def observe(x, y):
+                x, _ = split_task_inputs(x)
+                model.task_discriminant.observe(model.flatten(x), y, model.engram_layers[0].active_task)
+            self._observe_step = tf.function(observe, reduce_retracing=True)
+        for batch in data:
+            x, y, _ = tf.keras.utils.unpack_x_y_sample_weight(batch)
+            if y is None:
+                raise ValueError("observe_task_data: the dataset must yield labels.")
+            self._observe_step(x, y)
+        model.task_discriminant.refresh()
+
+    def __call__(self, x):
+        """`(outputs, chosen engram per sample)` for a batch of inputs."""
+        model = self.model
+        tasks = list(model.allocated_tasks if tf.executing_eagerly() else model._infer_tasks)
+        if not tasks:
+            raise RuntimeError("EngramModel: 'infer' mode needs at least one allocated engram.")
+        x = model.flatten(x)
+        batch = tf.shape(x)[0]
+        k = len(tasks)
+        confidence = model.confidence
+        if model.execution == "sparse":  # the engrams' sub-networks, stacked
+            stacked = StackedEngramSubnetworks(model, tasks)
+            # A SavedModel export must not capture the cache: it is transient state.
+            cache = model._inference_blocks if model._cache_inference_blocks else None
+            if confidence == "excitation":
+                logits, score = stacked(x, with_excitation=True, cache=cache)
+            else:
+                logits = stacked(x, cache=cache)
+        else:
+            tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
+            ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
+            if confidence == "excitation":
+                logits, score = self._masked_with_excitation(tiled, ids)
+                score = tf.reshape(score, [k, batch])
+            else:
+                logits = model._masked_forward(tiled, False, ids)
+            logits = tf.reshape(logits, [k, batch, model.num_classes])
+        if confidence == "input_lda":
+            groups = self.group_scores(x, tasks)  # (K, batch, classes)
+            score = tf.reduce_max(groups, axis=-1)
+        elif confidence != "excitation":
+            probs = tf.nn.softmax(logits, axis=-1)
+        if confidence == "max_softmax":
+            score = tf.reduce_max(probs, axis=-1)
+        elif confidence == "entropy":
+            score = tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)  # -entropy
+        best = tf.argmax(score, axis=0, output_type=tf.int32)  # (batch,)
+        chosen = tf.gather(tf.transpose(logits, [1, 0, 2]), best, batch_dims=1)
+        chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
+        poe = confidence == "input_lda" and model.lda_weight > 0
+        if not (model.restrict_to_engram_classes or poe):
+            return chosen, chosen_tasks  # the chosen engram's own logits
+        log_probs = tf.nn.log_softmax(chosen, axis=-1)
+        if poe:
+            # Product of experts: the network's posterior times the discriminant's
+            # posterior over the groups the engram has data for, to the power w.
+            lda = tf.cast(tf.gather(tf.transpose(groups, [1, 0, 2]), best, batch_dims=1), chosen.dtype)
+            log_probs += model.lda_weight * floored_log_softmax(lda, lda > EMPTY_GROUP_SCORE / 2)
+        if not model.restrict_to_engram_classes:
+            return tf.nn.log_softmax(log_probs, axis=-1), chosen_tasks
+        known = tf.gather(model.engram_classes, chosen_tasks) > 0  # (batch, classes)
+        # Engrams with no recorded classes (e.g. trained outside train_step) predict freely.
+        known = tf.logical_or(known, tf.logical_not(tf.reduce_any(known, axis=-1, keepdims=True)))
+        return floored_log_softmax(log_probs, known), chosen_tasks
+
+    def group_scores(self, x, tasks):
+        """(K, batch, classes) router scores g_{s,c}(x) of the engrams `tasks`."""
+        discriminant = self.model.task_discriminant
+        observed = tf.gather(discriminant.observed_tasks(), tasks)
+        check = tf.debugging.Assert(tf.reduce_all(observed), [
+            "EngramModel: confidence 'input_lda' needs the input statistics of every engram: "
+            "call `model.observe_task_data(train_data)` for each task trained outside "
+            "`fit` / `ContinualTrainer` (engrams without statistics:", tf.constant(tasks),
+            tf.logical_not(observed), ")"])
+        with tf.control_dependencies([check]):
+            return tf.transpose(tf.gather(discriminant.group_scores(x), tasks, axis=1), [1, 0, 2])
+
+    def _masked_with_excitation(self, x, task_ids):
+        """Logits and the excitation on the masked network: the sum over layers of each
+        engram's deviation from its units' resting (moving) statistics."""
+        model = self.model
+        h, total = x, 0.0
+        for layer in model.engram_layers:
+            h, deviation = layer.call_with_deviation(h, task_ids)
+            total += deviation
+        return model.classifier_norm(model.classifier(h), training=False), total

@@ -7,13 +7,8 @@ import larq_engrams as le
 from larq_engrams import benchmarks as B
 from larq_engrams import methods
 from larq_engrams.models import EngramModel
-from larq_engrams.regularizers import (
-    EWC,
-    OnlineEWC,
-    SynapticIntelligence,
-    distillation_loss,
-    empirical_fisher,
-)
+from larq_engrams.distillation import LearningWithoutForgetting, distillation_loss
+from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence, empirical_fisher
 from larq_engrams.training import ContinualTrainer
 
 
@@ -127,7 +122,7 @@ def test_lwf_distillation_over_old_classes_only():
     old = tf.constant([1.0, 1.0, 0.0])
     assert float(distillation_loss(teacher, student, 1.0, old)) == pytest.approx(np.log(2.0), rel=1e-6)
     model = linear_model([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])
-    lwf = le.regularizers.LearningWithoutForgetting(model)
+    lwf = LearningWithoutForgetting(model)
     lwf.update_teacher(classes=(0, 1))
     np.testing.assert_array_equal(lwf.old_classes.numpy(), [1, 1, 0])
     lwf.update_teacher(classes=(2,))
@@ -136,7 +131,7 @@ def test_lwf_distillation_over_old_classes_only():
 
 def test_lwf_teacher_is_frozen_until_updated():
     model = linear_model([[1.0, 0.0], [0.0, 1.0]])
-    lwf = le.regularizers.LearningWithoutForgetting(model, temperature=2.0)
+    lwf = LearningWithoutForgetting(model, temperature=2.0)
     x = tf.constant([[1.0, 2.0]])
     lwf(x, training=True)
     assert float(tf.add_n(lwf.losses)) == 0.0  # no distillation during the first task

@@ -403,7 +403,7 @@ def test_lwf_remembers_its_old_classes_across_a_restore(tmp_path):
     """LwF distils over the classes of every earlier task: after a restore it must still
     know task 0's classes when task 1's are added (a Python flag would forget them)."""
     def wrapped():
-        return le.regularizers.LearningWithoutForgetting(le.mlp((6,), 6, hidden=(4,)))
+        return le.distillation.LearningWithoutForgetting(le.mlp((6,), 6, hidden=(4,)))
 
     lwf = wrapped()
     lwf.update_teacher([0, 1])
