@@ -1,0 +1,222 @@
+"""Export a trained binarized network as a bit-packed file and check it against Keras.
+
+Loads a saved `.keras` model (`--model`), or trains one on the scenario first (the
+method, widths and epochs below; the engram BNN at the paper's 784-2048-2048-10 with 5
+engrams by default), then:
+
+1. writes it with `larq_engrams.export.save_packed` and loads it with the NumPy-only
+   `larq_engrams.runtime`;
+2. checks agreement on the scenario's whole test set: argmax in "infer" and in "task"
+   mode, the engram chosen per sample, and where each disagreement comes from (first-
+   layer units whose float sum sits at its BatchNorm threshold);
+3. measures, in this one run: the artifact's size against the `.keras` file and a
+   float32 MLP of the same widths; the peak RSS of a process that loads the artifact and
+   predicts against one that loads the Keras model and predicts; latency at batch 1
+   and batch 100 of the runtime, Keras' `predict` and direct call, and the float32 MLP
+   converted to TensorFlow Lite.
+
+    python experiments/export.py                      # trains engram_bnn 2048-2048, ~5 minutes on 2 cores
+    python experiments/export.py --model=m.keras      # a model you saved
+    python experiments/export.py --output=results/export
+
+Prints the ratios and writes `export.json` and `export.md` to `--output`.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import warnings
+
+import numpy as np
+from absl import flags
+
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
+import tensorflow as tf
+
+from larq_engrams import export, methods, models, runtime
+from larq_engrams.experiment import ExperimentConfig, make_scenario
+from larq_engrams.training import ContinualTrainer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A saved .keras model to export (default: train one with the flags below).")
+flags.DEFINE_enum("scenario", "split_mnist", ["split_mnist", "split_fashion_mnist", "permuted_mnist"], "Benchmark.")
+flags.DEFINE_enum("setting", "class", ["class", "domain", "task"], "Split benchmarks: the setting.")
+flags.DEFINE_enum("method", "engram_bnn", ["engram_bnn", "engram", "bnn", "mbnn"], "What to train without --model.")
+flags.DEFINE_list("hidden", ["2048", "2048"], "Hidden widths of the trained model.")
+flags.DEFINE_integer("epochs", 1, "Epochs per task of the trained model.", lower_bound=1)
+flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (the best is kept).", lower_bound=1)
+flags.DEFINE_string("output", "runs/export", "Where the artifact, the .keras file and the report go.")
+
+_MEASURE = """
+import json, sys, numpy as np
+x = np.load(sys.argv[2])
+if sys.argv[1] == "runtime":
+    from larq_engrams import runtime
+    net = runtime.load(sys.argv[3])
+    out = net.predict(x)
+else:
+    import larq_engrams, tensorflow as tf
+    model = tf.keras.models.load_model(sys.argv[3])
+    out = model.predict(x, batch_size=100, verbose=0)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, from before exec).
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_bytes": peak, "tensorflow_loaded": "tensorflow" in sys.modules}))
+"""
+
+
+def _best_seconds(fn, repeats):
+    fn()  # warm-up (tracing, caches)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _peak_rss(kind, x_path, model_path):
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, kind, x_path, model_path], capture_output=True,
+                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode:
+        raise RuntimeError(f"the {kind} process failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _trained_model(scenario):
+    hidden = tuple(int(h) for h in FLAGS.hidden)
+    setup = methods.build(FLAGS.method, scenario, methods.HyperParameters(hidden=hidden))
+    ContinualTrainer(setup.model, setup.optimizer, epochs=FLAGS.epochs, verbose=1, seed=0).fit(setup.scenario)
+    return setup.model
+
+
+def _float32_mlp(input_shape, num_classes, hidden, folder):
+    """The float32 MLP of the same widths, saved as .keras and converted to TensorFlow
+    Lite (what an edge engineer would otherwise ship; untrained: only its size and
+    speed are measured). Returns the two paths."""
+    mlp = models.mlp(input_shape, num_classes, hidden=hidden)
+    keras_path, tflite_path = os.path.join(folder, "mlp.keras"), os.path.join(folder, "mlp.tflite")
+    mlp.save(keras_path)
+    with open(tflite_path, "wb") as f:
+        f.write(tf.lite.TFLiteConverter.from_keras_model(mlp).convert())
+    return keras_path, tflite_path
+
+
+def main(argv):
+    del argv
+    os.makedirs(FLAGS.output, exist_ok=True)
+    setting = FLAGS.setting if FLAGS.scenario.startswith("split") else "domain"
+    config = ExperimentConfig(scenario=FLAGS.scenario, setting=setting, num_tasks=5 if FLAGS.scenario ==
+                              "permuted_mnist" else None)
+    scenario = make_scenario(config, seed=0)
+    keras_path = os.path.join(FLAGS.output, "model.keras")
+    if FLAGS.model:
+        model = tf.keras.models.load_model(FLAGS.model)
+        keras_path = FLAGS.model
+    else:
+        model = _trained_model(scenario)
+        model.save(keras_path)
+    engram = hasattr(model, "engram_layers")
+    if engram:
+        model.set_inference("infer")
+        model.save(keras_path)  # saved in "infer" mode: the TensorFlow process below predicts as the runtime
+    packed_path = os.path.join(FLAGS.output, "model.npz")
+    export.save_packed(model, packed_path)
+    net = runtime.load(packed_path)
+
+    # Agreement on the whole test set.
+    xs, ids = [], []
+    for task in scenario:
+        for x, _ in task.test:
+            xs.append((x[0] if isinstance(x, tuple) else x).numpy())
+            ids.append(np.full(len(xs[-1]), task.task_id, np.int32))
+    x, ids = np.concatenate(xs), np.concatenate(ids)
+    report = {"model": FLAGS.model or f"{FLAGS.method} {'-'.join(FLAGS.hidden)}, {FLAGS.epochs} epoch(s) per task",
+              "scenario": f"{scenario.name} {scenario.setting}-IL", "source": scenario.source, "test_examples": len(x)}
+    keras_scores = model.predict(x, batch_size=100, verbose=0)
+    agreement = {"argmax": float((net.predict(x).argmax(-1) == keras_scores.argmax(-1)).mean())}
+    if engram:
+        keras_tasks = model.infer_tasks(x).numpy()
+        agreement["engram_choice"] = float((net.infer_tasks(x) == keras_tasks).mean())
+        task_agree = []
+        for t in model.allocated_tasks:
+            rows = ids == t
+            keras_task = model((x[rows], ids[rows]), training=False).numpy().argmax(-1)
+            task_agree.append(float((net.predict(x[rows], task=t).argmax(-1) == keras_task).mean()))
+        agreement["task_mode_argmax"] = float(np.mean(task_agree))
+        # Where disagreements come from: first-layer units whose sign differs.
+        first = model.engram_layers[0]
+        keras_first = first(model.flatten(x), training=False, task=ids).numpy()
+        ours_first = np.concatenate([net.hidden_outputs(x[ids == t], task=t)[0] for t in model.allocated_tasks])
+        order = np.concatenate([np.flatnonzero(ids == t) for t in model.allocated_tasks])
+        flips = (ours_first != keras_first[order]).sum(axis=1)
+        agreement["first_layer_unit_flips"] = int(flips.sum())
+        agreement["examples_with_a_first_layer_flip"] = int((flips > 0).sum())
+    report["agreement"] = agreement
+
+    # Sizes.
+    with tempfile.TemporaryDirectory() as folder:
+        mlp_path, tflite_path = _float32_mlp(scenario.input_shape, scenario.num_classes, net.manifest["hidden"],
+                                             folder)
+        sizes = {"packed": os.path.getsize(packed_path), "keras": os.path.getsize(keras_path),
+                 "mlp_keras": os.path.getsize(mlp_path), "mlp_tflite": os.path.getsize(tflite_path)}
+        with warnings.catch_warnings():  # its deprecation notice: it is what this TensorFlow ships
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_path=tflite_path)
+        x_path = os.path.join(folder, "x.npy")
+        np.save(x_path, x[:100])
+        memory = {"runtime": _peak_rss("runtime", x_path, packed_path),
+                  "tensorflow": _peak_rss("keras", x_path, keras_path)}
+
+        def tflite(batch):
+            inputs = interpreter.get_input_details()[0]
+            interpreter.resize_tensor_input(inputs["index"], [len(batch), *batch.shape[1:]])
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(inputs["index"], batch)
+            interpreter.invoke()
+            return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+        latency = {}
+        for batch in (1, 100):
+            xb = x[:batch].astype(np.float32)
+            latency[f"batch_{batch}"] = {
+                "runtime": _best_seconds(lambda: net.predict(xb), FLAGS.repeats),
+                "keras_direct_call": _best_seconds(lambda: model(xb, training=False), FLAGS.repeats),
+                "keras_predict": _best_seconds(lambda: model.predict(xb, batch_size=100, verbose=0), FLAGS.repeats),
+                "mlp_tflite": _best_seconds(lambda: tflite(xb), FLAGS.repeats),
+            }
+    report.update(sizes_bytes=sizes, memory=memory, latency_seconds=latency)
+    b1, b100 = latency["batch_1"], latency["batch_100"]
+    report["ratios"] = {
+        "artifact_vs_keras_file": sizes["packed"] / sizes["keras"],
+        "artifact_vs_float32_mlp_file": sizes["packed"] / sizes["mlp_keras"],
+        "runtime_peak_rss_vs_tensorflow_process": memory["runtime"]["peak_rss_bytes"]
+        / memory["tensorflow"]["peak_rss_bytes"],
+        "batch_1_latency_vs_keras_direct_call": b1["runtime"] / b1["keras_direct_call"],
+        "batch_1_latency_vs_mlp_tflite": b1["runtime"] / b1["mlp_tflite"],
+        "batch_100_throughput_vs_keras_direct_call": b100["keras_direct_call"] / b100["runtime"],
+        "batch_100_throughput_vs_keras_predict": b100["keras_predict"] / b100["runtime"],
+        "batch_100_throughput_vs_mlp_tflite": b100["mlp_tflite"] / b100["runtime"],
+    }
+    report["command"] = " ".join(sys.argv)
+    with open(os.path.join(FLAGS.output, "export.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    lines = [f"Export of {report['model']} on {report['scenario']} ({report['source']}, {len(x)} test examples)", "",
+             "| measure | value |", "|---|---|"]
+    lines += [f"| agreement: {k} | {100 * v:.2f} % |" if isinstance(v, float) else f"| agreement: {k} | {v} |"
+              for k, v in agreement.items()]
+    lines += [f"| size: {k} | {v / 2**20:.2f} MiB |" for k, v in sizes.items()]
+    lines += [f"| peak RSS: {k} process | {v['peak_rss_bytes'] / 2**20:.0f} MiB (TensorFlow loaded: "
+              f"{v['tensorflow_loaded']}) |" for k, v in memory.items()]
+    lines += [f"| latency {b}: {k} | {1000 * s:.3f} ms |" for b, row in latency.items() for k, s in row.items()]
+    lines += [f"| ratio: {k} | {v:.3f} |" for k, v in report["ratios"].items()]
+    lines += ["", f"Command: `{report['command']}`."]
+    with open(os.path.join(FLAGS.output, "export.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    cli.run(main)

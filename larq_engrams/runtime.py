@@ -1,0 +1,265 @@
+"""Run a bit-packed binarized network without TensorFlow: NumPy only.
+
+`larq_engrams.export.save_packed(model, path)` writes a trained `engram_bnn`, `bnn` or
+`mbnn` model into one `.npz` file; this module loads and runs it. It imports NumPy and
+the standard library only, so it can be copied onto a device by itself
+(`python -c "import runtime"` beside the file works as well as
+`import larq_engrams.runtime`), and a process that imports it never loads TensorFlow.
+
+```python
+from larq_engrams import runtime
+net = runtime.load("engram_bnn.npz")
+scores = net.predict(x)            # "infer": the engram is chosen per sample, as the Keras model does
+scores = net.predict(x, task=2)    # "task": engram 2's network (its raw logits)
+tasks = net.infer_tasks(x)         # the engram chosen per sample
+```
+
+The maths (docs/method.md, sections 1, 3 and 4; the packed format in docs/deploying.md):
+
+- Binary kernels are stored as sign bits, 1 for -1 (`bit_order` "little" along the
+  output axis), and unpacked once at load into +-1 matrices.
+- Hidden layers after the first see +-1 inputs (0 for units outside the engram), so
+  their pre-activation z is an integer, computed exactly as a float32 product (every
+  |z| < 2^24). BatchNorm followed by sign is monotone in z: it is folded into a per-unit
+  integer threshold t and a direction d, out = +1 iff d z >= d t, found at export by
+  running the trained layer itself on every possible z, so these layers equal Keras'
+  sign activations bit for bit.
+- The first layer sees real inputs: z = x W is a float sum, and out = +1 iff
+  z * scale + offset >= 0 with TensorFlow's own BatchNorm scale and offset. The sum's
+  order differs from TensorFlow's, so a unit whose value lies within rounding of its
+  threshold can flip: agreement, not identity, is promised there.
+- The output layer: logits = z * scale + offset, z an integer.
+- "infer": the router scores g_{s,c}(x) = mu^T P relu(x R) - ... as the Keras model
+  (R stored as sign bits and one scale), picks s* = argmax_s max_c g_{s,c}(x), and
+  returns the product of experts restricted to s*'s classes (`floored_log_softmax`,
+  the NumPy twin of `larq_engrams.task_inference.floored_log_softmax`; the tests check
+  that both agree).
+"""
+import hashlib
+import json
+import zipfile
+
+import numpy as np
+
+__all__ = ["FORMAT", "VERSION", "PackedFormatError", "PackedNetwork", "floored_log_softmax", "load", "pack_signs",
+           "unpack_signs", "checksum"]
+
+FORMAT = "larq-engrams-packed"
+VERSION = 1
+_EMPTY_GROUP = -1e9 / 2  # router groups without data score -1e9
+
+
+class PackedFormatError(ValueError):
+    """A packed file that this runtime cannot load: another format or version, or
+    corrupt (its one-line message says which)."""
+
+
+def pack_signs(weights):
+    """The sign bits of a (rows, columns) array, packed along the columns: bit 1 for a
+    negative entry (sign -1), 0 for >= 0 (Larq's sign(0) = +1); little bit order."""
+    return np.packbits(np.asarray(weights) < 0, axis=-1, bitorder="little")
+
+
+def unpack_signs(bits, columns, dtype=np.float32):
+    """The +-1 matrix of `pack_signs` (`columns`: the unpacked width)."""
+    return (1 - 2 * np.unpackbits(bits, axis=-1, count=columns, bitorder="little").astype(np.int8)).astype(dtype)
+
+
+def checksum(arrays):
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def floored_log_softmax(logits, allowed, outside_mass=None):
+    """NumPy twin of `larq_engrams.task_inference.floored_log_softmax`: log-probabilities
+    with (1 - eps) of the mass on the `allowed` classes and eps spread over the others
+    (eps = 1e-3 / C by default)."""
+    logits = np.asarray(logits, np.float32)
+    classes = logits.shape[-1]
+    eps = np.float32(1e-3 / classes if outside_mass is None else outside_mass)
+    inside = np.where(allowed, logits, np.float32(-1e9))
+    inside = inside - inside.max(axis=-1, keepdims=True)
+    inside = inside - np.log(np.exp(inside).sum(axis=-1, keepdims=True))
+    outside_count = np.maximum((~allowed).sum(axis=-1, keepdims=True), 1).astype(np.float32)
+    return np.where(allowed, inside + np.log(np.float32(1.0) - eps), np.log(eps / outside_count)).astype(np.float32)
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class _Layer:
+    """One binary dense layer with BatchNorm and sign folded in."""
+
+    def __init__(self, kernel, scale=None, offset=None, threshold=None, direction=None):
+        self.kernel = kernel  # (inputs, units) +-1 float32
+        self.scale, self.offset = scale, offset  # float layer
+        self.threshold, self.direction = threshold, direction  # integer layer
+
+    def columns(self, units):
+        """The layer restricted to output units `units` (an engram's)."""
+        pick = lambda a: None if a is None else a[units]  # noqa: E731
+        return _Layer(self.kernel[:, units], pick(self.scale), pick(self.offset), pick(self.threshold),
+                      pick(self.direction))
+
+    def rows(self, units):
+        return _Layer(self.kernel[units], self.scale, self.offset, self.threshold, self.direction)
+
+    def __call__(self, h):
+        z = h @ self.kernel
+        if self.threshold is None:
+            positive = z * self.scale + self.offset >= 0
+        else:
+            positive = np.where(self.direction > 0, z >= self.threshold, z <= self.threshold)
+        return np.where(positive, np.float32(1), np.float32(-1))
+
+
+class PackedNetwork:
+    """A loaded packed network (see the module docstring); build it with `load`."""
+
+    def __init__(self, manifest, arrays):
+        self.manifest = manifest
+        self.kind = manifest["kind"]
+        self.num_classes = int(manifest["num_classes"])
+        self.input_size = int(np.prod(manifest["input_shape"]))
+        hidden = manifest["hidden"]
+        widths = [self.input_size, *hidden]
+        self.layers = []
+        for i, units in enumerate(hidden):
+            kernel = unpack_signs(arrays[f"hidden_{i}/kernel_bits"], units)
+            if i == 0:
+                self.layers.append(_Layer(kernel, arrays["hidden_0/scale"], arrays["hidden_0/offset"]))
+            else:
+                self.layers.append(_Layer(kernel, threshold=arrays[f"hidden_{i}/threshold"].astype(np.float32),
+                                          direction=arrays[f"hidden_{i}/direction"]))
+            assert kernel.shape == (widths[i], units)
+        self.output_kernel = unpack_signs(arrays["output/kernel_bits"], self.num_classes)
+        self.output_scale, self.output_offset = arrays["output/scale"], arrays["output/offset"]
+        self.allocated_tasks = list(manifest.get("allocated_tasks", []))
+        self._engrams, self._masks = {}, None
+        if self.kind == "engram":
+            self._masks = [np.unpackbits(arrays[f"hidden_{i}/engram_bits"], axis=-1, count=units, bitorder="little")
+                           .astype(bool) for i, units in enumerate(hidden)]
+            for task in self.allocated_tasks:
+                self._engrams[task] = self._engram_network([m[task] for m in self._masks])
+            self.engram_classes = arrays["engram_classes"].astype(bool)
+            self.router_projection = unpack_signs(arrays["router/projection_bits"], int(manifest["router"]["features"]))
+            self.router_projection *= np.float32(manifest["router"]["projection_scale"])
+            self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
+            self.router_bias = arrays["router/bias"]  # (tasks, classes)
+
+    def _engram_network(self, masks):
+        """The engram's sub-network: its layers restricted to its units."""
+        layers, previous = [], None
+        for layer, mask in zip(self.layers, masks):
+            units = np.flatnonzero(mask)
+            restricted = layer.columns(units)
+            layers.append(restricted if previous is None else restricted.rows(previous))
+            previous = units
+        return layers, self.output_kernel[previous]
+
+    def _flat(self, x):
+        x = np.asarray(x, np.float32)
+        if x.shape == tuple(self.manifest["input_shape"]):  # one example
+            x = x[None]
+        x = x.reshape(len(x), -1)
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"runtime: inputs of {x.shape[1]} values per example, the network takes "
+                             f"{self.input_size} (shape {tuple(self.manifest['input_shape'])}).")
+        return x
+
+    def _logits(self, h, layers, output_kernel):
+        for layer in layers:
+            h = layer(h)
+        return (h @ output_kernel) * self.output_scale + self.output_offset
+
+    def hidden_outputs(self, x, task=None):
+        """Each hidden layer's outputs (+-1, 0 outside the engram) for inputs `x`: the
+        values Keras' sign activations take (for tests and inspection)."""
+        h, out = self._flat(x), []
+        masks = [None] * len(self.layers)
+        if self.kind == "engram":
+            masks = [m[self._task(task)].astype(np.float32) for m in self._masks]
+        for layer, mask in zip(self.layers, masks):
+            h = layer(h) if mask is None else layer(h) * mask
+            out.append(h)
+        return out
+
+    def _task(self, task):
+        task = self.manifest.get("inference_task") if task is None else task
+        task = self.manifest.get("active_task") if task is None else task
+        if task not in self._engrams:
+            raise ValueError(f"runtime: engram {task} is not allocated; allocated: {self.allocated_tasks}.")
+        return int(task)
+
+    def router_scores(self, x):
+        """(batch, tasks, classes) router scores g_{s,c}(x)."""
+        features = np.maximum(self._flat(x) @ self.router_projection, 0)
+        tasks, classes, width = self.router_kernel.shape
+        scores = features @ self.router_kernel.reshape(tasks * classes, width).T  # BLAS, unlike einsum
+        return scores.reshape(len(features), tasks, classes) + self.router_bias
+
+    def infer_tasks(self, x):
+        """The engram chosen per sample in "infer" mode (an int array of task ids)."""
+        return self._infer(self._flat(x))[1]
+
+    def predict(self, x, task=None):
+        """Class scores for `x` (a batch, or one example): the plain network's logits;
+        for an engram network, engram `task`'s logits, or with `task=None` the "infer"
+        output (log-probabilities, as the Keras model in "infer" mode)."""
+        x = self._flat(x)
+        if self.kind != "engram":
+            return self._logits(x, self.layers, self.output_kernel)
+        if task is not None:
+            return self._logits(x, *self._engrams[self._task(task)])
+        return self._infer(x)[0]
+
+    def _infer(self, x):
+        if not self.allocated_tasks:
+            raise ValueError("runtime: 'infer' needs at least one allocated engram.")
+        tasks = self.allocated_tasks
+        logits = np.stack([self._logits(x, *self._engrams[t]) for t in tasks])  # (K, batch, C)
+        groups = np.transpose(self.router_scores(x)[:, tasks], (1, 0, 2))  # (K, batch, C)
+        best = groups.max(axis=-1).argmax(axis=0)
+        rows = np.arange(len(x))
+        chosen, chosen_tasks = logits[best, rows], np.asarray(tasks)[best]
+        weight, restrict = float(self.manifest["lda_weight"]), bool(self.manifest["restrict_to_engram_classes"])
+        if not (restrict or weight > 0):
+            return chosen, chosen_tasks
+        log_probs = _log_softmax(chosen)
+        if weight > 0:
+            lda = groups[best, rows]
+            log_probs = log_probs + np.float32(weight) * floored_log_softmax(lda, lda > _EMPTY_GROUP)
+        if not restrict:
+            return _log_softmax(log_probs), chosen_tasks
+        known = self.engram_classes[chosen_tasks]
+        known = known | ~known.any(axis=-1, keepdims=True)
+        return floored_log_softmax(log_probs, known), chosen_tasks
+
+
+def load(path):
+    """A `PackedNetwork` from a file written by `larq_engrams.export.save_packed`;
+    `PackedFormatError` (one line) for another format or version, or a corrupt file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise PackedFormatError(f"{path} is not a packed larq-engrams network ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+    try:
+        manifest = json.loads(arrays.pop("manifest").tobytes().decode())
+    except (KeyError, ValueError, UnicodeDecodeError):
+        raise PackedFormatError(f"{path} has no readable manifest: it is not a packed larq-engrams network") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise PackedFormatError(
+            f"{path} is {manifest.get('format')!r} version {manifest.get('version')!r}; this runtime reads "
+            f"{FORMAT!r} version {VERSION}: export the model again with this package's version")
+    if checksum(arrays) != manifest.get("checksum"):
+        raise PackedFormatError(f"{path} is corrupt: its arrays do not match the manifest's checksum")
+    return PackedNetwork(manifest, arrays)
