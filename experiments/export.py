@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from larq_engrams import export, methods, models, runtime
 from larq_engrams.experiment import ExperimentConfig, make_scenario
+from larq_engrams.results import environment
 from larq_engrams.training import ContinualTrainer
 
 FLAGS = flags.FLAGS
@@ -201,6 +202,7 @@ def main(argv):
         "batch_100_throughput_vs_mlp_tflite": b100["mlp_tflite"] / b100["runtime"],
     }
     report["command"] = " ".join(sys.argv)
+    report["environment"] = environment()
     with open(os.path.join(FLAGS.output, "export.json"), "w") as f:
         json.dump(report, f, indent=1)
     lines = [f"Export of {report['model']} on {report['scenario']} ({report['source']}, {len(x)} test examples)", "",
@@ -212,7 +214,11 @@ def main(argv):
               f"{v['tensorflow_loaded']}) |" for k, v in memory.items()]
     lines += [f"| latency {b}: {k} | {1000 * s:.3f} ms |" for b, row in latency.items() for k, s in row.items()]
     lines += [f"| ratio: {k} | {v:.3f} |" for k, v in report["ratios"].items()]
-    lines += ["", f"Command: `{report['command']}`."]
+    env = report["environment"]
+    lines += ["", f"Command: `{report['command']}`, at commit {env['git_commit']} "
+              f"({', '.join(env['git_modified']) or 'no'} uncommitted edits); {env['processor']}, "
+              f"{env['cpu_count']} CPU cores, device {env['device']}, TensorFlow {env['tensorflow']}, NumPy "
+              f"{env['numpy']}. Latency: the best of {FLAGS.repeats} calls after a warm-up."]
     with open(os.path.join(FLAGS.output, "export.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -43,6 +43,14 @@ def test_import_is_quiet_by_default_and_can_be_loud():
         assert loud.stderr != ""
 
 
+def test_import_refuses_tf_keras_already_bound_to_keras_3():
+    code = "import tensorflow as tf; tf.keras.layers; import larq_engrams"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode != 0 and "needs Keras 2" in proc.stderr.splitlines()[-1]
+
+
 def test_import_accepts_tf_keras_already_touched_with_the_variable_set():
     code = "import tensorflow as tf; tf.keras.layers; import larq_engrams; print('ok')"
     env = {**__import__("os").environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
