@@ -205,18 +205,37 @@ def main(argv):
     report["environment"] = environment()
     with open(os.path.join(FLAGS.output, "export.json"), "w") as f:
         json.dump(report, f, indent=1)
+    ratios = report["ratios"]
+    targets = [  # (what, measured, target, met)
+        ("artifact size", f"{sizes['packed'] / 2**20:.2f} MiB", "<= 2 MiB", sizes["packed"] <= 2 * 2**20),
+        ("peak RSS, runtime process / TensorFlow process", f"{ratios['runtime_peak_rss_vs_tensorflow_process']:.3f}",
+         "<= 0.10", ratios["runtime_peak_rss_vs_tensorflow_process"] <= 0.10),
+        ("batch-1 latency / Keras direct call", f"{ratios['batch_1_latency_vs_keras_direct_call']:.3f}", "<= 0.2",
+         ratios["batch_1_latency_vs_keras_direct_call"] <= 0.2),
+        ("batch-100 throughput / Keras direct call", f"{ratios['batch_100_throughput_vs_keras_direct_call']:.2f}",
+         ">= 1", ratios["batch_100_throughput_vs_keras_direct_call"] >= 1),
+        ("argmax agreement with Keras (test set)", f"{100 * agreement['argmax']:.2f} %", ">= 99.9 %",
+         agreement["argmax"] >= 0.999),
+        ("batch-1 latency / float32 MLP in TensorFlow Lite", f"{ratios['batch_1_latency_vs_mlp_tflite']:.2f}", "—",
+         None),
+        ("batch-100 throughput / float32 MLP in TensorFlow Lite",
+         f"{ratios['batch_100_throughput_vs_mlp_tflite']:.2f}", "—", None),
+    ]
     lines = [f"Export of {report['model']} on {report['scenario']} ({report['source']}, {len(x)} test examples)", "",
-             "| measure | value |", "|---|---|"]
+             "| ratio or size (this run) | measured | target | met |", "|---|---|---|---|"]
+    lines += [f"| {what} | {value} | {target} | {'—' if met is None else 'yes' if met else 'no'} |"
+              for what, value, target, met in targets]
+    lines += ["", "| measure | value |", "|---|---|"]
     lines += [f"| agreement: {k} | {100 * v:.2f} % |" if isinstance(v, float) else f"| agreement: {k} | {v} |"
               for k, v in agreement.items()]
     lines += [f"| size: {k} | {v / 2**20:.2f} MiB |" for k, v in sizes.items()]
     lines += [f"| peak RSS: {k} process | {v['peak_rss_bytes'] / 2**20:.0f} MiB (TensorFlow loaded: "
               f"{v['tensorflow_loaded']}) |" for k, v in memory.items()]
     lines += [f"| latency {b}: {k} | {1000 * s:.3f} ms |" for b, row in latency.items() for k, s in row.items()]
-    lines += [f"| ratio: {k} | {v:.3f} |" for k, v in report["ratios"].items()]
+    lines += [f"| ratio: {k} | {v:.3f} |" for k, v in ratios.items()]
     env = report["environment"]
     lines += ["", f"Command: `{report['command']}`, at commit {env['git_commit']} "
-              f"({', '.join(env['git_modified']) or 'no'} uncommitted edits); {env['processor']}, "
+              f"({', '.join(env['git_modified'] or []) or 'no'} uncommitted edits); {env['processor']}, "
               f"{env['cpu_count']} CPU cores, device {env['device']}, TensorFlow {env['tensorflow']}, NumPy "
               f"{env['numpy']}. Latency: the best of {FLAGS.repeats} calls after a warm-up."]
     with open(os.path.join(FLAGS.output, "export.md"), "w") as f:
