@@ -319,7 +319,7 @@ def set_log_level(level):
 
     value = getattr(logging, level.upper())
     libraries = value if level in ("debug", "info") else max(value, logging.ERROR)
-    absl_logging.set_verbosity(value)
+    absl_logging.set_verbosity(level)  # absl's own scale: by name (an int there is not logging's)
     logging.getLogger("larq_engrams").setLevel(value)
     for name in ("tensorflow", "absl", "tensorflow_datasets", "h5py", "matplotlib"):
         logging.getLogger(name).setLevel(libraries)
