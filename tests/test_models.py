@@ -234,11 +234,12 @@ def test_deviation_formula():
 
 
 _PREDICT_IN_FRESH_PROCESS = """
-import sys, numpy as np, larq_engrams, tensorflow as tf
-model = tf.keras.models.load_model(sys.argv[1])
-x = np.load(sys.argv[2])
-np.save(sys.argv[3], model.predict(x, verbose=0))
-print(model.inference_mode, model.get_config()["inference_task"])
+import json, sys, numpy as np, larq_engrams, tensorflow as tf
+x = np.load(sys.argv[1])
+for path in sys.argv[2:]:
+    model = tf.keras.models.load_model(path)
+    np.save(path + ".npy", model.predict(x, verbose=0))
+    print(json.dumps([path, model.inference_mode, model.get_config()["inference_task"]]))
 """
 
 
@@ -247,26 +248,29 @@ def test_engram_model_save_load_round_trip(tmp_path):
     model = _trained_engram_model(tasks, epochs=1, optimizer=lambda: MetaplasticAdam(0.005, m=1.3))
     x = np.concatenate([tasks[0][1][0], tasks[1][1][0]])
     np.save(tmp_path / "x.npy", x)
-    env = {**__import__("os").environ, "LARQ_ENGRAMS_QUIET_STARTUP": "1"}
     # Each inference mode is saved with the model: a fresh process that loads it
     # predicts exactly what the saved model did, without being told the mode.
+    expected = {}
     for mode, task in (("task", None), ("task", 0), ("union", None), ("infer", None)):
         model.set_inference(mode, task=task)
-        for fmt in ("keras", "tf"):
-            path = str(tmp_path / f"{mode}{task}.{'keras' if fmt == 'keras' else 'saved'}")
-            model.save(path, save_format=None if fmt == "keras" else "tf")
-            if fmt == "tf":  # the SavedModel path round-trips in this process
-                restored = tf.keras.models.load_model(path)
-                assert isinstance(restored, EngramModel) and restored.allocated_tasks == [0, 1]
-                assert restored.inference_mode == mode
-                np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
-                continue
-            out = tmp_path / "out.npy"
-            proc = subprocess.run([sys.executable, "-c", _PREDICT_IN_FRESH_PROCESS, path, str(tmp_path / "x.npy"),
-                                   str(out)], capture_output=True, text=True, env=env)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            assert proc.stdout.split()[-2:] == [mode, str(task)]
-            np.testing.assert_array_equal(np.load(out), model.predict(x, verbose=0))
+        path = str(tmp_path / f"{mode}{task}.keras")
+        model.save(path)
+        expected[path] = (mode, task, model.predict(x, verbose=0))
+        saved = str(tmp_path / f"{mode}{task}_saved")
+        model.save(saved, save_format="tf")  # the SavedModel format round-trips in this process
+        restored = tf.keras.models.load_model(saved)
+        assert isinstance(restored, EngramModel) and restored.allocated_tasks == [0, 1]
+        assert restored.inference_mode == mode
+        np.testing.assert_array_equal(restored.predict(x, verbose=0), expected[path][2])
+    env = {**__import__("os").environ, "LARQ_ENGRAMS_QUIET_STARTUP": "1"}
+    proc = subprocess.run([sys.executable, "-c", _PREDICT_IN_FRESH_PROCESS, str(tmp_path / "x.npy"), *expected],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in proc.stdout.splitlines():
+        path, mode, task = __import__("json").loads(line)
+        assert (mode, task) == expected[path][:2]
+        np.testing.assert_array_equal(np.load(path + ".npy"), expected[path][2])
+    assert len(proc.stdout.splitlines()) == 4
     restored = tf.keras.models.load_model(str(tmp_path / "taskNone.keras"))
     assert restored.allocated_tasks == [0, 1] and restored.active_task == 1
     for t in (0, 1):
