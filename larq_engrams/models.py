@@ -14,8 +14,7 @@ import tensorflow as tf
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
 from larq_engrams.protocol import gradient_step, model_inputs
 from larq_engrams.task_inputs import split_task_inputs
-from larq_engrams.block_updates import BlockSlotCache, has_slots, supports_block_updates
-from larq_engrams.subnetwork import EngramSubnetwork, InferenceBlockCache
+from larq_engrams.subnetwork import EngramSlots, EngramSubnetwork, InferenceBlockCache
 from larq_engrams.task_inference import (
     DEFAULT_FEATURES,
     DEFAULT_SHRINKAGE,
@@ -166,7 +165,7 @@ class EngramModel(tf.keras.Model):
         # the saved one did (the task is checked against the engrams when used).
         self._inference_mode = check_choice("inference_mode", inference_mode, INFERENCE_MODES)
         self._inference_task = None if inference_task is None else int(inference_task)
-        self._slot_cache = BlockSlotCache()
+        self.engram_slots = EngramSlots(self)  # sparse training's optimizer-slot lifecycle
         self._inference_blocks = InferenceBlockCache()
         self.lda_features = None if lda_features is None else int(lda_features)
         self.lda_shrinkage = float(lda_shrinkage)
@@ -382,65 +381,39 @@ class EngramModel(tf.keras.Model):
         logits, _ = self.train_engram(x, loss_fn, self.optimizer)
         return self.compute_metrics(x, y, logits, sample_weight)
 
+    # ------------------------------------------- sparse training (`EngramSlots`)
     def train_engram(self, x, loss_fn, optimizer):
         """One optimizer step on the active engram's sub-network (sparse execution):
         forward and backward over the engram's blocks of the weights, and an update of
         those blocks of the weights and optimizer slots only (`EngramSubnetwork`,
         `apply_block_gradients`). `loss_fn(logits)` returns the loss. Returns
-        `(logits, loss)`.
-        """
-        cache = self._slot_cache
-        # Which path a step takes is fixed when it is traced: refuse to run it with the
-        # cache in the other state (its copies and the full slots would diverge).
-        tf.debugging.assert_equal(
-            cache.loaded, cache.is_open and cache.optimizer is optimizer,
-            message="EngramModel: this train step was traced with the optimizer-slot cache "
-                    "(load_engram_slots) in another state than it runs with; retrace it "
-                    "(make a new tf.function).",
-        )
-        subnetwork = EngramSubnetwork(self, self.engram_layers[0].active_task, cache=cache)
-        return subnetwork.train_step(x, loss_fn, optimizer, cache=cache)
+        `(logits, loss)`."""
+        return self.engram_slots.train(x, loss_fn, optimizer)
 
     def load_engram_slots(self, optimizer):
         """Starts an epoch of sparse training: gathers the active engram's blocks of
         the optimizer's moments into a compact `BlockSlotCache`, which the steps then
         update instead of the full slots (`flush_engram_slots` writes them back).
         `fit` and `ContinualTrainer` do this around every epoch. A no-op unless the
-        steps can be block sparse (sparse execution, Adam or `MetaplasticAdam` without
-        clipping or weight decay, no `model.losses` penalties, one replica)."""
-        if not self.can_cache_engram_slots(optimizer):
-            return False
-        if self._slot_cache.is_open and self._slot_cache.optimizer is optimizer:
-            return True  # already loaded for the active engram (begin_task flushes)
-        subnetwork = EngramSubnetwork(self, tf.constant(self.active_task, tf.int32))
-        self._slot_cache.load(optimizer, subnetwork.blocks, self.trainable_variables, model=self)
-        return True
+        steps can be block sparse (`can_cache_engram_slots`)."""
+        return self.engram_slots.load(optimizer)
 
     @property
     def slot_cache(self):
         """The `BlockSlotCache` of sparse training (compact moments and weight blocks)."""
-        return self._slot_cache
+        return self.engram_slots.cache
 
     def can_cache_engram_slots(self, optimizer, any_task=False):
         """Whether steps of the active engram (`any_task`: of whichever engram will
         be active) can be block sparse with `optimizer`'s moments held compact: sparse
         execution, an active engram, Adam or `MetaplasticAdam` without clipping or
         weight decay, no `model.losses` penalties, one replica."""
-        return not (
-            self.execution != "sparse"
-            or (self.active_task is None and not any_task)
-            or self.distribute_strategy.num_replicas_in_sync > 1
-            or self.losses
-            or not supports_block_updates(optimizer)
-        )
+        return self.engram_slots.can_cache(optimizer, any_task)
 
     def engram_block_variables(self):
         """The trainable variables that sparse execution only ever updates by blocks
-        of rows or columns (the hidden and output kernels, the hidden BatchNorm's gamma
-        and beta): those whose optimizer slots `build_task_optimizer` leaves out."""
-        some = tf.zeros([0], tf.int32)  # the variables do not depend on which units
-        return [*(b.variable for layer in self.engram_layers for b in layer.engram_blocks(some, some)),
-                self.classifier.kernel]
+        of rows or columns: those whose optimizer slots `build_task_optimizer` leaves out."""
+        return self.engram_slots.block_variables()
 
     def build_task_optimizer(self, optimizer):
         """Builds a fresh `optimizer` for one task of sparse training with *task-scoped
@@ -457,27 +430,14 @@ class EngramModel(tf.keras.Model):
         when steps cannot use the cache, or when the optimizer was built before on
         every variable).
         """
-        if not self.built:
-            raise RuntimeError("EngramModel.build_task_optimizer: build the model first.")
-        variables = self.trainable_variables
-        if self.can_cache_engram_slots(optimizer, any_task=True):
-            blocked = {id(v) for v in self.engram_block_variables()}
-            variables = [v for v in variables if id(v) not in blocked]
-        with tf.init_scope():
-            if hasattr(optimizer, "resolve_strengths"):  # MetaplasticAdam: m for every variable
-                optimizer.resolve_strengths(self.trainable_variables)
-            optimizer.build(variables)  # a no-op if it is built already
-        return not all(has_slots(optimizer, v) for v in self.engram_block_variables())
+        return self.engram_slots.build_task_optimizer(optimizer)
 
     def flush_engram_slots(self, end_of_task=False):
         """Writes the compact moments back into the optimizer's slots (if loaded) and
         closes the cache. Task-scoped moments (`build_task_optimizer`) have no slots to
         go to: they stay loaded until the task ends (`end_of_task=True`, or
         `begin_task`), and are dropped then."""
-        cache = self._slot_cache
-        if cache.is_open and cache.task_scoped and not end_of_task:
-            return  # the only copy of this task's moments
-        cache.flush()
+        self.engram_slots.flush(end_of_task)
 
     def fit(self, *args, **kwargs):
         """`tf.keras.Model.fit`, with the optimizer moments of the active engram's

@@ -16,9 +16,17 @@ hold about 8.5 % of the weights, and training and inference cost scale with them
 import numpy as np
 import tensorflow as tf
 
-from larq_engrams.block_updates import Block, apply_block_gradients, gather_block, latent_variable
+from larq_engrams.block_updates import (
+    Block,
+    BlockSlotCache,
+    apply_block_gradients,
+    gather_block,
+    has_slots,
+    latent_variable,
+    supports_block_updates,
+)
 
-__all__ = ["EngramSubnetwork", "InferenceBlockCache", "StackedEngramSubnetworks"]
+__all__ = ["EngramSlots", "EngramSubnetwork", "InferenceBlockCache", "StackedEngramSubnetworks"]
 
 
 class EngramSubnetwork:
@@ -195,6 +203,94 @@ class StackedEngramSubnetworks:
 
 def _quantize(quantizer, kernel):
     return kernel if quantizer is None else quantizer(kernel)
+
+
+class EngramSlots:
+    """The optimizer-slot lifecycle of an `EngramModel`'s sparse training.
+
+    A step updates only the active engram's blocks of the weights and of Adam's moments
+    (`EngramSubnetwork.train_step`, `apply_block_gradients`). During each epoch those
+    moments are held compact (`BlockSlotCache`: `load` at the epoch's start, `flush` at
+    its end); with a fresh optimizer per task they are task-scoped: the optimizer has
+    no slots for the engram blocks (`build_task_optimizer`), and the compact moments,
+    the only ones, live from the task's first step to its end. docs/sparse_execution.md.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.cache = BlockSlotCache()
+
+    def train(self, x, loss_fn, optimizer):
+        """One optimizer step on the active engram's sub-network; `(logits, loss)`."""
+        cache = self.cache
+        # Which path a step takes is fixed when it is traced: refuse to run it with the
+        # cache in the other state (its copies and the full slots would diverge).
+        tf.debugging.assert_equal(
+            cache.loaded, cache.is_open and cache.optimizer is optimizer,
+            message="EngramModel: this train step was traced with the optimizer-slot cache "
+                    "(load_engram_slots) in another state than it runs with; retrace it "
+                    "(make a new tf.function).",
+        )
+        subnetwork = EngramSubnetwork(self.model, self.model.engram_layers[0].active_task, cache=cache)
+        return subnetwork.train_step(x, loss_fn, optimizer, cache=cache)
+
+    def can_cache(self, optimizer, any_task=False):
+        """Whether steps of the active engram (`any_task`: of whichever engram will be
+        active) can be block sparse with `optimizer`'s moments held compact: sparse
+        execution, an active engram, Adam or `MetaplasticAdam` without clipping or
+        weight decay, no `model.losses` penalties, one replica."""
+        model = self.model
+        return not (
+            model.execution != "sparse"
+            or (model.active_task is None and not any_task)
+            or model.distribute_strategy.num_replicas_in_sync > 1
+            or model.losses
+            or not supports_block_updates(optimizer)
+        )
+
+    def load(self, optimizer):
+        """Gathers the active engram's blocks of the optimizer's moments into the
+        compact cache (a no-op unless the steps can be block sparse)."""
+        if not self.can_cache(optimizer):
+            return False
+        if self.cache.is_open and self.cache.optimizer is optimizer:
+            return True  # already loaded for the active engram (begin_task flushes)
+        model = self.model
+        subnetwork = EngramSubnetwork(model, tf.constant(model.active_task, tf.int32))
+        self.cache.load(optimizer, subnetwork.blocks, model.trainable_variables, model=model)
+        return True
+
+    def flush(self, end_of_task=False):
+        """Writes the compact moments back into the optimizer's slots and closes the
+        cache; task-scoped moments stay loaded until the task ends (`end_of_task`)."""
+        if self.cache.is_open and self.cache.task_scoped and not end_of_task:
+            return  # the only copy of this task's moments
+        self.cache.flush()
+
+    def block_variables(self):
+        """The trainable variables sparse execution only ever updates by blocks of rows
+        or columns (the hidden and output kernels, the hidden BatchNorm's gamma and
+        beta): those whose optimizer slots `build_task_optimizer` leaves out."""
+        model = self.model
+        some = tf.zeros([0], tf.int32)  # the variables do not depend on which units
+        return [*(b.variable for layer in model.engram_layers for b in layer.engram_blocks(some, some)),
+                model.classifier.kernel]
+
+    def build_task_optimizer(self, optimizer):
+        """Builds a fresh optimizer with task-scoped moments (see `EngramModel.
+        build_task_optimizer`); returns whether the moments are task-scoped."""
+        model = self.model
+        if not model.built:
+            raise RuntimeError("EngramModel.build_task_optimizer: build the model first.")
+        variables = model.trainable_variables
+        if self.can_cache(optimizer, any_task=True):
+            blocked = {id(v) for v in self.block_variables()}
+            variables = [v for v in variables if id(v) not in blocked]
+        with tf.init_scope():
+            if hasattr(optimizer, "resolve_strengths"):  # MetaplasticAdam: m for every variable
+                optimizer.resolve_strengths(model.trainable_variables)
+            optimizer.build(variables)  # a no-op if it is built already
+        return not all(has_slots(optimizer, v) for v in self.block_variables())
 
 
 class InferenceBlockCache:

@@ -290,7 +290,7 @@ def test_task_scoped_moments_equal_the_masked_reference_and_keep_no_full_slots()
         assert kept < 0.05 * sum(int(np.prod(v.shape)) for v in blocked)
         train(sparse, opts[0], task, cached=True)  # its flushes between "epochs" keep the moments
         train(masked, opts[1], task)
-        cache = sparse._slot_cache
+        cache = sparse.slot_cache
         assert cache.is_open and cache.task_scoped  # held until the task ends
         for a, b in zip(sparse.weights, masked.weights):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.name)
@@ -306,7 +306,7 @@ def test_task_scoped_moments_equal_the_masked_reference_and_keep_no_full_slots()
         assert cache.attenuated_fractions() == pytest.approx(reference)
         assert opts[0].attenuated_fractions() == {}  # no slots for them
     sparse.begin_task(0)  # a task's end drops its moments
-    assert not sparse._slot_cache.is_open
+    assert not sparse.slot_cache.is_open
 
 
 def test_an_optimizer_without_slots_for_the_blocks_needs_the_cache():
