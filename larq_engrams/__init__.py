@@ -18,8 +18,8 @@ submodule that uses it, or your own `import tensorflow`), not by `import larq_en
 `larq_engrams.runtime` runs exported networks with NumPy alone. That first import is
 quiet: TensorFlow's C++ start-up lines (CUDA probing on machines without a GPU,
 CPU-feature notes, absl's pre-initialization warning), which no Python setting can
-filter, go to /dev/null, and its later C++ INFO lines are off (`TF_CPP_MIN_LOG_LEVEL=1`
-unless set). A failing import still raises its Python exception. To see them, set
+filter, go to /dev/null, and its later C++ INFO and WARNING lines are off
+(`TF_CPP_MIN_LOG_LEVEL=2` unless set; errors still print). A failing import still raises its Python exception. To see them, set
 `LARQ_ENGRAMS_QUIET_STARTUP=0` in the environment before the import, or import
 TensorFlow before this package.
 """
@@ -78,7 +78,7 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader)
         sys.meta_path.remove(self)
         quiet = os.environ.get("LARQ_ENGRAMS_QUIET_STARTUP", "1").strip() != "0"
         if quiet:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with _stderr_to_devnull(quiet):
             tf = importlib.import_module("tensorflow")
             if quiet:
