@@ -12,6 +12,7 @@ __all__ = [
     "forgetting",
     "forward_transfer",
     "average_incremental_accuracy",
+    "learning_accuracy",
     "mean_and_sem",
     "summarize",
 ]
@@ -74,6 +75,14 @@ def forward_transfer(R, baseline):
     return float(np.mean([R[k - 1, k] - b[k] for k in range(1, T)]))
 
 
+def learning_accuracy(R):
+    """LA = (1/T) sum_k R[k][k]: the accuracy on each task right after training on it,
+    the plasticity side of the stability-plasticity trade-off (Riemer et al. 2019;
+    Mirzadeh et al. 2020). Forgetting is the stability side."""
+    R = _matrix(R)
+    return float(np.mean(np.diag(R)))
+
+
 def average_incremental_accuracy(R):
     """(1/T) sum_t mean_{k<=t} R[t][k]  (Rebuffi et al. 2017)."""
     R = _matrix(R)
@@ -106,6 +115,7 @@ def summarize(R, baseline=None):
         "bwt": backward_transfer(R),
         "forgetting": forgetting(R),
         "avg_incremental_acc": average_incremental_accuracy(R),
+        "learning_acc": learning_accuracy(R),
     }
     if baseline is not None:
         out["fwt"] = forward_transfer(R, baseline)

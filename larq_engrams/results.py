@@ -222,6 +222,8 @@ class ContinualResult:
                 for t, row in enumerate(self.accuracy_matrix)]
         m = self.metrics
         tail = f"ACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f}%  forgetting {100 * m['forgetting']:.2f}%"
+        if "learning_acc" in m:
+            tail += f"  learning accuracy {100 * m['learning_acc']:.2f}%"
         # FWT (R[k-1][k] - b_k) needs a task's classes to be predictable before it is
         # trained; in class-IL they never were, so it measures nothing and is not printed.
         if "fwt" in m and (self.config.get("scenario") or {}).get("setting") != "class":

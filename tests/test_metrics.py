@@ -50,6 +50,14 @@ def test_average_incremental_accuracy():
     assert metrics.average_incremental_accuracy(R) == pytest.approx(expected)
 
 
+def test_learning_accuracy_is_the_mean_of_the_diagonal():
+    # (0.90 + 0.95 + 0.80) / 3: each task right after it was trained.
+    assert metrics.learning_accuracy(R) == pytest.approx(2.65 / 3)
+    # Forgetting, not learning accuracy, sees that task 1 dropped to 0.50.
+    assert metrics.learning_accuracy([[0.9, 0.0], [0.1, 0.9]]) == pytest.approx(0.9)
+    assert metrics.summarize(R, B)["learning_acc"] == pytest.approx(2.65 / 3)
+
+
 def test_single_task_and_bad_shapes():
     assert metrics.average_accuracy([[0.8]]) == 0.8
     assert np.isnan(metrics.backward_transfer([[0.8]]))
@@ -68,7 +76,7 @@ def test_mean_and_sem():
 
 def test_summarize():
     s = metrics.summarize(R, B)
-    assert set(s) == {"acc", "bwt", "forgetting", "avg_incremental_acc", "fwt"}
+    assert set(s) == {"acc", "bwt", "forgetting", "avg_incremental_acc", "learning_acc", "fwt"}
     assert s["bwt"] == pytest.approx(-0.325)
 
 
