@@ -306,3 +306,14 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
         ("benchmark", "training step at 1024-1024: x0.25 of bnn", True),
         ("benchmark", "model.fit epoch (median of its epochs): x0.25 of bnn", True),
         ("benchmark", "model memory (width minus 16-16): x0.11 of bnn", True)]
+
+
+def test_export_script_checks_agreement_and_reports_the_targets(tmp_path):
+    proc = run_script("export.py", "--hidden=32,32", "--repeats=2", f"--output={tmp_path}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(tmp_path / "export.json"))
+    assert report["agreement"]["argmax"] >= 0.99 and report["agreement"]["engram_choice"] >= 0.99
+    assert report["memory"]["runtime"]["tensorflow_loaded"] is False
+    assert report["memory"]["tensorflow"]["tensorflow_loaded"] is True
+    assert report["ratios"]["runtime_peak_rss_vs_tensorflow_process"] < 0.5
+    assert "| artifact size |" in open(tmp_path / "export.md").read()
