@@ -15,6 +15,7 @@ before training.
 """
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 
 import larq_engrams
 from larq_engrams import benchmarks, methods
@@ -313,10 +315,6 @@ def set_log_level(level):
     """Python loggers for `level` (one of `LOG_LEVELS`): the package's at `level`; the
     libraries' (TensorFlow, absl, TFDS, ...) at ERROR unless `level` is "info" or
     "debug", so an experiment's terminal carries its own progress and results."""
-    import logging
-
-    from absl import logging as absl_logging
-
     value = getattr(logging, level.upper())
     libraries = value if level in ("debug", "info") else max(value, logging.ERROR)
     absl_logging.set_verbosity(level)  # absl's own scale: by name (an int there is not logging's)

@@ -89,6 +89,10 @@ def _engram_arrays(model):
         (norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta, norm.epsilon))
     router = model.task_discriminant
     projection = router.projection.numpy()
+    scale = float(np.abs(projection).max())
+    if not np.all(np.abs(projection) == scale):  # stored as sign bits and one scale
+        raise ValueError("save_packed: the router's projection is not +-scale everywhere (an exact 0 draw?); "
+                         "it cannot be stored as sign bits")
     arrays["router/projection_bits"] = pack_signs(projection)
     arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
     arrays["router/bias"] = router.bias.numpy().astype(np.float32)
@@ -99,7 +103,7 @@ def _engram_arrays(model):
         "inference_mode": model.inference_mode, "inference_task": model.get_config()["inference_task"],
         "restrict_to_engram_classes": model.restrict_to_engram_classes, "lda_weight": model.lda_weight,
         "outside_mass": "1e-3 / num_classes",
-        "router": {"features": int(projection.shape[1]), "projection_scale": float(np.abs(projection).max()),
+        "router": {"features": int(projection.shape[1]), "projection_scale": scale,
                    "inputs": inputs},
     }
     return arrays, manifest

@@ -138,7 +138,9 @@ class PackedNetwork:
             else:
                 self.layers.append(_Layer(kernel, threshold=arrays[f"hidden_{i}/threshold"].astype(np.float32),
                                           direction=arrays[f"hidden_{i}/direction"]))
-            assert kernel.shape == (widths[i], units)
+            if kernel.shape != (widths[i], units):
+                raise PackedFormatError(f"runtime: hidden_{i} holds a {kernel.shape} kernel, the manifest says "
+                                        f"{(widths[i], units)}")
         self.output_kernel = unpack_signs(arrays["output/kernel_bits"], self.num_classes)
         self.output_scale, self.output_offset = arrays["output/scale"], arrays["output/offset"]
         self.allocated_tasks = list(manifest.get("allocated_tasks", []))
