@@ -33,7 +33,7 @@ from larq_engrams.metrics import format_mean_and_sem, mean_and_sem
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 __all__ = [
-    "ChildRunError", "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "finished_run",
+    "ChildRunError", "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "data_source", "finished_run",
     "make_scenario", "run_child", "run_experiment", "run_in_fresh_process", "run_settings", "set_log_level",
     "summarize",
     "summary_table",
@@ -103,6 +103,22 @@ def make_scenario(config, seed):
         constructor = getattr(benchmarks, config.scenario)
         scenario = constructor(config.setting, seed=seed, source=config.source, data_dir=config.data_dir, **common)
     return scenario.take(config.num_tasks) if config.num_tasks else scenario
+
+
+# The data set each scenario reads (core50_ni reads its own folder).
+_SCENARIO_DATASETS = {"split_mnist": "mnist", "permuted_mnist": "mnist", "split_fashion_mnist": "fashion_mnist",
+                      "split_cifar10": "cifar10"}
+
+
+def data_source(config, seed):
+    """`make_scenario(config, seed).source`, found without reading any data
+    (`benchmarks.resolve_source`): what a run's settings record as its data."""
+    if config.scenario == "core50_ni":
+        return f"local:{config.data_dir}"
+    source = benchmarks.resolve_source(_SCENARIO_DATASETS[config.scenario], config.source, config.data_dir)
+    if config.evaluate_on == "validation":
+        source = benchmarks.validation_source(source, config.validation_fraction, seed)
+    return source
 
 
 class StaleRunError(ValueError):
@@ -203,12 +219,13 @@ def _reuse(run_dir, settings):
     return result
 
 
-def finished_run(config, method, seed, outdir, scenario=None):
+def finished_run(config, method, seed, outdir):
     """The finished run of exactly these settings under `outdir` (printing one line
     that says it is reused), or None if there is none yet; `StaleRunError` if the
-    folder holds a run with other settings or files that cannot be read."""
-    scenario = scenario if scenario is not None else make_scenario(config, seed)
-    return _reuse(os.path.join(outdir, method, f"seed_{seed}"), run_settings(config, method, seed, scenario.source))
+    folder holds a run with other settings or files that cannot be read. Reads no
+    data (`data_source`)."""
+    return _reuse(os.path.join(outdir, method, f"seed_{seed}"),
+                  run_settings(config, method, seed, data_source(config, seed)))
 
 
 # Experiments this process has run: the second one's peak RSS includes what the first
@@ -230,8 +247,7 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     training. Without `resume` the folder is overwritten.
     """
     run_dir = os.path.join(outdir, method, f"seed_{seed}")
-    scenario = make_scenario(config, seed)
-    settings = run_settings(config, method, seed, scenario.source)
+    settings = run_settings(config, method, seed, data_source(config, seed))
     if resume:
         finished = _reuse(run_dir, settings)
         if finished is not None:
@@ -240,6 +256,10 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
             print(f"Resuming the unfinished run in {run_dir} from its last task checkpoint.")
     elif os.path.isdir(run_dir):
         shutil.rmtree(run_dir)  # overwritten: no file of the old run may be mixed in
+    scenario = make_scenario(config, seed)
+    if scenario.source != settings["source"]:
+        raise RuntimeError(f"data source {scenario.source!r} read, {settings['source']!r} expected: "
+                           "benchmarks.resolve_source and the scenario disagree (a bug).")
     write_atomically(os.path.join(run_dir, "run.json"),
                      json.dumps({"settings": settings, "command": command}, indent=1))
     hp = config.hparams.replace(seed=seed)

@@ -31,6 +31,7 @@ def no_tfds(monkeypatch):
         raise B.DataNotFoundError(f"TFDS has no prepared {name!r} (simulated)")
 
     monkeypatch.setattr(sources, "_load_tfds", unavailable)
+    monkeypatch.setattr(sources, "_tfds_prepared", lambda name, data_dir: False)
 
 
 def test_bundled_sample_is_the_real_mnist_test_set(bundled):
@@ -145,7 +146,7 @@ def test_every_data_source_problem_is_one_line_saying_what_to_do(tmp_path):
         (dict(source="local"), "needs `data_dir`"),
         (dict(source="tfds", data_dir=str(empty)), "TFDS has no prepared 'mnist'.*tfds build mnist.*source='local'"),
         # "auto" with the user's own folder never falls back to other data.
-        (dict(data_dir=str(empty)), "no 'mnist' in data_dir.*missing IDX files"),
+        (dict(data_dir=str(empty)), "no 'mnist' in data_dir.*neither a prepared TFDS data set nor the four IDX"),
     ]
     for kwargs, message in cases:
         with pytest.raises(B.DataSourceError, match=message) as error:
@@ -216,6 +217,22 @@ def idx_dir(tmp_path):
         write_idx(str(tmp_path / f"{split}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28)), 2051, compress)
         write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte"), np.arange(n) % 10, 2049, compress)
     return tmp_path
+
+
+def test_resolve_source_names_the_data_load_arrays_reads_without_reading_it(idx_dir, no_tfds, monkeypatch):
+    cases = [("mnist", "auto", None), ("mnist", "bundled", None), ("mnist", "local", idx_dir),
+             ("mnist", "auto", idx_dir)]
+    if os.path.isdir(sources.DEBIAN_FASHION_MNIST):
+        cases.append(("fashion_mnist", "auto", None))
+    expected = [B.load_arrays(*case).source for case in cases]
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("resolve_source read data")
+
+    for reader in ("read_idx", "read_idx_dataset", "load_bundled_mnist"):
+        monkeypatch.setattr(sources, reader, no_reading)
+    assert [B.resolve_source(*case) for case in cases] == expected
+    assert expected[:3] == ["bundled:mnist-t10k[8000/2000]"] * 2 + [f"local:{idx_dir}"]
 
 
 def test_local_idx_files(idx_dir):

@@ -217,6 +217,18 @@ def test_a_folder_is_reused_only_for_the_same_settings(tmp_path, capsys):
         experiment.run_experiment(_config(epochs=2), "bnn", 0, str(tmp_path), verbose=0)
 
 
+@pytest.mark.parametrize("changes", [{}, {"evaluate_on": "validation"}, {"scenario": "permuted_mnist", "setting": "domain", "source": "auto"},
+                                     {"evaluate_on": "validation", "validation_fraction": 0.2}])
+def test_the_data_source_in_a_runs_settings_is_found_without_reading_data(changes, tmp_path, monkeypatch):
+    config = _config(**changes)
+    assert experiment.data_source(config, 3) == experiment.make_scenario(config, 3).source
+    experiment.run_experiment(config, "bnn", 3, str(tmp_path), verbose=0)
+    monkeypatch.setattr(B.sources, "load_bundled_mnist", None)  # any data loading fails
+    assert experiment.finished_run(config, "bnn", 3, str(tmp_path)) is not None
+    with pytest.raises(experiment.StaleRunError, match="experiment.epochs"):
+        experiment.finished_run(_config(**changes, epochs=2), "bnn", 3, str(tmp_path))
+
+
 def test_summaries_keep_the_rows_of_earlier_commands(tmp_path):
     experiment.run_experiment(_config(), "bnn", 0, str(tmp_path), verbose=0)
     experiment.run_experiment(_config(epochs=2), "finetune", 0, str(tmp_path), verbose=0)

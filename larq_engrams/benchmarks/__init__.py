@@ -30,6 +30,8 @@ from larq_engrams.benchmarks.sources import (
     hold_out_validation,
     load_arrays,
     load_bundled_mnist,
+    resolve_source,
+    validation_source,
 )
 from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fashion_mnist, split_mnist
 
@@ -38,5 +40,5 @@ __all__ = [
     "Scenario", "ShuffleOrder", "Task", "class_groups", "class_pairs", "permuted_tasks", "split_by_classes",
     "tasks_from_arrays", "core50_ni", "hold_out_validation", "joint", "load_arrays",
     "load_bundled_mnist", "make_dataset", "permuted_mnist", "pixel_permutations", "read_cifar10", "read_core50", "read_idx",
-    "split_cifar10", "split_fashion_mnist", "split_mnist",
+    "resolve_source", "split_cifar10", "split_fashion_mnist", "split_mnist", "validation_source",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 from larq_engrams.benchmarks.formats import DataNotFoundError, DataSourceError, read_cifar10, read_idx, read_idx_dataset
 
 __all__ = ["SOURCES", "EVALUATION_SPLITS", "DatasetArrays", "hold_out_validation", "load_arrays",
-           "load_bundled_mnist", "select_evaluation"]
+           "load_bundled_mnist", "resolve_source", "select_evaluation", "validation_source"]
 
 log = logging.getLogger("larq_engrams.benchmarks")
 
@@ -23,6 +23,7 @@ _DOWNLOAD_HINTS = {
     "cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extracted",
 }
 BUNDLED_TRAIN = 8000  # of the 10,000 bundled MNIST test images; the last 2,000 test
+BUNDLED_SOURCE = f"bundled:mnist-t10k[{BUNDLED_TRAIN}/{10_000 - BUNDLED_TRAIN}]"
 # Where the Debian package `dataset-fashion-mnist` installs the original IDX files.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 EVALUATION_SPLITS = ("test", "validation")
@@ -48,10 +49,7 @@ def load_bundled_mnist():
     with importlib.resources.as_file(folder / "t10k-labels-idx1-ubyte.gz") as path:
         labels = read_idx(path, 2049).astype(np.int64)
     n = BUNDLED_TRAIN
-    return DatasetArrays(
-        images[:n], labels[:n], images[n:], labels[n:],
-        f"bundled:mnist-t10k[{n}/{len(images) - n}]",
-    )
+    return DatasetArrays(images[:n], labels[:n], images[n:], labels[n:], BUNDLED_SOURCE)
 
 
 def hold_out_validation(arrays, fraction=0.1, seed=0):
@@ -74,8 +72,13 @@ def hold_out_validation(arrays, fraction=0.1, seed=0):
         held[np.random.default_rng([int(seed), int(c)]).choice(index, count, replace=False)] = True
     return DatasetArrays(
         arrays.x_train[~held], arrays.y_train[~held], arrays.x_train[held], arrays.y_train[held],
-        f"{arrays.source} validation[{fraction:g} of train, seed {int(seed)}]",
+        validation_source(arrays.source, fraction, seed),
     )
+
+
+def validation_source(source, fraction, seed):
+    """The source recorded for `hold_out_validation(arrays from source, fraction, seed)`."""
+    return f"{source} validation[{float(fraction):g} of train, seed {int(seed)}]"
 
 
 def select_evaluation(arrays, evaluate_on="test", validation_fraction=0.1, seed=0):
@@ -124,8 +127,7 @@ def _load_tfds(name, data_dir):
             f"TFDS has no prepared {_TFDS_NAMES[name]!r} in {where} ({type(err).__name__}); prepare it with "
             f"`tfds build {_TFDS_NAMES[name]}` where there is internet access and copy that folder here, or "
             f"use source='local' with data_dir=<a folder of {_DOWNLOAD_HINTS[name]}>") from err
-    where = f"tfds:{_TFDS_NAMES[name]}" + (f"@{data_dir}" if data_dir else "")
-    return DatasetArrays(*splits["train"], *splits["test"], where)
+    return DatasetArrays(*splits["train"], *splits["test"], _tfds_source(name, data_dir))
 
 
 def _load_local(name, data_dir):
@@ -141,6 +143,83 @@ def _load_local(name, data_dir):
     return DatasetArrays(xt, yt.astype(np.int64), xe, ye.astype(np.int64), f"local:{data_dir}")
 
 
+def _tfds_prepared(name, data_dir):
+    """Whether TFDS has `name` prepared (in `data_dir`, or its default folder); reads
+    no data."""
+    try:
+        import tensorflow_datasets as tfds  # here, not at the top: importing it takes seconds
+
+        with _tfds_logs_off():
+            return bool(tfds.builder(_TFDS_NAMES[name], data_dir=data_dir).is_prepared())
+    except Exception:  # no metadata, a broken install...: TFDS cannot give the data
+        return False
+
+
+def _has_original_files(name, folder):
+    """Whether `folder` holds files in the data set's original layout (by name only)."""
+    if not os.path.isdir(folder):
+        return False
+    if name == "cifar10":
+        return os.path.isdir(os.path.join(folder, "cifar-10-batches-py")) or os.path.exists(
+            os.path.join(folder, "data_batch_1"))
+    return any(entry.startswith("train-images") for entry in os.listdir(folder))
+
+
+def _tfds_source(name, data_dir):
+    return f"tfds:{_TFDS_NAMES[name]}" + (f"@{data_dir}" if data_dir else "")
+
+
+def resolve_source(name, source="auto", data_dir=None):
+    """Where `load_arrays(name, source, data_dir)` reads its data, as recorded in every
+    result (e.g. "tfds:mnist", "local:/data/mnist", "bundled:mnist-t10k[8000/2000]"),
+    found without reading any data: TFDS' metadata and the folder's file names only.
+    A result's settings hold this string, so checking whether a saved run is stale
+    costs no data loading.
+
+    Raises:
+        DataSourceError: as `load_arrays`, when no source can give the data set.
+    """
+    if name not in _TFDS_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(_TFDS_NAMES)}")
+    if source not in SOURCES:
+        raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}")
+    if source == "local":
+        if data_dir is None:
+            raise DataNotFoundError(f"source='local' needs `data_dir`: the folder holding {_DOWNLOAD_HINTS[name]}.")
+        if not os.path.isdir(data_dir):
+            raise DataNotFoundError(
+                f"data_dir {data_dir} is not a folder; expected one holding {_DOWNLOAD_HINTS[name]}")
+        return f"local:{data_dir}"
+    if source == "bundled":
+        if name != "mnist":
+            raise ValueError(f"there is no bundled sample of {name!r}; only of 'mnist'.")
+        return BUNDLED_SOURCE
+    if source == "tfds":
+        return _tfds_source(name, data_dir)  # loading says why, if TFDS has not prepared it
+    if data_dir is not None:  # "auto" in the user's folder: TFDS' layout or the original files
+        if _tfds_prepared(name, data_dir):
+            return _tfds_source(name, data_dir)
+        if _has_original_files(name, data_dir):
+            return f"local:{data_dir}"
+        raise DataNotFoundError(
+            f"no {name!r} in data_dir {data_dir}: neither a prepared TFDS data set nor "
+            f"{_DOWNLOAD_HINTS[name]}")
+    if _tfds_prepared(name, None):
+        return _tfds_source(name, None)
+    if name == "fashion_mnist":
+        if os.path.isdir(DEBIAN_FASHION_MNIST):
+            return f"local:{DEBIAN_FASHION_MNIST}"
+        raise DataNotFoundError(
+            f"no source for 'fashion_mnist': TFDS has not prepared it and {DEBIAN_FASHION_MNIST} "
+            f"does not exist. On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`; elsewhere "
+            f"download {_DOWNLOAD_HINTS[name]} and pass source='local', data_dir=<folder>.")
+    if name != "mnist":
+        raise DataNotFoundError(
+            f"no source for {name!r}: TFDS has not prepared it and there is no bundled sample. "
+            f"Download {_DOWNLOAD_HINTS[name]} into a folder and pass source='local', data_dir=<folder>.")
+    return BUNDLED_SOURCE
+
+
 def load_arrays(name, source="auto", data_dir=None):
     """Loads `name` ("mnist", "fashion_mnist", "cifar10") from `source`.
 
@@ -149,60 +228,19 @@ def load_arrays(name, source="auto", data_dir=None):
             directory), "local" (`data_dir` holds the original files), "bundled" (the
             MNIST sample inside the package; MNIST only) or "auto": with `data_dir`,
             TFDS' data there or else the original files there; without it, TFDS when
-            it can load the set; otherwise, for Fashion-MNIST, the Debian package's folder
-            (`apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist),
+            it has prepared the set; otherwise, for Fashion-MNIST, the Debian package's
+            folder (`apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist),
             and for MNIST the bundled sample, saying so in the log. Nothing is ever
-            downloaded.
+            downloaded. `resolve_source` names the choice without reading data.
 
     Raises:
         DataSourceError: the source cannot give the data set; the one-line message
             names what was expected and how to get it.
     """
-    if name not in _TFDS_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(_TFDS_NAMES)}")
-    if source not in SOURCES:
-        raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}")
-    if source == "local":
-        arrays = _load_local(name, data_dir)
-    elif source == "bundled":
-        if name != "mnist":
-            raise ValueError(f"there is no bundled sample of {name!r}; only of 'mnist'.")
+    where = resolve_source(name, source, data_dir)
+    if where == BUNDLED_SOURCE:
         arrays = load_bundled_mnist()
-    elif source == "tfds":
-        arrays = _load_tfds(name, data_dir)
-    elif data_dir is not None:  # "auto" in the user's folder: TFDS' layout or the original files
-        try:
-            with _tfds_logs_off():
-                arrays = _load_tfds(name, data_dir)
-        except DataSourceError as tfds_error:
-            try:
-                arrays = _load_local(name, data_dir)
-            except DataSourceError as local_error:
-                raise DataNotFoundError(
-                    f"no {name!r} in data_dir {data_dir}: {local_error} (TFDS found no prepared data set "
-                    f"there either)") from tfds_error
-    else:
-        try:
-            with _tfds_logs_off():  # a failed probe is expected here; its warnings are noise
-                arrays = _load_tfds(name, data_dir)
-        except DataSourceError as err:  # not prepared, no tfds metadata, no network...
-            if name == "fashion_mnist":
-                if os.path.isdir(DEBIAN_FASHION_MNIST):
-                    arrays = _load_local(name, DEBIAN_FASHION_MNIST)
-                    log.info("Data source for %s: %s", name, arrays.source)
-                    return arrays
-                raise DataNotFoundError(
-                    f"no source for 'fashion_mnist': TFDS has not prepared it and {DEBIAN_FASHION_MNIST} "
-                    f"does not exist. On Debian/Ubuntu: `apt-get install dataset-fashion-mnist`; elsewhere "
-                    f"download {_DOWNLOAD_HINTS[name]} and pass source='local', data_dir=<folder>."
-                ) from err
-            if name != "mnist":
-                raise DataNotFoundError(
-                    f"no source for {name!r}: TFDS has not prepared it and there is no bundled sample. "
-                    f"Download {_DOWNLOAD_HINTS[name]} into a folder and pass source='local', "
-                    f"data_dir=<folder>."
-                ) from err
-            arrays = load_bundled_mnist()
+        if source == "auto":
             # The documented offline default, and recorded in every result and summary:
             # information, not a warning.
             log.info(
@@ -211,5 +249,9 @@ def load_arrays(name, source="auto", data_dir=None):
                 name, arrays.source,
             )
             return arrays
+    elif where.startswith("tfds:"):
+        arrays = _load_tfds(name, data_dir)
+    else:
+        arrays = _load_local(name, where[len("local:"):])
     log.info("Data source for %s: %s", name, arrays.source)
     return arrays
