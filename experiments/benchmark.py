@@ -313,7 +313,7 @@ def main(argv):
               f"(x{fp32 / actual:.1f})" + (f"; includes {masks:.2f} MiB of float32 engram masks" if masks else ""))
         if infer or learn:
             print(f"   {'':11s} + task discriminant {infer:.2f} MiB to infer (signs of R at 1 bit, float32 kernel "
-                  f"and bias) + {learn:.2f} MiB of float64 statistics, needed only to learn further tasks")
+                  f"and bias) + {learn:.2f} MiB of float32 statistics, needed only to learn further tasks")
     report["model_size_mib"] = {m: {"deployed": a, "float32": f, "engram_masks": k, "discriminant_infer": i,
                                     "discriminant_statistics": s_} for m, a, f, k, i, s_ in sizes}
     if FLAGS.output:

@@ -16,7 +16,13 @@ choosing an engram without a task id, on every task's validation data:
 - `..., output × discriminant^w`: the chosen engram predicts with the product of its
   posterior and the discriminant's over its classes (`EngramModel(lda_weight=w)`);
 - `... alone`: the discriminant's own class prediction (its best group; no network),
-  for reference.
+  for reference;
+- `... + a · max logit`: the engram networks' evidence added to the router's engram
+  score, score_s = max_c g_{s,c}(x) + a max_{c of s} logit_s(x)_c (the maximum-logit
+  out-of-distribution score of Hendrycks et al. 2022), one row per `--logit_weight` a;
+- `... + b · engram_gaussian`: the router's score plus b times the engram's Gaussian
+  score on its own first-layer pre-activations (a product of the two densities),
+  one row per `--gaussian_weight` b.
 
 The chosen engram predicts among its classes with its logits. Prints a table of task-
 inference accuracy and ACC per rule and writes it as JSON.
@@ -51,6 +57,10 @@ flags.DEFINE_list("lda", ["2048:0.01", "1024:0.01", "0:0.1", "0:0.01"],
                   "input_lda variants 'M:λ' (M random features, 0 for the raw inputs).")
 flags.DEFINE_list("shrinkage", ["0.1"], "engram_gaussian: shrinkage values λ.")
 flags.DEFINE_list("lda_weight", ["0.2"], "input_lda: product-of-experts weights w to compare.")
+flags.DEFINE_list("logit_weight", ["0.3", "1", "3", "10", "30"],
+                  "input_lda + a * the engram network's max logit: the weights a to compare.")
+flags.DEFINE_list("gaussian_weight", ["1", "3", "10", "30", "100", "300"],
+                  "input_lda + b * engram_gaussian (first --lda variant, first --shrinkage): weights b.")
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("output", None, "JSON output path (default: runs/task_inference/<name>.json).")
 
@@ -135,6 +145,7 @@ def main(argv):
     logits = [[o[1] for o in row] for row in outputs]
     rows = {"excitation": (np.mean(result.task_inference), result.metrics["acc"])}
 
+    lda_engram_scores = None  # the first --lda variant's max_c g_{s,c}: (n, tasks) per validation task
     for variant in FLAGS.lda:
         features, shrinkage = variant.split(":")
         features, shrinkage = int(features) or None, float(shrinkage)
@@ -157,6 +168,14 @@ def main(argv):
         alone = np.mean([np.mean(g.reshape(len(g), -1).argmax(1) % scenario.num_classes == y)
                          for g, y in zip(scores, labels)])
         rows[label + " alone (no network)"] = (float("nan"), alone)
+        router = [g.max(-1) for g in scores]
+        if lda_engram_scores is None:
+            lda_engram_scores = router
+        for weight in map(float, FLAGS.logit_weight):
+            evidence = [np.stack([logits[k][s][:, classes[s]].max(1) for s in range(T)], 1) for k in range(T)]
+            choices = [(router[k] + weight * evidence[k]).argmax(-1) for k in range(T)]
+            rows[f"{label} + {weight:g} · max logit, output × discriminant^{FLAGS.lda_weight[0]}"] = tuple(
+                _class_il_accuracy(choices, logits, labels, classes, scores, float(FLAGS.lda_weight[0])).mean(0))
 
     for shrinkage in map(float, FLAGS.shrinkage):
         # engram_gaussian: each engram's own space and covariance.
@@ -172,8 +191,14 @@ def main(argv):
             d2 = np.stack([np.einsum("nd,de,ne->n", z - mu, P, z - mu) for mu in mus], 1)
             return -d2.min(1) / z.shape[1]
 
-        choices = [np.stack([engram_score(k, s) for s in range(T)]).argmax(0) for k in range(T)]
+        gaussian = [np.stack([engram_score(k, s) for s in range(T)], 1) for k in range(T)]
+        choices = [g.argmax(-1) for g in gaussian]
         rows[f"engram_gaussian λ={shrinkage:g}"] = tuple(_class_il_accuracy(choices, logits, labels, classes).mean(0))
+        if shrinkage == float(FLAGS.shrinkage[0]) and lda_engram_scores is not None:
+            for weight in map(float, FLAGS.gaussian_weight):
+                choices = [(lda_engram_scores[k] + weight * gaussian[k]).argmax(-1) for k in range(T)]
+                rows[f"input_lda {FLAGS.lda[0]} + {weight:g} · engram_gaussian λ={shrinkage:g}"] = tuple(
+                    _class_il_accuracy(choices, logits, labels, classes).mean(0))
 
     print(f"{name}  (validation data: {scenario.source})")
     print("| rule | task inference | ACC |\n|---|---|---|")

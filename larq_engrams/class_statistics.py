@@ -8,13 +8,14 @@ For every class c seen so far, with f(x) = x (pixels) or fixed random ReLU featu
 ```
 n_c, mu_c     = count and mean of f(x) over the class' training examples
 NCM:  logit_c(x) = mu_c^T f(x) - 1/2 |mu_c|^2                    (= -1/2 |f(x) - mu_c|^2 + const)
-SLDA: Sigma      = (sum_x f f^T - sum_c n_c mu_c mu_c^T) / sum_c n_c        shared within-class covariance
+SLDA: Sigma      = sum_c sum_{x in c} (f - mu_c)(f - mu_c)^T / sum_c n_c   shared within-class covariance
       P          = ((1 - lambda) Sigma + lambda (tr Sigma / M) I)^{-1}      shrunk toward the mean variance
       logit_c(x) = mu_c^T P f(x) - 1/2 mu_c^T P mu_c             (Gaussian log-likelihood + const)
 ```
 
 Classes never seen score -1e9, so a prediction is always a class seen so far. Training
-is accumulation: a batch adds to the counts and sums (float64), so the order of the data
+is accumulation: a batch adds to the counts, sums and within-class scatter (float32,
+merged batch by batch as in `InputDiscriminant.observe`), so the order of the data
 changes nothing but rounding, and nothing learnt earlier is ever overwritten. One pass
 over the data is all they need; more epochs count the data again (the means stay the
 same; the shared covariance weighs the repeated task more).

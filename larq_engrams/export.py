@@ -66,7 +66,7 @@ def _engram_arrays(model):
     if model.confidence != "input_lda" or model.task_discriminant is None:
         raise ValueError(f"save_packed: the runtime infers the task with the router (confidence 'input_lda'); "
                          f"this model uses {model.confidence!r}")
-    if model.task_discriminant.projection is None:
+    if model.task_discriminant.projection_bits is None:
         raise ValueError("save_packed: the router works on the raw inputs (lda_features=None); the runtime needs "
                          "its random features")
     arrays, hidden = {}, []
@@ -88,12 +88,7 @@ def _engram_arrays(model):
     arrays["output/scale"], arrays["output/offset"] = _affine(
         (norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta, norm.epsilon))
     router = model.task_discriminant
-    projection = router.projection.numpy()
-    scale = float(np.abs(projection).max())
-    if not np.all(np.abs(projection) == scale):  # stored as sign bits and one scale
-        raise ValueError("save_packed: the router's projection is not +-scale everywhere (an exact 0 draw?); "
-                         "it cannot be stored as sign bits")
-    arrays["router/projection_bits"] = pack_signs(projection)
+    arrays["router/projection_bits"] = router.projection_bits.numpy()  # already the runtime's sign bits
     arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
     arrays["router/bias"] = router.bias.numpy().astype(np.float32)
     arrays["engram_classes"] = (model.engram_classes.numpy() > 0).astype(np.uint8)
@@ -103,7 +98,7 @@ def _engram_arrays(model):
         "inference_mode": model.inference_mode, "inference_task": model.get_config()["inference_task"],
         "restrict_to_engram_classes": model.restrict_to_engram_classes, "lda_weight": model.lda_weight,
         "outside_mass": "1e-3 / num_classes",
-        "router": {"features": int(projection.shape[1]), "projection_scale": scale,
+        "router": {"features": router.num_features, "projection_scale": router.projection_scale,
                    "inputs": inputs},
     }
     return arrays, manifest

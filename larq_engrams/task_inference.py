@@ -8,7 +8,7 @@ the inputs, for every (engram, class) group an engram was trained on:
 ```
 f(x)          = relu(x R),  R in {-1, +1}^{D x M} / sqrt(D), seeded and never trained
 n_g, mu_g     = count and mean feature of group g = (engram s, class c)
-Sigma         = (sum_x f f^T - sum_g n_g mu_g mu_g^T) / sum_g n_g     shared within-group covariance
+Sigma         = sum_g sum_{x in g} (f - mu_g)(f - mu_g)^T / sum_g n_g  shared within-group covariance
 Sigma_lambda  = (1 - lambda) Sigma + lambda (tr Sigma / M) I           shrinkage toward the mean variance
 P             = Sigma_lambda^{-1}
 g_{s,c}(x)    = mu_{s,c}^T P f(x) - 1/2 mu_{s,c}^T P mu_{s,c}          Gaussian log-likelihood + const
@@ -21,7 +21,7 @@ with the highest score predict, among the classes it was trained on. With
 
 Why fixed features of the inputs: they are the one representation that later engrams
 cannot change, so statistics taken when a task is seen stay exact for ever; they need
-no replay (only sums: M^2 + groups x M numbers) and cannot forget; one covariance puts
+no replay (only sums: M (M + 1) / 2 + groups x M numbers) and cannot forget; one covariance puts
 every engram's score on one scale. The random ReLU expansion (as in RanPAC, McDonnell
 et al. 2023) makes the linear discriminant non-linear in x, and its size M does not
 depend on the input size. Measured on validation splits (784-1024-1024-10, 5 epochs per
@@ -41,9 +41,10 @@ from larq_engrams.subnetwork import StackedEngramSubnetworks
 from larq_engrams.task_inputs import split_task_inputs
 
 __all__ = ["EngramTaskInference", "InputDiscriminant", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
-           "EMPTY_GROUP_SCORE", "floored_log_softmax"]
+           "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "unpack_sign_bits",
+           "unpack_symmetric"]
 
-# M x M float64 statistics: 4096 features take 134 MB.
+# The packed M x M float32 scatter: 4096 features take 34 MB (and a refresh's float64 solve 134 MB more).
 MAX_FEATURES = 4096
 # The router's defaults (`EngramModel`'s lda_features and lda_shrinkage), chosen on
 # validation data (see `InputDiscriminant`); the router-alone baselines follow them.
@@ -86,11 +87,13 @@ class InputDiscriminant(tf.keras.layers.Layer):
     """Per-engram streaming linear discriminant on random features of flattened inputs
     (see the module docstring for the maths).
 
-    State (non-trainable weights, saved with the model): the projection R (D, M),
-    `counts` (tasks, classes), `sums` (tasks, classes, M) and `second_moment` (M, M) in
-    float64, from which `refresh()` derives the discriminant `kernel` (tasks, classes,
-    M) and `bias` (tasks, classes) in float32. At M = 2048 the statistics take 34 MB,
-    whatever the network's width.
+    State (non-trainable weights, saved with the model): R's sign bits
+    `projection_bits` (D, M / 8) uint8, and in float32 `counts` (tasks, classes),
+    `sums` (tasks, classes, M) and the within-group `scatter`, stored once as a
+    symmetric matrix (`pack_symmetric`: (M + 1, M / 2)), from which `refresh()`
+    derives the discriminant `kernel` (tasks, classes, M) and `bias` (tasks, classes).
+    At M = 2048, D = 784, 5 tasks and 10 classes they take 9.4 MB (8.9 MiB), whatever
+    the network's width: R 0.2 MB, the scatter 8.4 MB, sums and kernel 0.4 MB each.
 
     Args:
         max_tasks: how many engrams.
@@ -132,62 +135,89 @@ class InputDiscriminant(tf.keras.layers.Layer):
         tasks, classes = self.max_tasks, self.num_classes
         state = dict(trainable=False, initializer="zeros",
                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.projection = None
+        self.projection_bits = None
         if self.features is not None:
-            self.projection = self.add_weight(
-                "projection", (inputs, features),
-                **{**state, "initializer": _RandomSigns(self.seed, 1.0 / inputs ** 0.5)})
-        self.counts = self.add_weight("counts", (tasks, classes), dtype=tf.float64, **state)
-        self.sums = self.add_weight("sums", (tasks, classes, features), dtype=tf.float64, **state)
-        self.second_moment = None
+            # R's signs, 8 to a byte (1 = negative; the packed runtime's format): D x M / 8 bytes.
+            self.projection_bits = self.add_weight(
+                "projection_bits", (inputs, -(-features // 8)), dtype=tf.uint8,
+                **{**state, "initializer": _RandomSignBits(self.seed, features)})
+            self.projection_scale = 1.0 / inputs ** 0.5
+        self.counts = self.add_weight("counts", (tasks, classes), **state)
+        self.sums = self.add_weight("sums", (tasks, classes, features), **state)
+        self.scatter = None
         if self.covariance == "shared":
-            self.second_moment = self.add_weight(
-                "second_moment", (features, features), dtype=tf.float64, **state)
+            self.scatter = self.add_weight("scatter", packed_symmetric_shape(features), **state)
         self.kernel = self.add_weight("kernel", (tasks, classes, features), **state)
         self.bias = self.add_weight(
             "bias", (tasks, classes), **{**state, "initializer": tf.keras.initializers.Constant(EMPTY_GROUP_SCORE)})
         super().build(input_shape)
 
+    @property
+    def num_features(self):
+        """M: the width of f(x)."""
+        return int(self.sums.shape[-1])
+
+    def projection(self):
+        """R = scale * signs, (D, M) float32, unpacked from its sign bits (None without
+        random features)."""
+        if self.projection_bits is None:
+            return None
+        return unpack_sign_bits(self.projection_bits, self.num_features) * self.projection_scale
+
     def transform(self, x):
         """f(x): relu(x R), or x itself without random features."""
         x = tf.cast(x, self.kernel.dtype)
-        return x if self.projection is None else tf.nn.relu(tf.matmul(x, self.projection))
+        return x if self.projection_bits is None else tf.nn.relu(tf.matmul(x, self.projection()))
 
     def observe(self, x, y, task):
-        """Adds a batch of flattened inputs `x` (their features) with labels `y` to engram `task`'s groups
-        (in-graph; call `refresh()` after the last batch)."""
-        # Batch products in float32 (the cost), running sums in float64 (the precision).
+        r"""Adds a batch of flattened inputs `x` (their features) with labels `y` to engram
+        `task`'s groups (in-graph; call `refresh()` after the last batch).
+
+        The within-group scatter is merged batch by batch (Chan, Golub & LeVeque 1979):
+        with the batch's group counts m_g, means nu_g and scatter about them W_b,
+
+        ```
+        W <- W + W_b + sum_g (n_g m_g / (n_g + m_g)) (mu_g - nu_g)(mu_g - nu_g)^T
+        ```
+
+        so the statistics never subtract two large second moments, and float32 holds
+        them as well as float64 held the raw sums of f f^T.
+        """
         x = self.transform(x)
         onehot = tf.one_hot(tf.cast(y, tf.int32), self.num_classes, dtype=x.dtype)
-        row = tf.one_hot(tf.cast(task, tf.int32), self.max_tasks, dtype=tf.float64)
-        self.counts.assign_add(row[:, None] * tf.cast(tf.reduce_sum(onehot, axis=0), tf.float64)[None, :])
-        sums = tf.cast(tf.matmul(onehot, x, transpose_a=True), tf.float64)
-        self.sums.assign_add(row[:, None, None] * sums[None])
-        if self.second_moment is not None:
-            self.second_moment.assign_add(tf.cast(tf.matmul(x, x, transpose_a=True), tf.float64))
+        row = tf.one_hot(tf.cast(task, tf.int32), self.max_tasks, dtype=x.dtype)
+        batch_counts = tf.reduce_sum(onehot, axis=0)  # m_g
+        batch_sums = tf.matmul(onehot, x, transpose_a=True)  # m_g nu_g
+        if self.scatter is not None:
+            counts = tf.tensordot(row, self.counts, 1)  # n_g of this task's groups
+            means = tf.tensordot(row, self.sums, 1) / tf.maximum(counts, 1.0)[:, None]
+            batch_means = batch_sums / tf.maximum(batch_counts, 1.0)[:, None]
+            centered = x - tf.matmul(onehot, batch_means)
+            weight = counts * batch_counts / tf.maximum(counts + batch_counts, 1.0)
+            shift = (means - batch_means) * tf.sqrt(weight)[:, None]
+            self.scatter.assign_add(pack_symmetric(
+                tf.matmul(centered, centered, transpose_a=True) + tf.matmul(shift, shift, transpose_a=True)))
+        self.counts.assign_add(row[:, None] * batch_counts[None, :])
+        self.sums.assign_add(row[:, None, None] * batch_sums[None])
 
     def refresh(self):
-        """Recomputes the discriminant from the statistics (one M x M Cholesky solve;
-        none for the identity covariance). Works eagerly and inside a tf.function."""
-        counts = tf.reshape(self.counts, [-1])
+        """Recomputes the discriminant from the statistics (one M x M Cholesky solve, in
+        float64; none for the identity covariance). Works eagerly and inside a tf.function."""
+        counts = tf.cast(tf.reshape(self.counts, [-1]), tf.float64)
         total = tf.maximum(tf.reduce_sum(counts), 1.0)  # no data yet: every group stays empty
-        features = self.sums.shape[-1]
-        means = tf.reshape(self.sums, [-1, features]) / tf.maximum(counts, 1.0)[:, None]
-        if self.second_moment is None:
+        features = self.num_features
+        means = tf.cast(tf.reshape(self.sums, [-1, features]), tf.float64) / tf.maximum(counts, 1.0)[:, None]
+        if self.scatter is None:
             self._set_discriminant(means, means, counts)
             return
-        # Sigma_lambda built in one M x M buffer (no identity matrices, no scaled copies):
-        # at M = 2048 each float64 copy is 34 MB, and the plain formula's temporaries
-        # raised the peak RSS of a refresh by ~140 MiB (now ~40 MiB).
-        weighted = means * tf.sqrt(counts)[:, None]  # sum_g n_g mu_g mu_g^T = weighted^T weighted
-        variances = (tf.linalg.diag_part(self.second_moment) - tf.reduce_sum(weighted * weighted, axis=0)) / total
+        # Sigma_lambda built in one M x M buffer (no identity matrices, no scaled copies).
+        covariance = tf.cast(unpack_symmetric(self.scatter, features), tf.float64) / total
+        variances = tf.linalg.diag_part(covariance)
         mean_variance = tf.reduce_sum(variances) / features
-        covariance = (self.second_moment - tf.matmul(weighted, weighted, transpose_a=True)) * (
-            (1.0 - self.shrinkage) / total)
         # The diagonal: shrinkage toward the mean variance, and a tiny ridge so that a
         # constant input pixel (zero variance) with no shrinkage stays solvable.
         ridge = self.shrinkage * mean_variance + 1e-9 * tf.maximum(mean_variance, 1e-12)
-        covariance = tf.linalg.set_diag(covariance, (1.0 - self.shrinkage) * variances + ridge)
+        covariance = tf.linalg.set_diag(covariance * (1.0 - self.shrinkage), (1.0 - self.shrinkage) * variances + ridge)
         chol = tf.linalg.cholesky(covariance)
         self._set_discriminant(tf.transpose(tf.linalg.cholesky_solve(chol, tf.transpose(means))), means, counts)
 
@@ -212,20 +242,21 @@ class InputDiscriminant(tf.keras.layers.Layer):
         return tf.reduce_sum(self.counts, axis=-1) > 0
 
     def memory_bits(self):
-        """`(inference, statistics)`: the bits this layer needs to score inputs, and the
-        bits of the statistics it keeps only to learn further tasks.
+        """`(inference, statistics)`: the bits this layer holds to score inputs, and the
+        bits of the statistics it keeps only to learn further tasks, as held in memory.
 
-        Inference: R = scale * signs at 1 bit per entry plus one float32 scale (no
-        multiplications: x R adds and subtracts inputs), the float32 `kernel` and
-        `bias`. Statistics: `counts`, `sums` and `second_moment` at their own
-        precision (float64). Larq's `ModelProfile` knows neither and would count
-        every one of these weights at 32 bits.
+        Inference: R's sign bits (1 bit per entry; its scale is a constant of D), the
+        float32 `kernel` and `bias`. Statistics: `counts`, `sums` and the packed
+        `scatter` (M (M + 1) / 2 numbers, plus M / 2 padding for odd M), float32.
+        Larq's `ModelProfile` knows none of these and would count every weight at 32 bits.
         """
-        inference = sum(int(tf.size(v)) * 32 for v in (self.kernel, self.bias))
-        if self.projection is not None:
-            inference += int(tf.size(self.projection)) + 32
-        statistics = sum(int(tf.size(v)) * 8 * v.dtype.size
-                         for v in (self.counts, self.sums, self.second_moment) if v is not None)
+        def bits(variable):
+            return int(tf.size(variable)) * 8 * variable.dtype.size
+
+        inference = bits(self.kernel) + bits(self.bias)
+        if self.projection_bits is not None:
+            inference += bits(self.projection_bits)
+        statistics = sum(bits(v) for v in (self.counts, self.sums, self.scatter) if v is not None)
         return inference, statistics
 
     def get_config(self):
@@ -234,19 +265,68 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "shrinkage": self.shrinkage, "seed": self.seed, "covariance": self.covariance}
 
 
-class _RandomSigns(tf.keras.initializers.Initializer):
-    """scale * sign(N(0, 1)) from a seeded stateless draw: the same R for a seed on
-    every run and device."""
+def packed_symmetric_shape(size):
+    """The (M + 1, M / 2) shape that holds a symmetric M x M matrix once (M rounded up
+    to even)."""
+    half = -(-int(size) // 2)
+    return (2 * half + 1, half)
 
-    def __init__(self, seed, scale):
-        self.seed, self.scale = int(seed), float(scale)
+
+def pack_symmetric(matrix):
+    """A symmetric (M, M) matrix stored once, as a (M + 1, M / 2) one (rectangular full
+    packed storage; M padded to even with a zero row and column).
+
+    With A = [[A11, A21^T], [A21, A22]] in K x K blocks (K = M / 2): the top (K + 1) x K
+    rows hold tril(A11) shifted one row down and triu(A22), which do not overlap; the
+    last K rows hold A21. K (K + 1) + K^2 = M (M + 1) / 2 numbers.
+    """
+    size = int(matrix.shape[-1])
+    half = -(-size // 2)
+    if 2 * half != size:
+        matrix = tf.pad(matrix, [[0, 1], [0, 1]])
+    a11, a21, a22 = matrix[:half, :half], matrix[half:, :half], matrix[half:, half:]
+    top = (tf.pad(tf.linalg.band_part(a11, -1, 0), [[1, 0], [0, 0]])
+           + tf.pad(tf.linalg.band_part(a22, 0, -1), [[0, 1], [0, 0]]))
+    return tf.concat([top, a21], axis=0)
+
+
+def unpack_symmetric(packed, size):
+    """The (size, size) matrix of `pack_symmetric`."""
+    half = int(packed.shape[-1])
+    top, a21 = packed[:half + 1], packed[half + 1:]
+    lower, upper = tf.linalg.band_part(top[1:], -1, 0), tf.linalg.band_part(top[:half], 0, -1)
+    a11 = lower + tf.transpose(tf.linalg.set_diag(lower, tf.zeros([half], lower.dtype)))
+    a22 = upper + tf.transpose(tf.linalg.set_diag(upper, tf.zeros([half], upper.dtype)))
+    full = tf.concat([tf.concat([a11, tf.transpose(a21)], axis=1), tf.concat([a21, a22], axis=1)], axis=0)
+    return full[:size, :size]
+
+
+def unpack_sign_bits(bits, columns):
+    """The +-1 float32 (rows, columns) matrix of sign bits packed 8 to a byte along the
+    columns, little bit order, 1 = negative (`larq_engrams.runtime.pack_signs`)."""
+    shifts = tf.constant(list(range(8)), tf.uint8)
+    unpacked = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[..., None], shifts), tf.constant(1, tf.uint8))
+    unpacked = tf.reshape(unpacked, [tf.shape(bits)[0], -1])[:, :columns]
+    return 1.0 - 2.0 * tf.cast(unpacked, tf.float32)
+
+
+class _RandomSignBits(tf.keras.initializers.Initializer):
+    """The sign bits of a seeded stateless N(0, 1) draw of (D, M): the same R for a seed
+    on every run and device, packed 8 to a byte (see `unpack_sign_bits`)."""
+
+    def __init__(self, seed, columns):
+        self.seed, self.columns = int(seed), int(columns)
 
     def __call__(self, shape, dtype=None, **kwargs):
-        draws = tf.random.stateless_normal(shape, seed=[self.seed, 7919])
-        return tf.cast(tf.sign(draws) * self.scale, dtype or tf.float32)
+        rows, width = shape
+        negative = tf.random.stateless_normal((rows, self.columns), seed=[self.seed, 7919]) < 0
+        negative = tf.pad(tf.cast(negative, tf.int32), [[0, 0], [0, 8 * width - self.columns]])
+        weights = tf.bitwise.left_shift(tf.constant(1, tf.int32), tf.range(8))
+        packed = tf.reduce_sum(tf.reshape(negative, [rows, width, 8]) * weights, axis=-1)
+        return tf.cast(packed, dtype or tf.uint8)
 
     def get_config(self):
-        return {"seed": self.seed, "scale": self.scale}
+        return {"seed": self.seed, "columns": self.columns}
 
 
 class EngramTaskInference:

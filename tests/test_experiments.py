@@ -317,3 +317,12 @@ def test_export_script_checks_agreement_and_reports_the_targets(tmp_path):
     assert report["memory"]["tensorflow"]["tensorflow_loaded"] is True
     assert report["ratios"]["runtime_peak_rss_vs_tensorflow_process"] < 0.5
     assert "| artifact size |" in open(tmp_path / "export.md").read()
+
+
+def test_router_statistics_script_compares_float32_with_float64(tmp_path):
+    proc = run_script("router_statistics.py", "--dataset=mnist", "--features=64", f"--outdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(tmp_path / "mnist.json"))
+    assert report["covariance_max_error_relative_to_max"] < 1e-5
+    assert report["validation_agreement"] >= 0.99
+    assert report["router_bytes_held"] * 8 == sum(report["memory_bits"].values())

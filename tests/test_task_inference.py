@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import larq_engrams as le
 from larq_engrams import benchmarks, methods
+from larq_engrams import task_inference
 from larq_engrams.task_inference import InputDiscriminant
 from larq_engrams.training import ContinualTrainer
 
@@ -40,12 +41,12 @@ def test_discriminant_matches_closed_form_lda(features):
     d, tasks, classes = 6, 3, 5
     layer = InputDiscriminant(tasks, classes, features=features, shrinkage=0.2)
     layer.build((None, d))
-    projection = None if features is None else layer.projection.numpy()
+    projection = None if features is None else layer.projection().numpy()
     if features is not None:  # R: seeded signs / sqrt(D)
         np.testing.assert_allclose(np.abs(projection), 1 / np.sqrt(d), rtol=1e-6)
         again = InputDiscriminant(tasks, classes, features=features)
         again.build((None, d))
-        np.testing.assert_array_equal(again.projection.numpy(), projection)
+        np.testing.assert_array_equal(again.projection().numpy(), projection)
     groups = {}
     # engram 0: classes 0, 1; engram 2: classes 1, 3 (engram 1 has no data)
     for task, pair in ((0, (0, 1)), (2, (1, 3))):
@@ -69,12 +70,62 @@ def test_memory_bits_separate_what_inference_needs_from_the_learning_statistics(
     # 2 engrams x 3 classes, 4 inputs, 5 random features; counted by hand:
     layer = InputDiscriminant(2, 3, features=5)
     layer.build((None, 4))
-    inference = (2 * 3 * 5 + 2 * 3) * 32 + 4 * 5 * 1 + 32  # float32 kernel, bias; signs of R + scale
-    statistics = (2 * 3 + 2 * 3 * 5 + 5 * 5) * 64  # float64 counts, sums, second moment
+    inference = (2 * 3 * 5 + 2 * 3) * 32 + 4 * 8  # float32 kernel, bias; R's 5 signs per row in one byte
+    statistics = (2 * 3 + 2 * 3 * 5 + 6 * 7 // 2) * 32  # float32 counts, sums; scatter of 5 (padded to 6) once
     assert layer.memory_bits() == (inference, statistics)
     raw = InputDiscriminant(2, 3, features=None, covariance="identity")
-    raw.build((None, 4))  # no projection, no second moment
-    assert raw.memory_bits() == ((2 * 3 * 4 + 2 * 3) * 32, (2 * 3 + 2 * 3 * 4) * 64)
+    raw.build((None, 4))  # no projection, no scatter
+    assert raw.memory_bits() == ((2 * 3 * 4 + 2 * 3) * 32, (2 * 3 + 2 * 3 * 4) * 32)
+
+
+def test_the_default_router_holds_at_most_10_mib():
+    layer = InputDiscriminant(5, 10)  # 784-2048 at the defaults, 5 engrams
+    layer.build((None, 784))
+    inference, statistics = layer.memory_bits()
+    held = sum(int(tf.size(v)) * v.dtype.size for v in layer.weights)
+    assert held * 8 == inference + statistics
+    assert held == 784 * 256 + 4 * (2 * 50 * 2048 + 50 + 50 + 2049 * 1024)
+    assert held <= 10 * 2 ** 20
+
+
+@pytest.mark.parametrize("size", [1, 4, 5])
+def test_a_symmetric_matrix_is_stored_once(size):
+    a = np.arange(size * size, dtype=np.float32).reshape(size, size)
+    a = a + a.T
+    packed = task_inference.pack_symmetric(tf.constant(a))
+    half = -(-size // 2)
+    assert packed.shape == task_inference.packed_symmetric_shape(size) == (2 * half + 1, half)
+    np.testing.assert_array_equal(task_inference.unpack_symmetric(packed, size).numpy(), a)
+    if size == 4:  # by hand: tril(A11) one row down, triu(A22), then A21
+        np.testing.assert_array_equal(packed.numpy(), [[a[2, 2], a[2, 3]], [a[0, 0], a[3, 3]],
+                                                       [a[1, 0], a[1, 1]], a[2, :2], a[3, :2]])
+
+
+def test_the_projection_is_the_seeded_signs_over_sqrt_d():
+    layer = InputDiscriminant(1, 2, features=13, seed=4)
+    layer.build((None, 6))
+    draws = tf.random.stateless_normal((6, 13), seed=[4, 7919]).numpy()
+    projection = layer.projection().numpy()
+    np.testing.assert_array_equal(np.sign(projection), np.where(draws < 0, -1, 1))
+    np.testing.assert_allclose(np.abs(projection), 1 / np.sqrt(6), rtol=1e-6)
+    assert layer.projection_bits.dtype == tf.uint8 and layer.projection_bits.shape == (6, 2)
+
+
+def test_float32_statistics_stay_exact_where_raw_second_moments_cancel():
+    # Inputs far from 0 against their spread: sum x x^T - n mu mu^T in float32 would
+    # lose every digit of the covariance; the batch-merged scatter keeps it.
+    rng = np.random.default_rng(1)
+    x = (1000.0 + rng.normal(size=(3000, 3)) * [1.0, 0.5, 2.0]).astype(np.float32)
+    y = rng.integers(0, 2, 3000).astype(np.int32)
+    layer = InputDiscriminant(1, 2, features=None)
+    layer.build((None, 3))
+    for start in range(0, 3000, 128):
+        layer.observe(x[start:start + 128], y[start:start + 128], 0)
+    x64 = x.astype(np.float64)
+    resid = np.concatenate([x64[y == c] - x64[y == c].mean(0) for c in (0, 1)])
+    expected = resid.T @ resid
+    scatter = task_inference.unpack_symmetric(layer.scatter, 3).numpy()
+    np.testing.assert_allclose(scatter, expected, rtol=2e-3, atol=1e-2 * np.abs(expected).max())
 
 
 def test_discriminant_rejects_bad_settings():
@@ -117,7 +168,7 @@ def test_fit_records_inputs_and_infer_picks_the_discriminants_engram():
     groups = {(t, c): x[:300][y[:300] == c] for t, (x, y) in enumerate(tasks) for c in np.unique(y)}
     x = np.concatenate([tasks[0][0], tasks[1][0]])
     expected = closed_form_scores({g: v.astype(np.float64) for g, v in groups.items()}, x, 0.01,
-                                  model.task_discriminant.projection.numpy())
+                                  model.task_discriminant.projection().numpy())
     best = np.stack([expected[0], expected[1]]).argmax(axis=0)
     model.set_inference("infer")
     np.testing.assert_array_equal(model.infer_tasks(x).numpy(), best)
@@ -147,8 +198,8 @@ def test_statistics_are_saved_with_the_model(tmp_path):
     model.save(path)
     restored = tf.keras.models.load_model(path)
     np.testing.assert_array_equal(restored.task_discriminant.kernel.numpy(), model.task_discriminant.kernel.numpy())
-    np.testing.assert_array_equal(restored.task_discriminant.projection.numpy(),
-                                  model.task_discriminant.projection.numpy())
+    np.testing.assert_array_equal(restored.task_discriminant.projection().numpy(),
+                                  model.task_discriminant.projection().numpy())
     assert restored.confidence == "input_lda" and restored.lda_shrinkage == pytest.approx(0.01)
 
 
