@@ -129,7 +129,8 @@ class StaleRunError(ValueError):
 # `run_settings` while they hold the default, so that earlier results (which ran with
 # that default) stay reusable instead of turning stale.
 _LATER_SETTINGS = {
-    "hparams": {"slda_shrinkage": 0.1, "statistics_features": None},
+    "hparams": {"slda_shrinkage": 0.1, "statistics_features": None, "buffer_size": 200, "derpp_alpha": 0.5,
+                "derpp_beta": 0.5},
     "experiment": {"batchnorm_evaluation": "moving"},
 }
 

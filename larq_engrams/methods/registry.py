@@ -16,6 +16,7 @@ from larq_engrams.distillation import LearningWithoutForgetting, LwFUpdate
 from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
+from larq_engrams.replay import ReplayModel, ReplayUpdate
 from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE
 
 __all__ = [
@@ -67,6 +68,9 @@ class HyperParameters:
     xdg_gated_fraction: float = None  # None: 0.9 (split MNIST task-IL), else 0.6
     slda_shrinkage: float = 0.1
     statistics_features: int = None  # ncm, slda: None for the inputs, else M random ReLU features
+    buffer_size: int = 200  # er, derpp, er_bnn: examples in the replay buffer
+    derpp_alpha: float = 0.5  # DER++: weight of the logit-matching term
+    derpp_beta: float = 0.5  # DER++: weight of the replayed labels' cross-entropy
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -258,6 +262,26 @@ def _ncm_rf(scenario, hp):
 @register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)")
 def _slda_rf(scenario, hp):
     return _router_alone("slda_rf", "slda", scenario, hp)
+
+
+def _replay(name, method, network, scenario, hp):
+    model = ReplayModel(network, hp.buffer_size, method, hp.derpp_alpha, hp.derpp_beta, seed=hp.seed)
+    return _setup(name, model, _adam(hp), scenario, [ReplayUpdate(model, scenario)])
+
+
+@register("er", "experience replay (Chaudhry et al. 2019), class-balanced reservoir, full-precision MLP")
+def _er(scenario, hp):
+    return _replay("er", "er", mlp(scenario.input_shape, scenario.num_classes, hp.hidden), scenario, hp)
+
+
+@register("derpp", "DER++ (Buzzega et al. 2020): replayed labels and logits, full-precision MLP")
+def _derpp(scenario, hp):
+    return _replay("derpp", "derpp", mlp(scenario.input_shape, scenario.num_classes, hp.hidden), scenario, hp)
+
+
+@register("er_bnn", "experience replay on the plain Larq BNN, Adam")
+def _er_bnn(scenario, hp):
+    return _replay("er_bnn", "er", bnn(scenario.input_shape, scenario.num_classes, hp.hidden), scenario, hp)
 
 
 @register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id")
