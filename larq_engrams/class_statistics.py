@@ -101,6 +101,12 @@ class ClassStatisticsClassifier(tf.keras.Model):
         self.compiled_metrics.update_state(y, logits)
         return {m.name: m.result() for m in self.metrics}
 
+    def state_bytes(self):
+        """The continual protocol's `(learn, predict)` bytes: the class statistics, and the
+        discriminant that predicts (`InputDiscriminant.memory_bits`)."""
+        inference, statistics = self.discriminant.memory_bits()
+        return statistics // 8, inference // 8
+
     def get_config(self):
         return {"input_shape": self._input_shape_arg, "num_classes": self.num_classes, "rule": self.rule,
                 "shrinkage": self.shrinkage, "features": self.features, "seed": self.seed,

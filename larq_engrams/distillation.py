@@ -3,6 +3,7 @@ was before the current task."""
 import tensorflow as tf
 
 from larq_engrams.callbacks.base import ContinualCallback
+from larq_engrams.protocol import variable_bytes
 
 __all__ = ["LearningWithoutForgetting", "distillation_loss", "LwFUpdate"]
 
@@ -71,6 +72,11 @@ class LearningWithoutForgetting(tf.keras.Model):
             loss = distillation_loss(old, logits, self.temperature, self.old_classes)
             self.add_loss(self.strength * self.distilling * loss)
         return logits
+
+    def state_bytes(self):
+        """The continual protocol's `(learn, predict)` bytes: the teacher's weights and
+        the old classes' mask, kept only to learn further tasks."""
+        return variable_bytes(self.teacher.weights) + variable_bytes([self.old_classes]), 0
 
     def update_teacher(self, classes=None):
         """The teacher becomes a copy of the current model; distillation is on.

@@ -527,6 +527,15 @@ class EngramModel(tf.keras.Model):
         return self.classifier_norm(self.classifier(h), training=training)
 
     # ------------------------------------------------------------ serialization
+    def state_bytes(self):
+        """The continual protocol's `(learn, predict)` bytes: the router's statistics, kept
+        only to learn further tasks, and its inference kernel, bias and sign bits
+        (`InputDiscriminant.memory_bits`); none without a router."""
+        if self.task_discriminant is None:
+            return 0, 0
+        inference, statistics = self.task_discriminant.memory_bits()
+        return statistics // 8, inference // 8
+
     def get_config(self):
         return {
             "name": self.name,

@@ -22,13 +22,22 @@ through these functions, so it never asks what class a model is.
 | `allocated_tasks` | the tasks it has a network for (task-IL evaluates only those) | every task |
 | `infer_tasks(x)` | the task it infers per input (task-inference accuracy) | not measured |
 | `stochastic_in_training` | True: refuses evaluation in training mode (BatchNorm batch statistics) | False |
+| `state_bytes()` | after training, on the model and every callback: `(learn, predict)` bytes | (0, 0) |
+
+`state_bytes()` counts what a method keeps besides the network's trainable weights (and
+BatchNorm's statistics), as held in memory: `learn`, kept only to learn further tasks
+(a replay buffer, the router's statistics, EWC's Fisher and anchors, SI's importances
+and reference weights, LwF's teacher); `predict`, needed to predict (the router's
+inference kernel and sign bits, a class-statistics classifier's discriminant). The
+trainer makes a fresh optimizer for every task, so no optimizer slot is kept across
+tasks. docs/method.md, section "Bytes", defines it.
 """
 import tensorflow as tf
 
 __all__ = [
     "begin_epoch", "begin_task", "build_task_optimizer", "check_scenario", "compiles_step", "end_epoch",
     "end_task", "gradient_step", "has_networks_for", "infers_tasks", "model_inputs", "observe_task_data",
-    "set_inference", "stochastic_in_training", "train_on_batch",
+    "set_inference", "state_bytes", "stochastic_in_training", "train_on_batch", "variable_bytes",
 ]
 
 
@@ -118,3 +127,20 @@ def train_on_batch(model, x, y, loss_fn, optimizer, task_ids=None):
     if step is not None:
         return step(x, y, loss_fn, optimizer, task_ids)
     return gradient_step(model, model_inputs(model, x, task_ids), loss_fn, optimizer)
+
+
+def variable_bytes(variables):
+    """The bytes of `variables` as held: their sizes times their dtypes' sizes."""
+    return sum(int(tf.size(v)) * v.dtype.size for v in variables)
+
+
+def state_bytes(model, callbacks=()):
+    """`{"learn": bytes, "predict": bytes}` a method keeps besides its network's weights:
+    the sum of `state_bytes()` over the model and its callbacks (see the table above)."""
+    learn = predict = 0
+    for owner in (model, *callbacks):
+        hook = getattr(owner, "state_bytes", None)
+        if hook is not None:
+            owner_learn, owner_predict = hook()
+            learn, predict = learn + int(owner_learn), predict + int(owner_predict)
+    return {"learn": learn, "predict": predict}

@@ -240,9 +240,9 @@ class ReplayModel(tf.keras.Model):
         if xs:
             self.buffer.add(np.concatenate(xs), np.concatenate(ys), np.concatenate(zs) if zs else None)
 
-    def memory_bytes(self):
-        """What the method keeps besides the network's weights: the buffer."""
-        return self.buffer.bytes()
+    def state_bytes(self):
+        """The continual protocol's `(learn, predict)` bytes: the buffer, kept to learn."""
+        return self.buffer.bytes(), 0
 
     def get_config(self):
         return {"network": tf.keras.layers.serialize(self.network), "buffer_size": self.buffer.capacity,

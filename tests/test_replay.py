@@ -102,3 +102,30 @@ def test_er_forgets_less_than_finetuning_in_class_il():
     finetune, er = results["finetune"].metrics, results["er"].metrics
     print({k: (finetune[k], er[k]) for k in ("acc", "forgetting")})
     assert er["acc"] > finetune["acc"] + 0.2 and er["forgetting"] < finetune["forgetting"] - 0.2
+
+
+def _small_scenario():
+    return B.split_mnist("class", source="bundled", seed=0, batch_size=64).take(2)
+
+
+@pytest.mark.parametrize("name, learn, predict", [
+    # 784-4-10: 784*4 + 4 + 4*10 + 10 = 3,190 float32 weights = 12,760 bytes.
+    ("finetune", 0, 0),
+    ("ewc", 3 * 12760, 0),  # Fisher sum, Fisher-weighted anchor and square: 3 copies
+    ("online_ewc", 2 * 12760, 0),  # running Fisher, anchor
+    ("si", 3 * 12760, 0),  # path integral, importance, anchor
+    ("lwf", 12760 + 10 * 4, 0),  # the teacher's weights, the old classes' mask
+    ("er", 50 * 784 + 50 * 4, 0),  # uint8 images, int32 labels
+    ("derpp", 50 * 784 + 50 * 4 + 50 * 10 * 4, 0),  # + float32 logits
+    # the router's statistics: counts, sums, packed scatter of 16 features; to predict: kernel, bias, R's bits
+    ("slda_rf", 4 * (10 + 10 * 16 + 17 * 8), 4 * (10 * 16 + 10) + 784 * 2),
+    ("engram_bnn", 4 * (2 * 10 + 2 * 10 * 16 + 17 * 8), 4 * (2 * 10 * 16 + 2 * 10) + 784 * 2),
+])
+def test_every_result_records_the_bytes_a_method_keeps_counted_by_hand(name, learn, predict):
+    scenario = _small_scenario()
+    setup = methods.build(name, scenario, hidden=(4,), buffer_size=50, lda_features=16, fisher_samples=10)
+    if name == "slda_rf":
+        assert setup.model.discriminant.num_features == 16
+    result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, epochs=1, seed=0,
+                              jit_compile=False, verbose=0).fit(setup.scenario)
+    assert result.memory["state_bytes"] == {"learn": learn, "predict": predict}

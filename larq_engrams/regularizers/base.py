@@ -3,6 +3,7 @@ model and that consolidates at task boundaries."""
 import tensorflow as tf
 
 from larq_engrams.callbacks.base import ContinualCallback
+from larq_engrams.protocol import variable_bytes
 
 __all__ = ["ConsolidationPenalty", "latent"]
 
@@ -47,6 +48,15 @@ class ConsolidationPenalty(ContinualCallback):
 
     def penalty(self):
         raise NotImplementedError
+
+    def checkpoint_variables(self):
+        """The state the penalty keeps across tasks (saved in checkpoints), by name."""
+        raise NotImplementedError
+
+    def state_bytes(self):
+        """The continual protocol's `(learn, predict)` bytes: the state kept across tasks
+        (e.g. EWC's Fisher and anchors), needed only to learn further tasks."""
+        return variable_bytes([v for group in self.checkpoint_variables().values() for v in group]), 0
 
     def get_state(self):
         return {"consolidated_tasks": list(self.consolidated_tasks), "fits": self._fits}

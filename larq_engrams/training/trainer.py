@@ -227,11 +227,14 @@ class ContinualTrainer:
             raise
         callbacks.on_train_end()
 
+        memory = self.memory.summary()
+        # What the method keeps besides its network's weights (protocol.state_bytes).
+        memory["state_bytes"] = protocol.state_bytes(self.model, self.user_callbacks)
         result = ContinualResult.from_matrix(
             R,
             baseline,
             task_seconds=task_seconds,
-            memory=self.memory.summary(),
+            memory=memory,
             config=self.config(scenario),
             environment=environment(),
             epoch_accuracies=epoch_accuracies,
