@@ -47,13 +47,18 @@ from larq_engrams.plots import figure_to_png
 from larq_engrams.training import environment, write_atomically
 
 ALL = ["finetune", "joint", "ewc", "online_ewc", "si", "lwf", "bnn", "mbnn", "engram", "engram_bnn"]
-PAPER = ALL + ["ncm", "slda"]
+# The router alone and replay at 200 and 1,000 examples and at engram_bnn's learning bytes.
+REPLAY_ROWS = [f"{m}@{b}" for m in ("er", "derpp", "er_bnn") for b in ("200", "1000", "equal")]
+PAPER = ALL + ["ncm", "slda", "ncm_rf", "slda_rf"] + REPLAY_ROWS
 # Methods that share one setting (epochs per task, learning rate) in --grid=paper.
 FAMILIES = {
     "mlp": ("finetune", "joint", "ewc", "online_ewc", "si", "lwf", "xdg"),
     "bnn": ("bnn", "mbnn"),
     "engram": ("engram", "engram_bnn"),
-    "class_statistics": ("ncm", "slda"),
+    "class_statistics": ("ncm", "slda", "ncm_rf", "slda_rf"),
+    # Replay: settings chosen at the smallest buffer, kept for every size.
+    "replay": ("er@200", "derpp@200", "er@1000", "derpp@1000", "er@equal", "derpp@equal"),
+    "replay_bnn": ("er_bnn@200", "er_bnn@1000", "er_bnn@equal"),
 }
 # Class statistics take one pass over each task's data and have no optimizer: nothing to choose.
 FIXED = {"class_statistics": {"epochs": 1}}
@@ -61,6 +66,9 @@ FIXED = {"class_statistics": {"epochs": 1}}
 # it runs with its family's setting, chosen on the continual learners alone (its own
 # selection runs would cost 3x, with 10 tasks 5.5x, a continual learner's).
 REFERENCES = ("joint",)
+# Members that run with their family's setting without weighing in its choice: the
+# upper reference, and replay at the larger buffers (chosen at 200 examples).
+FOLLOWERS = REFERENCES + tuple(m for m in REPLAY_ROWS if not m.endswith("@200"))
 # Points compared on validation per dataset, unless --selection_grid is given. The epochs
 # span a like range of optimizer steps per task (batch 100): the bundled MNIST sample has
 # 1,440 training images per task in Split MNIST (2-10 epochs: 29-144 steps), full
@@ -125,7 +133,7 @@ def main(argv):
     seeds = [int(s) for s in FLAGS.seeds]
     hidden = FLAGS.hidden or HIDDEN.get(FLAGS.grid, ("256", "256"))
     hp = methods.HyperParameters(hidden=tuple(int(h) for h in hidden))
-    unknown = set(FLAGS.methods or []) - set(methods.names())
+    unknown = {m for m in FLAGS.methods or [] if not methods.known(m)}
     if unknown:
         raise app.UsageError(f"--methods: unknown {sorted(unknown)}")
     try:
@@ -348,7 +356,7 @@ def choose_on_validation(base, label, family, members, grid, out, run):
     `<out>/selection/<family>/`."""
     if family in FIXED:
         return dict(FIXED[family])
-    members = [m for m in members if m not in REFERENCES] or members
+    members = [m for m in members if m not in FOLLOWERS] or members
     copy = os.path.join(out, "selection", family)
     reused = _finished_selection(copy, members, grid)
     if reused is not None:

@@ -39,7 +39,8 @@ flags.DEFINE_enum("preset", None, list(PRESETS), "Named configuration (flags giv
 flags.DEFINE_enum("scenario", "split_mnist", list(experiment.SCENARIOS), "Benchmark.")
 flags.DEFINE_enum("setting", "class", list(benchmarks.SETTINGS), "Split benchmarks: class/domain/task incremental.")
 flags.DEFINE_integer("num_tasks", None, "Tasks (permuted MNIST: how many; others: the first N).", lower_bound=1)
-flags.DEFINE_list("method", ["engram_bnn"], f"Comma-separated methods: {', '.join(methods.names())}.")
+flags.DEFINE_list("method", ["engram_bnn"], f"Comma-separated methods: {', '.join(methods.names())}; replay "
+                  "methods with a buffer size: er@1000 (examples), er@equal (engram_bnn's learning bytes).")
 flags.DEFINE_integer("epochs", 1, "Epochs per task.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
 flags.DEFINE_list("hidden", ["2048", "2048"], "Hidden layer widths.")
@@ -111,7 +112,7 @@ def validate():
     except ValueError:
         errors.append(f"--m must be a float >= 0 or 'layer=value,...', got {FLAGS.m!r}")
         m = None
-    unknown = [name for name in FLAGS.method if name not in methods.names()]
+    unknown = [name for name in FLAGS.method if not methods.known(name)]
     if unknown or not FLAGS.method:
         errors.append(f"--method: unknown {unknown}; available: {', '.join(methods.names())}")
     for name in ("engram_fraction", "activation_probability"):

@@ -52,7 +52,7 @@ def main(argv):
         grid = selection.parse_grid(FLAGS.grid)
     except ValueError as error:
         raise app.UsageError(f"--grid: {error}")
-    unknown = sorted(set(FLAGS.method) - set(methods.names()))
+    unknown = sorted(m for m in FLAGS.method if not methods.known(m))
     if unknown:
         raise app.UsageError(f"--method: unknown {unknown}; choose from {', '.join(methods.names())}")
     setting = FLAGS.setting if FLAGS.scenario.startswith("split") else "domain"

@@ -129,3 +129,19 @@ def test_every_result_records_the_bytes_a_method_keeps_counted_by_hand(name, lea
     result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, epochs=1, seed=0,
                               jit_compile=False, verbose=0).fit(setup.scenario)
     assert result.memory["state_bytes"] == {"learn": learn, "predict": predict}
+
+
+def test_replay_methods_take_a_buffer_size_in_their_name():
+    scenario = B.split_mnist("class", source="bundled")
+    assert methods.build("er@1000", scenario, hidden=(8,)).model.buffer.capacity == 1000
+    # engram_bnn's router statistics on Split MNIST: float32 counts (5 x 10), sums (5 x 10 x 2048) and the
+    # packed scatter (2049 x 1024): 8,802,504 bytes; an MNIST example in the buffer: 784 + 4 bytes (+ 40 for
+    # DER++'s logits).
+    assert methods.build("er@equal", scenario, hidden=(8,)).model.buffer.capacity == 8_802_504 // 788
+    assert methods.build("derpp@equal", scenario, hidden=(8,)).model.buffer.capacity == 8_802_504 // 828
+    setup = methods.build("er_bnn@200", scenario, hidden=(8,))
+    assert setup.name == "er_bnn@200" and setup.description.endswith("buffer 200")
+    for bad in ("bnn@200", "er@0", "er@lots"):
+        assert not methods.known(bad)
+        with pytest.raises(ValueError, match="only replay methods"):
+            methods.build(bad, scenario)

@@ -1,4 +1,15 @@
 """Continual-learning methods selectable by name (see `registry`)."""
-from larq_engrams.methods.registry import HyperParameters, MethodSetup, build, describe, names, register
+from larq_engrams.methods.registry import (
+    REPLAY,
+    HyperParameters,
+    MethodSetup,
+    build,
+    describe,
+    equal_bytes_buffer_size,
+    known,
+    names,
+    register,
+)
 
-__all__ = ["HyperParameters", "MethodSetup", "build", "describe", "names", "register"]
+__all__ = ["HyperParameters", "MethodSetup", "REPLAY", "build", "describe", "equal_bytes_buffer_size", "known",
+           "names", "register"]

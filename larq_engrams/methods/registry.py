@@ -8,6 +8,7 @@ result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callback
 """
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from larq_engrams.benchmarks.joint import joint
@@ -17,10 +18,11 @@ from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
-from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE
+from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant
 
 __all__ = [
-    "MethodSetup", "HyperParameters", "build", "names", "register", "describe", "default_strengths",
+    "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
+    "equal_bytes_buffer_size",
 ]
 
 # Regularization strengths of the standard benchmark code (van de Ven, Tuytelaars &
@@ -116,22 +118,59 @@ def names():
 
 
 def describe(name):
-    return _REGISTRY[_check(name)][1]
+    base, _, budget = name.partition("@")
+    description = _REGISTRY[_check(name)][1]
+    return description + (f"; buffer {budget}" if budget else "")
+
+
+REPLAY = ("er", "derpp", "er_bnn")
 
 
 def _check(name):
-    if name not in _REGISTRY:
+    base, _, budget = name.partition("@")
+    if base not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(_REGISTRY)}.")
-    return name
+    if budget and not (base in REPLAY and (budget == "equal" or budget.isdigit() and int(budget) > 0)):
+        raise ValueError(f"method {name!r}: only replay methods ({', '.join(REPLAY)}) take a buffer size, "
+                         "as 'er@1000' (examples) or 'er@equal' (the bytes of engram_bnn's learning state).")
+    return base
 
 
 def build(name, scenario, hparams=None, **overrides):
     """Builds method `name` for `scenario` (hyperparameters from `hparams` and keyword
-    overrides)."""
-    builder, description = _REGISTRY[_check(name)]
+    overrides). Replay methods take their buffer size in the name too: "er@1000" keeps
+    1,000 examples, "er@equal" as many as fit in the bytes that engram_bnn keeps to learn
+    (its router's statistics, `InputDiscriminant.memory_bits`) for this scenario."""
+    base = _check(name)
+    builder, description = _REGISTRY[base]
     hp = (hparams or HyperParameters()).replace(**overrides)
+    budget = name.partition("@")[2]
+    if budget:
+        hp = hp.replace(buffer_size=equal_bytes_buffer_size(scenario, hp, base == "derpp")
+                        if budget == "equal" else int(budget))
     tf.keras.utils.set_random_seed(hp.seed)
-    return builder(scenario, hp)
+    setup = builder(scenario, hp)
+    setup.name, setup.description = name, describe(name)
+    return setup
+
+
+def known(name):
+    """Whether `name` is a registered method, or a replay method with a buffer size."""
+    try:
+        _check(name)
+    except ValueError:
+        return False
+    return True
+
+
+def equal_bytes_buffer_size(scenario, hp, logits=False):
+    """The replay buffer (uint8 inputs, int32 labels, float32 logits for DER++) that holds
+    the bytes engram_bnn keeps only to learn further tasks in `scenario`."""
+    router = InputDiscriminant(scenario.num_tasks, scenario.num_classes,
+                               DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features)
+    router.build((None, int(np.prod(scenario.input_shape))))
+    per_example = int(np.prod(scenario.input_shape)) + 4 + (4 * scenario.num_classes if logits else 0)
+    return router.memory_bits()[1] // 8 // per_example
 
 
 def _adam(hp):
