@@ -146,7 +146,7 @@ def test_every_data_source_problem_is_one_line_saying_what_to_do(tmp_path):
         (dict(source="local"), "needs `data_dir`"),
         (dict(source="tfds", data_dir=str(empty)), "TFDS has no prepared 'mnist'.*tfds build mnist.*source='local'"),
         # "auto" with the user's own folder never falls back to other data.
-        (dict(data_dir=str(empty)), "no 'mnist' in data_dir.*neither a prepared TFDS data set nor the four IDX"),
+        (dict(data_dir=str(empty)), "no 'mnist' in data_dir.*missing IDX files"),
     ]
     for kwargs, message in cases:
         with pytest.raises(B.DataSourceError, match=message) as error:

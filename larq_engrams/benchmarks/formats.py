@@ -15,6 +15,7 @@ __all__ = [
     "DataFormatError",
     "read_idx",
     "read_idx_dataset",
+    "missing_idx_files",
     "read_cifar10",
     "read_core50",
     "DataFormatError",
@@ -97,14 +98,17 @@ def _find(directory, name, suffixes=("", ".gz")):
     return None
 
 
+def missing_idx_files(directory, splits=("train", "test")):
+    """The standard IDX file names of `splits` that `directory` lacks (plain or .gz)."""
+    return [name for split in splits for name in IDX_FILES[split] if _find(directory, name) is None]
+
+
 def read_idx_dataset(directory, splits=("train", "test")):
     """Reads `{split: (images, labels)}` from the standard IDX file names in `directory`.
 
     Images come back as (N, 28, 28) uint8, labels as (N,) uint8.
     """
-    missing = [
-        name for split in splits for name in IDX_FILES[split] if _find(directory, name) is None
-    ]
+    missing = missing_idx_files(directory, splits)
     if missing:
         raise DataNotFoundError(
             f"missing IDX files in {directory}: {', '.join(missing)} (optionally .gz)"

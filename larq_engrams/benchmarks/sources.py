@@ -8,7 +8,14 @@ import os
 
 import numpy as np
 
-from larq_engrams.benchmarks.formats import DataNotFoundError, DataSourceError, read_cifar10, read_idx, read_idx_dataset
+from larq_engrams.benchmarks.formats import (
+    DataNotFoundError,
+    DataSourceError,
+    missing_idx_files,
+    read_cifar10,
+    read_idx,
+    read_idx_dataset,
+)
 
 __all__ = ["SOURCES", "EVALUATION_SPLITS", "DatasetArrays", "hold_out_validation", "load_arrays",
            "load_bundled_mnist", "resolve_source", "select_evaluation", "validation_source"]
@@ -131,10 +138,7 @@ def _load_tfds(name, data_dir):
 
 
 def _load_local(name, data_dir):
-    if data_dir is None:
-        raise DataNotFoundError(f"source='local' needs `data_dir`: the folder holding {_DOWNLOAD_HINTS[name]}.")
-    if not os.path.isdir(data_dir):
-        raise DataNotFoundError(f"data_dir {data_dir} is not a folder; expected one holding {_DOWNLOAD_HINTS[name]}")
+    """The original files in `data_dir` (which `resolve_source` has checked by name)."""
     try:
         splits = read_cifar10(data_dir) if name == "cifar10" else read_idx_dataset(data_dir)
     except DataNotFoundError as err:
@@ -155,14 +159,20 @@ def _tfds_prepared(name, data_dir):
         return False
 
 
-def _has_original_files(name, folder):
-    """Whether `folder` holds files in the data set's original layout (by name only)."""
+def _check_original_files(name, folder):
+    """`DataNotFoundError`, with the message loading would give, unless `folder` holds
+    the data set's original files (checked by name: nothing is read)."""
     if not os.path.isdir(folder):
-        return False
+        raise DataNotFoundError(f"data_dir {folder} is not a folder; expected one holding {_DOWNLOAD_HINTS[name]}")
     if name == "cifar10":
-        return os.path.isdir(os.path.join(folder, "cifar-10-batches-py")) or os.path.exists(
-            os.path.join(folder, "data_batch_1"))
-    return any(entry.startswith("train-images") for entry in os.listdir(folder))
+        if not (os.path.isdir(os.path.join(folder, "cifar-10-batches-py"))
+                or os.path.exists(os.path.join(folder, "data_batch_1"))):
+            raise DataNotFoundError(f"no CIFAR-10 batches in {folder}; expected {_DOWNLOAD_HINTS[name]}")
+        return
+    missing = missing_idx_files(folder)
+    if missing:
+        raise DataNotFoundError(f"missing IDX files in {folder}: {', '.join(missing)} (optionally .gz); "
+                                f"expected {_DOWNLOAD_HINTS[name]}")
 
 
 def _tfds_source(name, data_dir):
@@ -186,9 +196,7 @@ def resolve_source(name, source="auto", data_dir=None):
     if source == "local":
         if data_dir is None:
             raise DataNotFoundError(f"source='local' needs `data_dir`: the folder holding {_DOWNLOAD_HINTS[name]}.")
-        if not os.path.isdir(data_dir):
-            raise DataNotFoundError(
-                f"data_dir {data_dir} is not a folder; expected one holding {_DOWNLOAD_HINTS[name]}")
+        _check_original_files(name, data_dir)
         return f"local:{data_dir}"
     if source == "bundled":
         if name != "mnist":
@@ -199,11 +207,12 @@ def resolve_source(name, source="auto", data_dir=None):
     if data_dir is not None:  # "auto" in the user's folder: TFDS' layout or the original files
         if _tfds_prepared(name, data_dir):
             return _tfds_source(name, data_dir)
-        if _has_original_files(name, data_dir):
-            return f"local:{data_dir}"
-        raise DataNotFoundError(
-            f"no {name!r} in data_dir {data_dir}: neither a prepared TFDS data set nor "
-            f"{_DOWNLOAD_HINTS[name]}")
+        try:
+            _check_original_files(name, data_dir)
+        except DataNotFoundError as error:
+            raise DataNotFoundError(f"no {name!r} in data_dir {data_dir}: {error} (TFDS found no prepared "
+                                    "data set there either)") from None
+        return f"local:{data_dir}"
     if _tfds_prepared(name, None):
         return _tfds_source(name, None)
     if name == "fashion_mnist":
