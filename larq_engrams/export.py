@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.runtime import FORMAT, VERSION, checksum, pack_signs
+from larq_engrams.task_inference import sign_bytes
 
 __all__ = ["save_packed", "packed_arrays"]
 
@@ -88,7 +89,7 @@ def _engram_arrays(model):
     arrays["output/scale"], arrays["output/offset"] = _affine(
         (norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta, norm.epsilon))
     router = model.task_discriminant
-    arrays["router/projection_bits"] = router.projection_bits.numpy()  # already the runtime's sign bits
+    arrays["router/projection_bits"] = sign_bytes(router.projection_bits.numpy(), router.num_features)
     arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
     arrays["router/bias"] = router.bias.numpy().astype(np.float32)
     arrays["engram_classes"] = (model.engram_classes.numpy() > 0).astype(np.uint8)

@@ -34,6 +34,7 @@ The statistics depend on the inputs only, not on the weights: `EngramModel.fit` 
 `ContinualTrainer` record a task's training inputs when it starts, so the engram being
 trained already competes in "infer" evaluations during its own task.
 """
+import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int
@@ -41,7 +42,7 @@ from larq_engrams.subnetwork import StackedEngramSubnetworks
 from larq_engrams.task_inputs import split_task_inputs
 
 __all__ = ["EngramTaskInference", "InputDiscriminant", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
-           "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "unpack_sign_bits",
+           "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "sign_bytes", "unpack_sign_bits",
            "unpack_symmetric"]
 
 # The packed M x M float32 scatter: 4096 features take 34 MB (and a refresh's float64 solve 134 MB more).
@@ -88,7 +89,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
     (see the module docstring for the maths).
 
     State (non-trainable weights, saved with the model): R's sign bits
-    `projection_bits` (D, M / 8) uint8, and in float32 `counts` (tasks, classes),
+    `projection_bits` (D, M / 32) int32, and in float32 `counts` (tasks, classes),
     `sums` (tasks, classes, M) and the within-group `scatter`, stored once as a
     symmetric matrix (`pack_symmetric`: (M + 1, M / 2)), from which `refresh()`
     derives the discriminant `kernel` (tasks, classes, M) and `bias` (tasks, classes).
@@ -137,9 +138,9 @@ class InputDiscriminant(tf.keras.layers.Layer):
                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.projection_bits = None
         if self.features is not None:
-            # R's signs, 8 to a byte (1 = negative; the packed runtime's format): D x M / 8 bytes.
+            # R's signs, 32 to an int32 word (1 = negative): D x M / 8 bytes.
             self.projection_bits = self.add_weight(
-                "projection_bits", (inputs, -(-features // 8)), dtype=tf.uint8,
+                "projection_bits", (inputs, -(-features // 32)), dtype=tf.int32,
                 **{**state, "initializer": _RandomSignBits(self.seed, features)})
             self.projection_scale = 1.0 / inputs ** 0.5
         self.counts = self.add_weight("counts", (tasks, classes), **state)
@@ -301,18 +302,25 @@ def unpack_symmetric(packed, size):
     return full[:size, :size]
 
 
-def unpack_sign_bits(bits, columns):
-    """The +-1 float32 (rows, columns) matrix of sign bits packed 8 to a byte along the
-    columns, little bit order, 1 = negative (`larq_engrams.runtime.pack_signs`)."""
-    shifts = tf.constant(list(range(8)), tf.uint8)
-    unpacked = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[..., None], shifts), tf.constant(1, tf.uint8))
-    unpacked = tf.reshape(unpacked, [tf.shape(bits)[0], -1])[:, :columns]
-    return 1.0 - 2.0 * tf.cast(unpacked, tf.float32)
+def unpack_sign_bits(words, columns):
+    """The +-1 float32 (rows, columns) matrix of sign bits packed 32 to an int32 word along
+    the columns, bit j of word k for column 32 k + j, 1 = negative. (int32, not uint8:
+    every device and every `tf.distribute` collective takes it.) Read as little-endian
+    bytes, a row is `larq_engrams.runtime.pack_signs`' format (`sign_bytes`)."""
+    shifts = tf.range(32, dtype=tf.int32)
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[..., None], shifts), 1)
+    bits = tf.reshape(bits, [tf.shape(words)[0], -1])[:, :columns]
+    return 1.0 - 2.0 * tf.cast(bits, tf.float32)
+
+
+def sign_bytes(words, columns):
+    """The packed sign words as bytes, 8 columns to a byte, little bit order (NumPy)."""
+    return np.ascontiguousarray(np.asarray(words).astype("<i4")).view(np.uint8)[:, :-(-columns // 8)]
 
 
 class _RandomSignBits(tf.keras.initializers.Initializer):
     """The sign bits of a seeded stateless N(0, 1) draw of (D, M): the same R for a seed
-    on every run and device, packed 8 to a byte (see `unpack_sign_bits`)."""
+    on every run and device, packed 32 to an int32 word (see `unpack_sign_bits`)."""
 
     def __init__(self, seed, columns):
         self.seed, self.columns = int(seed), int(columns)
@@ -320,10 +328,12 @@ class _RandomSignBits(tf.keras.initializers.Initializer):
     def __call__(self, shape, dtype=None, **kwargs):
         rows, width = shape
         negative = tf.random.stateless_normal((rows, self.columns), seed=[self.seed, 7919]) < 0
-        negative = tf.pad(tf.cast(negative, tf.int32), [[0, 0], [0, 8 * width - self.columns]])
-        weights = tf.bitwise.left_shift(tf.constant(1, tf.int32), tf.range(8))
-        packed = tf.reduce_sum(tf.reshape(negative, [rows, width, 8]) * weights, axis=-1)
-        return tf.cast(packed, dtype or tf.uint8)
+        negative = tf.pad(tf.cast(negative, tf.int32), [[0, 0], [0, 32 * width - self.columns]])
+        negative = tf.reshape(negative, [rows, width, 32])
+        words = tf.zeros([rows, width], tf.int32)
+        for bit in range(32):  # OR, not a sum: bit 31 is the sign bit of an int32
+            words = tf.bitwise.bitwise_or(words, tf.bitwise.left_shift(negative[..., bit], bit))
+        return words
 
     def get_config(self):
         return {"seed": self.seed, "columns": self.columns}

@@ -118,8 +118,8 @@ def _small_scenario():
     ("er", 50 * 784 + 50 * 4, 0),  # uint8 images, int32 labels
     ("derpp", 50 * 784 + 50 * 4 + 50 * 10 * 4, 0),  # + float32 logits
     # the router's statistics: counts, sums, packed scatter of 16 features; to predict: kernel, bias, R's bits
-    ("slda_rf", 4 * (10 + 10 * 16 + 17 * 8), 4 * (10 * 16 + 10) + 784 * 2),
-    ("engram_bnn", 4 * (2 * 10 + 2 * 10 * 16 + 17 * 8), 4 * (2 * 10 * 16 + 2 * 10) + 784 * 2),
+    ("slda_rf", 4 * (10 + 10 * 16 + 17 * 8), 4 * (10 * 16 + 10) + 784 * 4),
+    ("engram_bnn", 4 * (2 * 10 + 2 * 10 * 16 + 17 * 8), 4 * (2 * 10 * 16 + 2 * 10) + 784 * 4),
 ])
 def test_every_result_records_the_bytes_a_method_keeps_counted_by_hand(name, learn, predict):
     scenario = _small_scenario()

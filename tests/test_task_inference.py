@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import larq_engrams as le
 from larq_engrams import benchmarks, methods
-from larq_engrams import task_inference
+from larq_engrams import runtime, task_inference
 from larq_engrams.task_inference import InputDiscriminant
 from larq_engrams.training import ContinualTrainer
 
@@ -70,7 +70,7 @@ def test_memory_bits_separate_what_inference_needs_from_the_learning_statistics(
     # 2 engrams x 3 classes, 4 inputs, 5 random features; counted by hand:
     layer = InputDiscriminant(2, 3, features=5)
     layer.build((None, 4))
-    inference = (2 * 3 * 5 + 2 * 3) * 32 + 4 * 8  # float32 kernel, bias; R's 5 signs per row in one byte
+    inference = (2 * 3 * 5 + 2 * 3) * 32 + 4 * 32  # float32 kernel, bias; R's 5 signs per row in one int32 word
     statistics = (2 * 3 + 2 * 3 * 5 + 6 * 7 // 2) * 32  # float32 counts, sums; scatter of 5 (padded to 6) once
     assert layer.memory_bits() == (inference, statistics)
     raw = InputDiscriminant(2, 3, features=None, covariance="identity")
@@ -84,7 +84,7 @@ def test_the_default_router_holds_at_most_10_mib():
     inference, statistics = layer.memory_bits()
     held = sum(int(tf.size(v)) * v.dtype.size for v in layer.weights)
     assert held * 8 == inference + statistics
-    assert held == 784 * 256 + 4 * (2 * 50 * 2048 + 50 + 50 + 2049 * 1024)
+    assert held == 784 * 64 * 4 + 4 * (2 * 50 * 2048 + 50 + 50 + 2049 * 1024)
     assert held <= 10 * 2 ** 20
 
 
@@ -102,13 +102,16 @@ def test_a_symmetric_matrix_is_stored_once(size):
 
 
 def test_the_projection_is_the_seeded_signs_over_sqrt_d():
-    layer = InputDiscriminant(1, 2, features=13, seed=4)
+    layer = InputDiscriminant(1, 2, features=45, seed=4)
     layer.build((None, 6))
-    draws = tf.random.stateless_normal((6, 13), seed=[4, 7919]).numpy()
+    draws = tf.random.stateless_normal((6, 45), seed=[4, 7919]).numpy()
     projection = layer.projection().numpy()
     np.testing.assert_array_equal(np.sign(projection), np.where(draws < 0, -1, 1))
     np.testing.assert_allclose(np.abs(projection), 1 / np.sqrt(6), rtol=1e-6)
-    assert layer.projection_bits.dtype == tf.uint8 and layer.projection_bits.shape == (6, 2)
+    assert layer.projection_bits.dtype == tf.int32 and layer.projection_bits.shape == (6, 2)
+    # As bytes: the packed runtime's sign bits.
+    np.testing.assert_array_equal(task_inference.sign_bytes(layer.projection_bits.numpy(), 45),
+                                  runtime.pack_signs(draws))
 
 
 def test_float32_statistics_stay_exact_where_raw_second_moments_cancel():
