@@ -11,6 +11,17 @@ Aguilar et al. (2025) claim, for engramBNN:
    learner (`ewc`, `online_ewc`, `si`, `lwf`; `joint`, which trains on all data so far,
    is shown as the upper reference, not compared). "Comparable" is read as: no more
    than `--tolerance` points (default 2) below that best mean.
+A. **stability-plasticity**: "an improved stability vs. plasticity trade-off". Checked
+   per scenario from every run's recorded accuracy matrix R: learning accuracy (the
+   mean of R's diagonal, `metrics.learning_accuracy`: plasticity) and forgetting
+   (stability), `engram_bnn` against `mbnn`, `bnn`, `ewc` and `si`. It holds where,
+   against each of them, engram_bnn forgets less (its mean forgetting plus s.e.m.
+   below theirs minus s.e.m.) and learns no more than `--tolerance` points less. The
+   figure `stability_plasticity.png` draws every method of every scenario.
+M. **metaplasticity**: "metaplastic optimization enhances synaptic stability further".
+   Checked per scenario: `engram_bnn` (engrams and MetaplasticAdam) against `engram`
+   (engrams and Adam). It holds where engram_bnn forgets less beyond both s.e.m.s and
+   its ACC is not lower beyond them.
 3. **efficiency**: peak RAM under 20 % and peak GPU memory under 5 % of the
    full-precision baselines'. Checked two ways, both ratios `engram_bnn / baseline` for
    the baselines `ewc`, `si`, `finetune` (the MLP without protection):
@@ -45,7 +56,11 @@ from absl import app, flags
 
 import cli  # noqa: F401,I001  (the scripts' shared flag handling and quiet start-up)
 
+from larq_engrams.metrics import forgetting, learning_accuracy, mean_and_sem
+from larq_engrams.plots import figure_to_png, plot_stability_plasticity
+
 REGULARIZATION = ("ewc", "online_ewc", "si")
+TRADE_OFF_BASELINES = ("mbnn", "bnn", "ewc", "si")
 FULL_PRECISION = ("ewc", "online_ewc", "si", "lwf")
 MEMORY_BASELINES = ("ewc", "si", "finetune")
 RAM_LIMIT, GPU_LIMIT = 0.20, 0.05
@@ -97,6 +112,62 @@ def domain_il_claim(summaries, tolerance):
         joint = f"; joint (upper reference) {_pct(methods['joint']['acc'])}" if "joint" in methods else ""
         rows.append((label, f"engram_bnn {_pct(ours)}; best full-precision method ({best}) {_pct(other)}; "
                             f"difference {gap:+.1f} points{joint}", gap >= -tolerance))
+    return rows
+
+
+def recorded_trade_off(grid_dir, summaries):
+    """{scenario: {method: {"learning": (mean, sem), "forgetting": (mean, sem)}}} from
+    every finished run's accuracy matrix R (`<grid_dir>/<scenario>/<method>/seed_*/result.json`)."""
+    out = {}
+    for label, methods in summaries.items():
+        for method in methods:
+            folder = os.path.join(grid_dir, label, method)
+            matrices = []
+            for seed in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                path = os.path.join(folder, seed, "result.json")
+                if seed.startswith("seed_") and os.path.exists(path):
+                    with open(path) as f:
+                        matrices.append(np.asarray(json.load(f)["accuracy_matrix"], float))
+            if matrices:
+                out.setdefault(label, {})[method] = {
+                    "learning": mean_and_sem([learning_accuracy(R) for R in matrices]),
+                    "forgetting": mean_and_sem([forgetting(R) for R in matrices])}
+    return out
+
+
+def _below(a, b):
+    """a's mean plus s.e.m. below b's mean minus s.e.m."""
+    return a[0] + a[1] < b[0] - b[1]
+
+
+def trade_off_claim(trade_off, tolerance):
+    """Rows for claim A: engram_bnn's learning accuracy and forgetting against each of
+    `TRADE_OFF_BASELINES` present, per scenario."""
+    rows = []
+    for label, methods in trade_off.items():
+        present = [m for m in TRADE_OFF_BASELINES if m in methods]
+        if "engram_bnn" not in methods or not present:
+            continue
+        ours = methods["engram_bnn"]
+        holds = all(_below(ours["forgetting"], methods[m]["forgetting"])
+                    and ours["learning"][0] >= methods[m]["learning"][0] - tolerance / 100 for m in present)
+        text = "; ".join(f"{m} {_pct(methods[m]['learning'])} / {_pct(methods[m]['forgetting'])}"
+                         for m in ("engram_bnn", *present))
+        rows.append((label, "learning accuracy / forgetting: " + text, holds))
+    return rows
+
+
+def metaplasticity_claim(summaries, trade_off):
+    """Rows for claim M: engram_bnn against engram, per scenario."""
+    rows = []
+    for label, methods in trade_off.items():
+        if "engram_bnn" not in methods or "engram" not in methods:
+            continue
+        ours, theirs = methods["engram_bnn"], methods["engram"]
+        acc_ours, acc_theirs = summaries[label]["engram_bnn"]["acc"], summaries[label]["engram"]["acc"]
+        holds = _below(ours["forgetting"], theirs["forgetting"]) and not _below(acc_ours, acc_theirs)
+        rows.append((label, f"ACC / forgetting: engram_bnn {_pct(acc_ours)} / {_pct(ours['forgetting'])}; "
+                            f"engram {_pct(acc_theirs)} / {_pct(theirs['forgetting'])}", holds))
     return rows
 
 
@@ -171,13 +242,19 @@ def efficiency_claim(summaries, benchmark, width=None):
     return rows
 
 
-def claims(summaries, benchmark, tolerance, width=None):
+def claims(summaries, benchmark, tolerance, width=None, trade_off=None):
     """{claim: [(where, measured, holds: True / False / None = not measured)]}; `width`:
-    the grid's hidden width, at which the benchmark's step times are compared."""
+    the grid's hidden width, at which the benchmark's step times are compared;
+    `trade_off`: `recorded_trade_off` of the grid (claims A and M)."""
+    trade_off = trade_off or {}
     return {
         "class-IL accuracy far above the ~20 % of regularization methods": class_il_claim(summaries),
         f"domain-IL accuracy comparable to full-precision methods (within {tolerance:g} points)":
             domain_il_claim(summaries, tolerance),
+        "(A) an improved stability vs. plasticity trade-off (learning accuracy within "
+        f"{tolerance:g} points, less forgetting than mbnn, bnn, ewc, si)": trade_off_claim(trade_off, tolerance),
+        "metaplastic optimization enhances synaptic stability further (engram_bnn against engram)":
+            metaplasticity_claim(summaries, trade_off),
         "peak RAM < 20 % and peak GPU memory < 5 % of the full-precision baselines'": memory_claim(summaries,
                                                                                                    benchmark),
         "this package's target: engram_bnn costs less time and memory than a plain BNN (bnn)":
@@ -216,16 +293,22 @@ def main(argv):
         with open(FLAGS.benchmark) as f:
             benchmark = json.load(f)
         sources.append(FLAGS.benchmark)
-    found = claims(table["summaries"], benchmark, FLAGS.tolerance, width=(table.get("hidden") or [None])[0])
+    trade_off = recorded_trade_off(FLAGS.grid_dir, table["summaries"])
+    found = claims(table["summaries"], benchmark, FLAGS.tolerance, width=(table.get("hidden") or [None])[0],
+                   trade_off=trade_off)
     output = FLAGS.output or FLAGS.grid_dir
     os.makedirs(output, exist_ok=True)
+    if trade_off:
+        with open(os.path.join(output, "stability_plasticity.png"), "wb") as f:
+            f.write(figure_to_png(plot_stability_plasticity(trade_off)))
     markdown = to_markdown(found, sources)
     with open(os.path.join(output, "claims.md"), "w") as f:
         f.write(markdown + "\n")
     with open(os.path.join(output, "claims.json"), "w") as f:
         json.dump({"sources": sources, "tolerance_points": FLAGS.tolerance,
                    "claims": {c: [{"where": w, "measured": m, "holds": h} for w, m, h in rows]
-                              for c, rows in found.items()}}, f, indent=2)
+                              for c, rows in found.items()},
+                   "trade_off": trade_off}, f, indent=2)
     print(markdown)
 
 

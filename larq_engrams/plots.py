@@ -11,7 +11,8 @@ import io
 import numpy as np
 from matplotlib.figure import Figure  # not pyplot: the user's backend is left alone
 
-__all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "plot_engram_overlap", "figure_to_png", "run_title"]
+__all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "plot_engram_overlap", "plot_stability_plasticity",
+           "figure_to_png", "run_title"]
 
 _UNTRAINED_FACE = "#d9d9d9"
 
@@ -119,6 +120,44 @@ def plot_engram_overlap(overlap, tasks=None, title=None, ax=None):
     ax.figure.colorbar(image, ax=ax, fraction=0.046).set_label("% of the layer's units")
     ax.figure.tight_layout()
     return ax.figure
+
+
+def plot_stability_plasticity(trade_off, highlight=("engram_bnn", "engram")):
+    """One panel per scenario: learning accuracy (plasticity, the mean of R's diagonal)
+    against forgetting (stability), one point per method with its s.e.m. as error bars.
+
+    Args:
+        trade_off: {scenario: {method: {"learning": (mean, sem), "forgetting": (mean, sem)}}},
+            fractions.
+        highlight: methods drawn in color and bold; the others in grey.
+    """
+    labels = list(trade_off)
+    columns = min(4, len(labels))
+    rows = -(-len(labels) // columns)
+    figure = Figure(figsize=(3.6 * columns, 3.2 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    colors = {name: color for name, color in zip(highlight, ("tab:red", "tab:blue", "tab:green"))}
+    for ax, label in zip(axes, labels):
+        # The highlighted methods last (on top), their labels apart: they often coincide.
+        order = sorted(trade_off[label], key=lambda m: (m in colors, -list(colors).index(m) if m in colors else 0))
+        for method in order:
+            point = trade_off[label][method]
+            x, y = 100 * np.asarray(point["forgetting"]), 100 * np.asarray(point["learning"])
+            color = colors.get(method, "0.55")
+            ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", ms=4, color=color)
+            offset = (3, 2) if method not in colors else (4, 3 - 9 * list(colors).index(method))
+            ax.annotate(method, (x[0], y[0]), fontsize=6, color=color, xytext=offset, textcoords="offset points",
+                        fontweight="bold" if method in colors else "normal")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("forgetting (%)  ← more stable", fontsize=8)
+        ax.set_ylabel("learning accuracy (%)  ↑ more plastic", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(labels):]:
+        ax.set_visible(False)
+    figure.suptitle("Stability (forgetting) against plasticity (learning accuracy), per scenario", fontsize=10)
+    figure.tight_layout()
+    return figure
 
 
 def figure_to_png(figure, path=None):

@@ -262,7 +262,7 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
     summaries = {
         "split_mnist-class": {"engram_bnn": entry(0.90, 0.01, 100), "ewc": entry(0.21, 0.01, 1000),
                               "si": entry(0.25, 0.02, 1000), "finetune": entry(0.20, 0.0, 400),
-                              "bnn": entry(0.20, 0.0, 200)},
+                              "bnn": entry(0.20, 0.0, 200), "engram": entry(0.90, 0.01, 100)},
         # 0.22 - 0.01 > 0.20 but not above SI's 0.20 + 0.02: too close to call
         "split_fashion_mnist-class": {"engram_bnn": entry(0.22, 0.01, 100), "si": entry(0.20, 0.02, 100)},
         "split_mnist-domain": {"engram_bnn": entry(0.80, 0.0, 100), "lwf": entry(0.819, 0.0, 100),
@@ -271,6 +271,16 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
     }
     (tmp_path / "table.json").write_text(json.dumps({"command": "reproduce.py --grid=paper", "hidden": [1024, 1024],
                                                      "summaries": summaries}))
+    # Recorded R matrices (one seed each): learning accuracy = mean of the diagonal, forgetting = drop on task 0.
+    matrices = {("split_mnist-class", "engram_bnn"): [[0.98, 0.0], [0.97, 0.96]],  # LA 0.97, F 0.01
+                ("split_mnist-class", "bnn"): [[0.99, 0.0], [0.0, 0.98]],  # LA 0.985, F 0.99
+                ("split_mnist-class", "engram"): [[0.98, 0.0], [0.95, 0.96]],  # F 0.03: more than engram_bnn
+                ("split_mnist-domain", "engram_bnn"): [[0.90, 0.0], [0.89, 0.90]],  # LA 0.90, F 0.01
+                ("split_mnist-domain", "bnn"): [[1.0, 0.0], [0.5, 0.998]]}  # LA 0.999: 9.9 points more plastic
+    for (label, method), R in matrices.items():
+        folder = tmp_path / label / method / "seed_0"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"accuracy_matrix": R}))
     memory = {m: {"peak": peak, "tiny": tiny, "gpu": None, "state": state, "state_tiny": 0}
               for m, peak, tiny, state in (("engram_bnn", 1000, 990, 10), ("ewc", 1200, 900, 100),
                                            ("si", 1300, 900, 100), ("finetune", 1100, 900, 100),
@@ -283,7 +293,11 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
                       timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.load(open(tmp_path / "claims.json"))["claims"]
-    class_il, domain_il, memory_rows, against_bnn = (found[c] for c in found)
+    class_il, domain_il, trade_off, metaplasticity, memory_rows, against_bnn = (found[c] for c in found)
+    assert [(r["where"], r["holds"]) for r in trade_off] == [("split_mnist-class", True), ("split_mnist-domain", False)]
+    assert "engram_bnn 97.0 ± 0.0 % / 1.0 ± 0.0 %; bnn 98.5 ± 0.0 % / 99.0 ± 0.0 %" in trade_off[0]["measured"]
+    assert [(r["where"], r["holds"]) for r in metaplasticity] == [("split_mnist-class", True)]
+    assert (tmp_path / "stability_plasticity.png").stat().st_size > 1000
     assert [(r["where"], r["holds"]) for r in class_il] == [("split_mnist-class", True),
                                                             ("split_fashion_mnist-class", False)]
     assert "best regularization method (si) 25.0 ± 2.0 %" in class_il[0]["measured"]
