@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure  # not pyplot: the user's backend is left alone
 
 __all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "plot_engram_overlap", "plot_stability_plasticity",
+           "plot_accuracy_against_bytes",
            "figure_to_png", "run_title"]
 
 _UNTRAINED_FACE = "#d9d9d9"
@@ -156,6 +157,38 @@ def plot_stability_plasticity(trade_off, highlight=("engram_bnn", "engram")):
     for ax in axes[len(labels):]:
         ax.set_visible(False)
     figure.suptitle("Stability (forgetting) against plasticity (learning accuracy), per scenario", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_accuracy_against_bytes(points, floor=1024):
+    """One panel per scenario: ACC (%) against the bytes a method keeps besides its
+    network's weights (log axis), one point per method and budget with its s.e.m.
+
+    Args:
+        points: {scenario: {method: {"acc": (mean, sem), "bytes": int}}}, ACC a fraction.
+        floor: where methods that keep nothing are drawn (marked "none" on the axis).
+    """
+    labels = list(points)
+    figure = Figure(figsize=(5.2 * max(1, len(labels)), 4.2))
+    axes = np.atleast_1d(figure.subplots(1, max(1, len(labels))))
+    for ax, label in zip(axes, labels):
+        for method, point in points[label].items():
+            x = max(point["bytes"], floor)
+            ours = method.startswith("engram")
+            color = "tab:red" if ours else ("tab:blue" if method.split("@")[0] in ("er", "derpp", "er_bnn")
+                                            else "0.45")
+            ax.errorbar(x, 100 * point["acc"][0], yerr=100 * point["acc"][1], fmt="o", ms=4, color=color)
+            ax.annotate(method, (x, 100 * point["acc"][0]), fontsize=6, color=color, xytext=(3, 2),
+                        textcoords="offset points", fontweight="bold" if ours else "normal")
+        ax.set_xscale("log")
+        ax.axvline(floor * 1.5, color="0.8", lw=0.8)
+        ax.set_xlabel(f"bytes kept besides the network's weights (log; ≤ {floor} B: none)", fontsize=8)
+        ax.set_ylabel("class-IL ACC (%)", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+    figure.suptitle("Accuracy against extra state: engram models (red), replay (blue), others (grey)", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -340,3 +340,22 @@ def test_router_statistics_script_compares_float32_with_float64(tmp_path):
     assert report["covariance_max_error_relative_to_max"] < 1e-5
     assert report["validation_agreement"] >= 0.99
     assert report["router_bytes_held"] * 8 == sum(report["memory_bits"].values())
+
+
+def test_accuracy_vs_bytes_reads_the_recorded_bytes_of_every_class_il_run(tmp_path):
+    summaries = {"split_mnist-class": {"er@200": {"acc": [0.5, 0.01], "seeds": 3},
+                                       "joint": {"acc": [0.97, 0.0], "seeds": 3}},
+                 "split_mnist-domain": {"er@200": {"acc": [0.9, 0.0], "seeds": 3}}}
+    (tmp_path / "table.json").write_text(json.dumps({"summaries": summaries}))
+    for label in summaries:
+        for method in summaries[label]:
+            folder = tmp_path / label / method / "seed_0"
+            folder.mkdir(parents=True)
+            (folder / "result.json").write_text(json.dumps({"memory": {"state_bytes": {"learn": 3 * 2**20,
+                                                                                         "predict": 2**19}}}))
+    proc = run_script("accuracy_vs_bytes.py", f"--grid_dir={tmp_path}", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = open(tmp_path / "accuracy_vs_bytes.md").read()
+    assert "| er@200 | 50.0 ± 1.0 | 3.00 MiB | 0.50 MiB | recorded |" in text
+    assert "joint" not in text and "split_mnist-domain" not in text  # class-IL continual learners only
+    assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 1000
