@@ -359,3 +359,18 @@ def test_accuracy_vs_bytes_reads_the_recorded_bytes_of_every_class_il_run(tmp_pa
     assert "| er@200 | 50.0 ± 1.0 | 3.00 MiB | 0.50 MiB | recorded |" in text
     assert "joint" not in text and "split_mnist-domain" not in text  # class-IL continual learners only
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 1000
+
+
+def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
+    args = ["--scenarios=split_mnist-class", "--seeds=0", "--num_tasks=2", "--epochs=1", "--hidden=16,16",
+            "--m=1.3", "--engram_fraction=0.2", "--excitability=6", "--noplain", f"--outdir={tmp_path}",
+            "--source=bundled"]
+    proc = run_script("ablation.py", *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.load(open(tmp_path / "table.json"))["split_mnist-class"]["m=1.3 rho=0.2 beta=6"]
+    assert row["factors"] == {"m": 1.3, "engram_fraction": 0.2, "excitability": 6.0}
+    for column in ("acc", "acc_networks", "acc_router", "acc_task_given", "task_inference", "learning_acc"):
+        assert 0.5 < row[column][0] <= 1.0, (column, row)
+    assert (tmp_path / "ablation.png").exists() and "| m=1.3 rho=0.2 beta=6 | 1 |" in open(tmp_path / "table.md").read()
+    again = run_script("ablation.py", *args, timeout=600)
+    assert again.returncode == 0 and "reusing" in again.stdout

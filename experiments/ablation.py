@@ -1,0 +1,270 @@
+"""What each part of engram_bnn adds: metaplasticity, gating and the router's class
+evidence, ablated (resumable; one JSON per finished run).
+
+Trained variants, per scenario and seed (all 1024-1024 unless --hidden):
+
+| variant | engrams | optimizer |
+|---|---|---|
+| `m=<m> rho=<rho> beta=<beta>` | `engram_fraction` rho, `excitability` beta | `MetaplasticAdam(m)`; m = 0 is Adam |
+| `bnn`, `mbnn` | none (the plain Larq BNN) | Adam / `MetaplasticAdam(m)` |
+
+over m in `--m` (default 0 and 1.3, the validated value), rho in 0.2, 0.5, 1.0 (1.0: no
+gating) and beta in 6 (the default) and 0 (no preference for unused units; not for rho = 1).
+Every trained engram model is then evaluated several ways on the same weights (Kim et al.
+2022 split a class-IL score into task prediction and within-task prediction):
+
+- `acc`: the model as it ships ("infer": the router picks the engram, the output is the
+  engram's network times the router's class evidence, `lda_weight` = 0.2);
+- `acc_networks`: the router picks the engram, the network alone predicts (`lda_weight = 0`);
+- `acc_router`: the router alone (its best (engram, class) group; no network);
+- `acc_task_given`: each task's data through its own engram, predicting among its classes
+  (within-task prediction);
+- `task_inference`: the share of samples routed to their own engram (task prediction);
+
+with BWT, forgetting and learning accuracy of `acc`'s matrix R. Epochs and the learning
+rate are fixed per scenario (`SCENARIOS`): the epochs the issue asks for, the learning
+rate the paper grid chose on validation data for the engram family (results/paper/*/
+selection/engram/chosen.json; 0.005 where no choice exists).
+
+    python experiments/ablation.py --scenarios=split_fashion_mnist-class --seeds=0,1,2
+    python experiments/ablation.py --scenarios=permuted_mnist-10x20   # hours on 2 cores
+
+Writes `<outdir>/<scenario>/<variant>/seed_<k>.json`, and `table.json`, `table.md` and
+`ablation.png` over every finished run.
+"""
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import app, flags
+
+import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
+
+import numpy as np
+import tensorflow as tf
+
+from larq_engrams import benchmarks, methods
+from larq_engrams.metrics import backward_transfer, forgetting, learning_accuracy, mean_and_sem
+from larq_engrams.plots import figure_to_png
+from larq_engrams.task_inputs import split_task_inputs
+from larq_engrams.training import ContinualTrainer, environment, write_atomically
+
+# name: (constructor, its arguments, epochs per task, the grid scenario whose validated learning rate is used)
+SCENARIOS = {
+    "split_fashion_mnist-class": ("split_fashion_mnist", {"setting": "class"}, 2, "split_fashion_mnist-class"),
+    "split_fashion_mnist-domain": ("split_fashion_mnist", {"setting": "domain"}, 2, "split_fashion_mnist-domain"),
+    "permuted_mnist-10x20": ("permuted_mnist", {"num_tasks": 10}, 20, "permuted_mnist-domain-10tasks"),
+    "permuted_mnist-50x3": ("permuted_mnist", {"num_tasks": 50}, 3, "permuted_mnist-domain-10tasks"),
+    "split_mnist-class": ("split_mnist", {"setting": "class"}, 5, "split_mnist-class"),  # small: for checks
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("scenarios", ["split_fashion_mnist-class"], f"Of: {', '.join(SCENARIOS)}.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_list("m", ["0", "1.3"], "Metaplasticity strengths m (0: Adam).")
+flags.DEFINE_list("engram_fraction", ["0.2", "0.5", "1.0"], "Engram fractions rho.")
+flags.DEFINE_list("excitability", ["6", "0"], "Excitabilities beta (not varied at rho = 1).")
+flags.DEFINE_list("hidden", ["1024", "1024"], "Hidden widths.")
+flags.DEFINE_bool("plain", True, "Also train bnn and mbnn (no engrams) at the same epochs.")
+flags.DEFINE_integer("epochs", None, "Override the scenario's epochs per task (checks).")
+flags.DEFINE_integer("num_tasks", None, "Only the first N tasks (checks).")
+flags.DEFINE_enum("evaluate_on", "test", list(benchmarks.EVALUATION_SPLITS), "test, or validation for a search.")
+flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
+flags.DEFINE_string("grid_dir", "results/paper", "Where the grid's validated learning rates are read.")
+flags.DEFINE_string("outdir", "results/ablation", "Where results go.")
+
+
+def _scenario(name, seed):
+    constructor, kwargs, _, _ = SCENARIOS[name]
+    scenario = getattr(benchmarks, constructor)(**kwargs, seed=seed, source=FLAGS.source,
+                                                evaluate_on=FLAGS.evaluate_on)
+    return scenario.take(FLAGS.num_tasks) if FLAGS.num_tasks else scenario
+
+
+def _learning_rate(name):
+    path = os.path.join(FLAGS.grid_dir, SCENARIOS[name][3], "selection", "engram", "chosen.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return float(json.load(f)["learning_rate"]), path
+    return 0.005, None
+
+
+def variants():
+    """[(name, method, hyperparameter changes)] of the trained variants."""
+    out = []
+    for m in map(float, FLAGS.m):
+        for rho in map(float, FLAGS.engram_fraction):
+            for beta in (map(float, FLAGS.excitability) if rho < 1.0 else [float(FLAGS.excitability[0])]):
+                out.append((f"m={m:g} rho={rho:g} beta={beta:g}", "engram_bnn",
+                            {"m": m, "engram_fraction": rho, "excitability": beta}))
+    if FLAGS.plain:
+        out += [("bnn", "bnn", {}), (f"mbnn m={float(FLAGS.m[-1]):g}", "mbnn", {"m": float(FLAGS.m[-1])})]
+    return out
+
+
+def _arrays(dataset):
+    xs, ys = [], []
+    for x, y in dataset:
+        xs.append(split_task_inputs(x)[0].numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _predict(model, x, batch=1000):
+    return np.concatenate([model(x[i:i + batch], training=False).numpy() for i in range(0, len(x), batch)])
+
+
+def engram_evaluations(model, scenario):
+    """The engram model's accuracies on each task's evaluation data, evaluated the ways
+    of the module docstring (at the end of training)."""
+    tests = [_arrays(task.test) for task in scenario]
+    out = {"acc_networks": [], "acc_router": [], "acc_task_given": []}
+    weight = model.lda_weight
+    model.lda_weight = 0.0
+    model.set_inference("infer")
+    for x, y in tests:
+        out["acc_networks"].append(float(np.mean(_predict(model, x).argmax(-1) == y)))
+    model.lda_weight = weight
+    model.set_inference("infer")
+    router = model.task_discriminant
+    for x, y in tests:
+        groups = np.concatenate([router.group_scores(model.flatten(tf.constant(x[i:i + 1000]))).numpy()
+                                 for i in range(0, len(x), 1000)])
+        out["acc_router"].append(float(np.mean(groups.reshape(len(x), -1).argmax(-1) % model.num_classes == y)))
+    classes = model.engram_classes.numpy() > 0
+    for k, (x, y) in enumerate(tests):
+        model.set_inference("task", task=k)
+        logits = np.where(classes[k], _predict(model, x), -np.inf)
+        out["acc_task_given"].append(float(np.mean(logits.argmax(-1) == y)))
+    model.set_inference("infer")
+    return {key: float(np.mean(values)) for key, values in out.items()}
+
+
+def run_one(name, variant, method, changes, seed):
+    """Trains one variant (reusing a finished run of the same settings) and returns its record."""
+    epochs = FLAGS.epochs or SCENARIOS[name][2]
+    lr, lr_source = _learning_rate(name)
+    hidden = tuple(int(h) for h in FLAGS.hidden)
+    settings = {"scenario": name, "variant": variant, "method": method, "changes": changes, "seed": seed,
+                "epochs": epochs, "learning_rate": lr, "hidden": list(hidden), "evaluate_on": FLAGS.evaluate_on,
+                "num_tasks": FLAGS.num_tasks, "source": FLAGS.source}
+    path = os.path.join(FLAGS.outdir, name, variant.replace(" ", "_"), f"seed_{seed}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        if record["settings"] == settings:
+            print(f"    reusing {path}", flush=True)
+            return record
+    # Per-task checkpoints next to the record (git-ignored), for runs killed mid-way;
+    # those of other settings are dropped.
+    checkpoints = path[: -len(".json")] + ".checkpoints"
+    marker = os.path.join(checkpoints, "settings.json")
+    if os.path.isdir(checkpoints) and (not os.path.exists(marker) or json.load(open(marker)) != settings):
+        shutil.rmtree(checkpoints)
+    os.makedirs(checkpoints, exist_ok=True)
+    write_atomically(marker, json.dumps(settings))
+    scenario = _scenario(name, seed)
+    hp = methods.HyperParameters(hidden=hidden, learning_rate=lr, seed=seed, **changes)
+    setup = methods.build(method, scenario, hp)
+    started = time.perf_counter()
+    result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, epochs=epochs, seed=seed,
+                              verbose=0, checkpoint_dir=checkpoints).fit(setup.scenario)
+    R = result.R
+    record = {"settings": settings, "learning_rate_chosen_in": lr_source,
+              "acc": result.metrics["acc"], "bwt": backward_transfer(R), "forgetting": forgetting(R),
+              "learning_acc": learning_accuracy(R), "task_inference": result.metrics.get("task_inference"),
+              "R": R.tolist(), "train_seconds": time.perf_counter() - started,
+              "commit": environment().get("git_commit"), "command": " ".join(sys.argv)}
+    if method == "engram_bnn":
+        record.update(engram_evaluations(setup.model, scenario))
+    write_atomically(path, json.dumps(record, indent=1))
+    shutil.rmtree(checkpoints)
+    return record
+
+
+COLUMNS = ("acc", "acc_networks", "acc_router", "acc_task_given", "task_inference", "learning_acc", "forgetting",
+           "bwt")
+
+
+def summarize(outdir):
+    """{scenario: {variant: {column: (mean, sem), "seeds": n}}} over every finished run."""
+    table = {}
+    for name in sorted(os.listdir(outdir)) if os.path.isdir(outdir) else []:
+        folder = os.path.join(outdir, name)
+        if name not in SCENARIOS or not os.path.isdir(folder):
+            continue
+        for variant in sorted(os.listdir(folder)):
+            records = []
+            for entry in sorted(os.listdir(os.path.join(folder, variant))):
+                if entry.endswith(".json"):  # not a run's checkpoints
+                    with open(os.path.join(folder, variant, entry)) as f:
+                        records.append(json.load(f))
+            if not records:
+                continue
+            row = {"seeds": len(records), "factors": records[0]["settings"]["changes"],
+                   "method": records[0]["settings"]["method"]}
+            for column in COLUMNS:
+                values = [r[column] for r in records if r.get(column) is not None]
+                if values:
+                    row[column] = mean_and_sem(values)
+            table.setdefault(name, {})[records[0]["settings"]["variant"]] = row
+    return table
+
+
+def to_markdown(table):
+    lines = []
+    for name, rows in table.items():
+        lines += [f"### {name}", "", "| variant | seeds | " + " | ".join(COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(COLUMNS)]
+        for variant, row in rows.items():
+            cells = [f"{100 * row[c][0]:.1f} ± {100 * row[c][1]:.1f}" if c in row else "—" for c in COLUMNS]
+            lines.append(f"| {variant} | {row['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(table):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6 * max(1, len(table)), 4.5))
+    axes = np.atleast_1d(figure.subplots(1, max(1, len(table))))
+    for ax, (name, rows) in zip(axes, table.items()):
+        names = list(rows)
+        for offset, column, color in ((-0.2, "acc", "tab:red"), (0.0, "acc_task_given", "tab:blue"),
+                                      (0.2, "task_inference", "tab:green")):
+            values = [100 * rows[v][column][0] if column in rows[v] else np.nan for v in names]
+            ax.bar(np.arange(len(names)) + offset, values, 0.2, color=color, label=column)
+        ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(max(0, np.nanmin([100 * r["acc"][0] for r in rows.values()]) - 10), 100)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("%")
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    unknown = [s for s in FLAGS.scenarios if s not in SCENARIOS]
+    if unknown:
+        raise app.UsageError(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
+    plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios for variant in variants() for seed in FLAGS.seeds]
+    for i, (name, variant, method, changes, seed) in enumerate(plan):
+        print(f"[{i + 1}/{len(plan)}] {name} {variant} seed {seed}", flush=True)
+        record = run_one(name, variant, method, changes, seed)
+        print("    " + ", ".join(f"{c} {100 * record[c]:.1f}" for c in COLUMNS if record.get(c) is not None),
+              flush=True)
+    table = summarize(FLAGS.outdir)
+    write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(table, indent=1))
+    markdown = to_markdown(table)
+    write_atomically(os.path.join(FLAGS.outdir, "table.md"), markdown + f"\nCommand: `{' '.join(sys.argv)}`\n")
+    figure_to_png(plot(table), os.path.join(FLAGS.outdir, "ablation.png"))
+    print(markdown)
+
+
+if __name__ == "__main__":
+    cli.run(main)
