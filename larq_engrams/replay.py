@@ -73,8 +73,9 @@ def class_balanced_reservoir(labels, stored, seen, capacity, rng):
     return slots
 
 
-class ReplayBuffer(tf.Module):
-    """A class-balanced reservoir of examples, as variables (checkpointed with the model).
+class ReplayBuffer(tf.keras.layers.Layer):
+    """A class-balanced reservoir of examples, as non-trainable weights (saved with the
+    model and in checkpoints). It is state, never called on inputs.
 
     Args:
         capacity: how many examples it holds.
@@ -86,20 +87,24 @@ class ReplayBuffer(tf.Module):
         seed: seeds the reservoir's draws (per task) and the replay batches.
     """
 
-    def __init__(self, capacity, input_shape, num_classes, logits=False, input_dtype="uint8", seed=0, name=None):
-        super().__init__(name=name or "replay_buffer")
+    def __init__(self, capacity, input_shape, num_classes, logits=False, input_dtype="uint8", seed=0, **kwargs):
+        super().__init__(name=kwargs.pop("name", "replay_buffer"), trainable=False, **kwargs)
         self.capacity = check_positive_int("capacity", capacity, owner="ReplayBuffer")
         self.input_dtype = check_choice("input_dtype", input_dtype, ("uint8", "float32"), owner="ReplayBuffer")
         self.num_classes, self.seed = int(num_classes), int(seed)
-        shape = (self.capacity, *(int(d) for d in input_shape))
-        self.inputs = tf.Variable(tf.zeros(shape, tf.as_dtype(input_dtype)), trainable=False, name="inputs")
-        self.labels = tf.Variable(tf.fill([self.capacity], -1), trainable=False, name="labels")
-        self.seen = tf.Variable(tf.zeros([self.num_classes], tf.int64), trainable=False, name="seen")
+        self.example_shape = tuple(int(d) for d in input_shape)
+        state = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.inputs = self.add_weight("inputs", (self.capacity, *self.example_shape), dtype=input_dtype,
+                                      initializer="zeros", **state)
+        self.labels = self.add_weight("labels", (self.capacity,), dtype=tf.int32,
+                                      initializer=tf.keras.initializers.Constant(-1), **state)
+        self.seen = self.add_weight("seen", (self.num_classes,), dtype=tf.int64, initializer="zeros", **state)
         self.logits = None
         if logits:
-            self.logits = tf.Variable(tf.zeros([self.capacity, self.num_classes]), trainable=False, name="logits")
-        self.insertions = tf.Variable(0, dtype=tf.int64, trainable=False, name="insertions")  # seeds the next add
-        self.generator = tf.random.Generator.from_seed(self.seed)
+            self.logits = self.add_weight("logits", (self.capacity, self.num_classes), initializer="zeros", **state)
+        # Seed the next task's reservoir draws and the next replay batch (stateless draws: resumable).
+        self.insertions = self.add_weight("insertions", (), dtype=tf.int64, initializer="zeros", **state)
+        self.draws = self.add_weight("draws", (), dtype=tf.int64, initializer="zeros", **state)
 
     @property
     def size(self):
@@ -154,7 +159,9 @@ class ReplayBuffer(tf.Module):
         """`(x, y, logits or None, weight)` of n uniform draws with replacement (in-graph);
         weight is 0.0 while the buffer is empty (the draws are then meaningless)."""
         size = self.size
-        index = self.generator.uniform([n], 0, tf.maximum(size, 1), dtype=tf.int32)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), self.draws])
+        self.draws.assign_add(1)
+        index = tf.random.stateless_uniform([n], seed, minval=0, maxval=tf.maximum(size, 1), dtype=tf.int32)
         logits = None if self.logits is None else tf.gather(self.logits, index)
         labels = tf.maximum(tf.gather(self.labels, index), 0)  # empty slots: -1, a label no loss accepts
         return self.decode(tf.gather(self.inputs, index)), labels, logits, tf.cast(size > 0, tf.float32)
@@ -182,7 +189,9 @@ class ReplayModel(tf.keras.Model):
         self.network = network
         self.alpha, self.beta = float(alpha), float(beta)
         self.buffer = ReplayBuffer(buffer_size, network.input_shape[1:], int(network.output_shape[-1]),
-                                   logits=method == "derpp", input_dtype=input_dtype, seed=seed)
+                                   logits=method == "derpp", input_dtype=input_dtype, seed=seed,
+                                   name="replay_buffer")
+        self.build(network.input_shape)  # built like the network it wraps: saving needs no first call
 
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)
