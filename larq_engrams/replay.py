@@ -157,7 +157,8 @@ class ReplayBuffer(tf.keras.layers.Layer):
 
     def sample(self, n):
         """`(x, y, logits or None, weight)` of n uniform draws with replacement (in-graph);
-        weight is 0.0 while the buffer is empty (the draws are then meaningless)."""
+        weight is 0.0 while the buffer is empty (the draws are then meaningless: draw
+        only from a filled buffer, as `ReplayModel` does)."""
         size = self.size
         seed = tf.stack([tf.constant(self.seed, tf.int64), self.draws])
         self.draws.assign_add(1)
@@ -203,27 +204,35 @@ class ReplayModel(tf.keras.Model):
             raise ValueError(f"{self.method}: replay runs in class- and domain-incremental scenarios, "
                              "not task-incremental ones.")
 
-    def replay_loss(self, batch_size):
-        """The buffer's terms of the loss (0 while the buffer is empty)."""
-        x, y, logits, weight = self.buffer.sample(batch_size)
-        outputs = self.network(x, training=True)
-        replayed = tf.nn.compute_average_loss(_CROSSENTROPY(y, outputs))
-        if self.method == "er":
-            return weight * replayed
-        x2, y2, _, _ = self.buffer.sample(batch_size)
-        dark = tf.nn.compute_average_loss(tf.reduce_mean(tf.square(outputs - logits), axis=-1))
-        labelled = tf.nn.compute_average_loss(_CROSSENTROPY(y2, self.network(x2, training=True)))
-        return weight * (self.alpha * dark + self.beta * labelled)
+    def _replay_batch(self, x, filled):
+        """n buffer draws; the current batch itself while the buffer is empty, so that no
+        forward pass sees empty slots (with ER's joint batch [x, x], BatchNorm's batch
+        statistics are those of x alone). No `tf.cond`: XLA compiles the step whole."""
+        replayed_x, replayed_y, stored_logits, _ = self.buffer.sample(tf.shape(x)[0])
+        return tf.where(filled, replayed_x, x), replayed_y, stored_logits
 
     def _step(self, x, current_loss, optimizer):
+        """One step: the loss of the module docstring, the plain loss while the buffer is empty."""
+        batch, filled = tf.shape(x)[0], self.buffer.size > 0
         with tf.GradientTape() as tape:
-            logits = self.network(x, training=True)
-            loss = current_loss(logits)
-            replayed = self.replay_loss(tf.shape(logits)[0])
-            total = 0.5 * (loss + replayed) if self.method == "er" else loss + replayed
+            replayed_x, replayed_y, stored_logits = self._replay_batch(x, filled)
+            if self.method == "er":  # one forward pass over the joint batch, as Chaudhry et al. and Mammoth
+                outputs = self.network(tf.concat([x, replayed_x], axis=0), training=True)
+                logits = outputs[:batch]
+                loss = current_loss(logits)
+                replayed = tf.nn.compute_average_loss(_CROSSENTROPY(replayed_y, outputs[batch:]))
+                loss = tf.where(filled, 0.5 * (loss + replayed), loss)
+            else:
+                logits = self.network(x, training=True)
+                dark = tf.reduce_mean(tf.square(self.network(replayed_x, training=True) - stored_logits), axis=-1)
+                labelled_x, labelled_y, _ = self._replay_batch(x, filled)
+                labelled = _CROSSENTROPY(labelled_y, self.network(labelled_x, training=True))
+                extra = (self.alpha * tf.nn.compute_average_loss(dark)
+                         + self.beta * tf.nn.compute_average_loss(labelled))
+                loss = current_loss(logits) + tf.where(filled, extra, tf.zeros_like(extra))
         variables = self.network.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
-        return logits, total
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return logits, loss
 
     def continual_train_step(self, x, y, loss_fn, optimizer, task_ids=None):
         """The continual protocol's step (`larq_engrams.protocol`)."""
