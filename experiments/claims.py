@@ -45,7 +45,7 @@ memory than a plain BNN** (`bnn`, the same width and binarization). Ratios
    It holds where every ratio of a measure is below 1.
 
     python experiments/claims.py --grid_dir=results/paper --benchmark=results/benchmark.json
-    # -> results/paper/claims.md and claims.json
+    # -> results/paper/claims.md, claims_summary.md (one row per claim), claims.json
 """
 import json
 import os
@@ -278,6 +278,28 @@ def to_markdown(found, sources):
     return "\n".join(lines)
 
 
+def summary_markdown(found):
+    """One row per claim: in how many places it holds, and the exceptions."""
+    lines = ["| claim | verdict | exceptions |", "|---|---|---|"]
+    for claim, rows in found.items():
+        measured = [(where, holds) for where, _, holds in rows if holds is not None]
+        held = [where for where, holds in measured if holds]
+        failed = list(dict.fromkeys(where for where, holds in measured if not holds))  # once each, in order
+        if not measured:
+            verdict, exceptions = "not measured", "—"
+        elif not failed:
+            verdict, exceptions = f"holds ({len(held)} of {len(measured)})", "—"
+        elif not held:
+            verdict, exceptions = f"does not hold (0 of {len(measured)})", "—"
+        elif len(held) >= len(failed):
+            verdict, exceptions = f"holds in {len(held)} of {len(measured)}", "not in " + ", ".join(failed)
+        else:
+            verdict = f"does not hold in {len(measured) - len(held)} of {len(measured)}"
+            exceptions = "holds only in " + ", ".join(dict.fromkeys(held))
+        lines.append(f"| {claim} | {verdict} | {exceptions} |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     table_path = os.path.join(FLAGS.grid_dir, "table.json")
@@ -304,6 +326,8 @@ def main(argv):
     markdown = to_markdown(found, sources)
     with open(os.path.join(output, "claims.md"), "w") as f:
         f.write(markdown + "\n")
+    with open(os.path.join(output, "claims_summary.md"), "w") as f:  # the README's view
+        f.write(summary_markdown(found) + f"\n\nEvery row and measurement: [claims.md](claims.md).\n")
     with open(os.path.join(output, "claims.json"), "w") as f:
         json.dump({"sources": sources, "tolerance_points": FLAGS.tolerance,
                    "claims": {c: [{"where": w, "measured": m, "holds": h} for w, m, h in rows]

@@ -298,6 +298,9 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
     assert "engram_bnn 97.0 ± 0.0 % / 1.0 ± 0.0 %; bnn 98.5 ± 0.0 % / 99.0 ± 0.0 %" in trade_off[0]["measured"]
     assert [(r["where"], r["holds"]) for r in metaplasticity] == [("split_mnist-class", True)]
     assert (tmp_path / "stability_plasticity.png").stat().st_size > 1000
+    summary = open(tmp_path / "claims_summary.md").read()
+    assert "| holds in 1 of 2 | not in split_fashion_mnist-class |" in summary
+    assert "| metaplastic optimization enhances synaptic stability further (engram_bnn against engram) | holds (1 of 1) | — |" in summary
     assert [(r["where"], r["holds"]) for r in class_il] == [("split_mnist-class", True),
                                                             ("split_fashion_mnist-class", False)]
     assert "best regularization method (si) 25.0 ± 2.0 %" in class_il[0]["measured"]
