@@ -103,9 +103,8 @@ class ClassStatisticsClassifier(tf.keras.Model):
 
     def state_bytes(self):
         """The continual protocol's `(learn, predict)` bytes: the class statistics, and the
-        discriminant that predicts (`InputDiscriminant.memory_bits`)."""
-        inference, statistics = self.discriminant.memory_bits()
-        return statistics // 8, inference // 8
+        discriminant that predicts (`InputDiscriminant.state_bytes`)."""
+        return self.discriminant.state_bytes()
 
     def get_config(self):
         return {"input_shape": self._input_shape_arg, "num_classes": self.num_classes, "rule": self.rule,

@@ -2,7 +2,7 @@
 was before the current task."""
 import tensorflow as tf
 
-from larq_engrams.callbacks.base import ContinualCallback
+from larq_engrams.callbacks.base import TaskEndCallback
 from larq_engrams.protocol import variable_bytes
 
 __all__ = ["LearningWithoutForgetting", "distillation_loss", "LwFUpdate"]
@@ -94,7 +94,7 @@ class LearningWithoutForgetting(tf.keras.Model):
             self.classes_recorded.assign(True)
 
 
-class LwFUpdate(ContinualCallback):
+class LwFUpdate(TaskEndCallback):
     """Updates a `LearningWithoutForgetting` teacher at the end of each task (trainer
     task hook, or each `model.fit` under the plain Keras path), passing the task's
     labels from `scenario` (set by the trainer, or given here for `model.fit`)."""
@@ -103,21 +103,6 @@ class LwFUpdate(ContinualCallback):
         super().__init__()
         self.lwf_model = lwf_model
         self.scenario = scenario
-        self._fits = 0
 
-    def _labels(self, task):
-        return None if self.scenario is None else self.scenario[task].labels
-
-    def get_state(self):
-        return {"fits": self._fits}
-
-    def set_state(self, state):
-        self._fits = int(state["fits"])
-
-    def on_task_end(self, task, logs=None):
-        self.lwf_model.update_teacher(self._labels(task))
-
-    def on_train_end(self, logs=None):
-        if not self.task_hooks:  # plain model.fit: each fit is one task
-            self.lwf_model.update_teacher(self._labels(self._fits))
-            self._fits += 1
+    def task_ended(self, task):
+        self.lwf_model.update_teacher(None if self.scenario is None else self.scenario[task].labels)

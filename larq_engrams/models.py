@@ -528,13 +528,9 @@ class EngramModel(tf.keras.Model):
 
     # ------------------------------------------------------------ serialization
     def state_bytes(self):
-        """The continual protocol's `(learn, predict)` bytes: the router's statistics, kept
-        only to learn further tasks, and its inference kernel, bias and sign bits
-        (`InputDiscriminant.memory_bits`); none without a router."""
-        if self.task_discriminant is None:
-            return 0, 0
-        inference, statistics = self.task_discriminant.memory_bits()
-        return statistics // 8, inference // 8
+        """The continual protocol's `(learn, predict)` bytes: the router's
+        (`InputDiscriminant.state_bytes`); none without a router."""
+        return (0, 0) if self.task_discriminant is None else self.task_discriminant.state_bytes()
 
     def get_config(self):
         return {

@@ -30,7 +30,7 @@ BatchNorm's statistics), as held in memory: `learn`, kept only to learn further 
 and reference weights, LwF's teacher); `predict`, needed to predict (the router's
 inference kernel and sign bits, a class-statistics classifier's discriminant). The
 trainer makes a fresh optimizer for every task, so no optimizer slot is kept across
-tasks. docs/method.md, section "Bytes", defines it.
+tasks. docs/method.md, section 7, defines it.
 """
 import tensorflow as tf
 

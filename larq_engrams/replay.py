@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int
-from larq_engrams.callbacks.base import ContinualCallback
+from larq_engrams.callbacks.base import TaskEndCallback
+from larq_engrams.protocol import variable_bytes
 from larq_engrams.task_inputs import split_task_inputs
 
 __all__ = ["ReplayBuffer", "ReplayModel", "ReplayUpdate", "class_balanced_reservoir"]
@@ -113,8 +114,7 @@ class ReplayBuffer(tf.keras.layers.Layer):
 
     def bytes(self):
         """The bytes the buffer holds: inputs in their dtype, int32 labels, float32 logits."""
-        variables = [self.inputs, self.labels] + ([self.logits] if self.logits is not None else [])
-        return sum(int(tf.size(v)) * v.dtype.size for v in variables)
+        return variable_bytes([self.inputs, self.labels] + ([self.logits] if self.logits is not None else []))
 
     def encode(self, x):
         """Inputs as stored; `ValueError` if uint8 storage would change them."""
@@ -239,8 +239,9 @@ class ReplayModel(tf.keras.Model):
         return self._step(x, loss_fn, optimizer)
 
     def train_step(self, data):
-        x, y, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
-        logits, loss = self._step(x, lambda out: self.compiled_loss(y, out), self.optimizer)
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        # Keras' own loss: the compiled loss, the sample weights and `model.losses`.
+        logits, loss = self._step(x, lambda out: self.compute_loss(x, y, out, sample_weight), self.optimizer)
         self.compiled_metrics.update_state(y, logits)
         return {"loss": loss, **{m.name: m.result() for m in self.metrics}}
 
@@ -274,7 +275,7 @@ class ReplayModel(tf.keras.Model):
         return cls(**config)
 
 
-class ReplayUpdate(ContinualCallback):
+class ReplayUpdate(TaskEndCallback):
     """Adds each task's training examples to a `ReplayModel`'s buffer when the task ends
     (trainer task hook, or each `model.fit` under the plain Keras path, with the
     scenario's task data)."""
@@ -283,18 +284,6 @@ class ReplayUpdate(ContinualCallback):
         super().__init__()
         self.replay_model = replay_model
         self.scenario = scenario
-        self._fits = 0
 
-    def get_state(self):
-        return {"fits": self._fits}
-
-    def set_state(self, state):
-        self._fits = int(state["fits"])
-
-    def on_task_end(self, task, logs=None):
+    def task_ended(self, task):
         self.replay_model.remember(self.scenario[task].train)
-
-    def on_train_end(self, logs=None):
-        if not self.task_hooks:  # plain model.fit: each fit is one task
-            self.replay_model.remember(self.scenario[self._fits].train)
-            self._fits += 1

@@ -1,7 +1,7 @@
 """`ContinualCallback`: a Keras callback with task hooks."""
 import tensorflow as tf
 
-__all__ = ["ContinualCallback"]
+__all__ = ["ContinualCallback", "TaskEndCallback"]
 
 
 class ContinualCallback(tf.keras.callbacks.Callback):
@@ -44,3 +44,31 @@ class ContinualCallback(tf.keras.callbacks.Callback):
 
     def on_task_end(self, task, logs=None):
         """Called after training on and evaluating `task`."""
+
+
+class TaskEndCallback(ContinualCallback):
+    """A `ContinualCallback` whose work happens when a task ends, in both paths:
+    `task_ended(task)` runs from `on_task_end` under `ContinualTrainer`, and at the end
+    of each plain `model.fit` otherwise (the k-th fit is task k; the count is saved for
+    resuming). Subclasses implement `task_ended`."""
+
+    def __init__(self):
+        super().__init__()
+        self._fits = 0
+
+    def get_state(self):
+        return {"fits": self._fits}
+
+    def set_state(self, state):
+        self._fits = int(state["fits"])
+
+    def task_ended(self, task):
+        raise NotImplementedError
+
+    def on_task_end(self, task, logs=None):
+        self.task_ended(task)
+
+    def on_train_end(self, logs=None):
+        if not self.task_hooks:  # plain model.fit: each fit is one task
+            task, self._fits = self._fits, self._fits + 1
+            self.task_ended(task)

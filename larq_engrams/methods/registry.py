@@ -118,7 +118,7 @@ def names():
 
 
 def describe(name):
-    base, _, budget = name.partition("@")
+    budget = name.partition("@")[2]
     description = _REGISTRY[_check(name)][1]
     return description + (f"; buffer {budget}" if budget else "")
 

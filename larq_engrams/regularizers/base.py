@@ -2,7 +2,7 @@
 model and that consolidates at task boundaries."""
 import tensorflow as tf
 
-from larq_engrams.callbacks.base import ContinualCallback
+from larq_engrams.callbacks.base import TaskEndCallback
 from larq_engrams.protocol import variable_bytes
 
 __all__ = ["ConsolidationPenalty", "latent"]
@@ -14,7 +14,7 @@ def latent(variable):
     return tf.convert_to_tensor(getattr(variable, "latent_variable", variable))
 
 
-class ConsolidationPenalty(ContinualCallback):
+class ConsolidationPenalty(TaskEndCallback):
     """Base class: a penalty on the model's trainable variables, added with
     `model.add_loss`, consolidated after each task.
 
@@ -38,7 +38,6 @@ class ConsolidationPenalty(ContinualCallback):
         # Not `self.params`: Keras callbacks own that name (the fit's epochs and steps).
         self.penalized_variables = list(model.trainable_variables)
         self._attached_model = model
-        self._fits = 0
         self.consolidated_tasks = []
         model.add_loss(self.penalty)
 
@@ -49,21 +48,17 @@ class ConsolidationPenalty(ContinualCallback):
     def penalty(self):
         raise NotImplementedError
 
-    def checkpoint_variables(self):
-        """The state the penalty keeps across tasks (saved in checkpoints), by name."""
-        raise NotImplementedError
-
     def state_bytes(self):
         """The continual protocol's `(learn, predict)` bytes: the state kept across tasks
         (e.g. EWC's Fisher and anchors), needed only to learn further tasks."""
         return variable_bytes([v for group in self.checkpoint_variables().values() for v in group]), 0
 
     def get_state(self):
-        return {"consolidated_tasks": list(self.consolidated_tasks), "fits": self._fits}
+        return {**super().get_state(), "consolidated_tasks": list(self.consolidated_tasks)}
 
     def set_state(self, state):
+        super().set_state(state)
         self.consolidated_tasks = list(state["consolidated_tasks"])
-        self._fits = int(state["fits"])
 
     def consolidate(self, task, dataset):
         raise NotImplementedError
@@ -76,13 +71,6 @@ class ConsolidationPenalty(ContinualCallback):
             )
         return self.scenario[task].train
 
-    def on_task_end(self, task, logs=None):
+    def task_ended(self, task):
         self.consolidate(task, self._task_dataset(task))
         self.consolidated_tasks.append(task)
-
-    def on_train_end(self, logs=None):
-        if not self.task_hooks:  # plain model.fit: each fit is one task
-            task = self._fits
-            self._fits += 1
-            self.consolidate(task, self._task_dataset(task))
-            self.consolidated_tasks.append(task)
