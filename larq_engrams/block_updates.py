@@ -24,16 +24,7 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from larq_engrams.optimizers import (
-    MetaplasticAdam,
-    adam_hyperparameters,
-    adam_moments,
-    adam_update,
-    begin_step,
-    has_adam_moments,
-    is_built,
-    variable_path,
-)
+from larq_engrams.optimizers import Adam, MetaplasticAdam, adam_hyperparameters, adam_update, variable_path
 
 __all__ = [
     "Block", "BlockSlotCache", "apply_block_gradients", "gather_block", "has_slots", "latent_variable",
@@ -272,12 +263,13 @@ def _dynamic_variable(value, shape):
 
 def supports_block_updates(optimizer) -> bool:
     """Whether `apply_block_gradients` can update `optimizer`'s slots block by block:
-    plain `tf.keras.optimizers.Adam` or `MetaplasticAdam` (or a subclass that keeps their
-    `update_step`), with no clipping, weight decay, EMA or AMSGrad."""
-    adam = tf.keras.optimizers.Adam
-    if not isinstance(optimizer, adam):
+    this package's `Adam` or `MetaplasticAdam` (whose moments can be read; or a subclass
+    that keeps their `update_step`), with no clipping, weight decay, EMA or AMSGrad. A
+    stock `tf.keras.optimizers.Adam` takes the dense path: `EngramModel.compile` swaps it
+    for the readable one (`as_readable_adam`)."""
+    if not isinstance(optimizer, Adam):
         return False
-    if type(optimizer).update_step not in (adam.update_step, MetaplasticAdam.update_step):
+    if type(optimizer).update_step not in (Adam.update_step, MetaplasticAdam.update_step):
         return False
     return not (
         getattr(optimizer, "clipnorm", None)
@@ -320,7 +312,6 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
         _check_slots(optimizer, blocks)
         return _apply_densely(optimizer, gradients, blocks, variables, extra)
 
-    begin_step(optimizer)
     with tf.name_scope(optimizer.name or "optimizer"):
         with tf.init_scope():  # slots are created once, outside any function, as Keras does
             optimizer.build(variables)
@@ -342,18 +333,18 @@ def apply_block_gradients(optimizer, gradients, blocks, variables, extra_gradien
 
 def _moments(optimizer, variable):
     """Adam's (m, v) slot variables of `variable`."""
-    return adam_moments(optimizer, variable)[:2]
+    return optimizer.moments(variable)[:2]
 
 
 def has_slots(optimizer, variable):
     """Whether the (built) optimizer holds slots for `variable`: not so for the engram
     blocks of an optimizer built with task-scoped moments
     (`EngramModel.build_task_optimizer`), whose moments live in a `BlockSlotCache`."""
-    return has_adam_moments(optimizer, variable)
+    return not isinstance(optimizer, Adam) or optimizer.has_moments(variable)
 
 
 def _check_slots(optimizer, blocks):
-    if not is_built(optimizer):
+    if not isinstance(optimizer, Adam) or not optimizer.built:
         return  # the step builds it on every variable
     missing = [b.variable.name for b in blocks if not has_slots(optimizer, b.variable)]
     if missing:

@@ -51,18 +51,18 @@ class ClassStatisticsClassifier(tf.keras.Model):
 
     def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, **kwargs):
         super().__init__(**kwargs)
-        self._input_shape_arg = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
+        self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)
         self.rule = check_choice("rule", rule, RULES, owner="ClassStatisticsClassifier")
         self.shrinkage, self.features, self.seed = float(shrinkage), features, int(seed)
         self.discriminant = InputDiscriminant(
             1, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
             covariance="shared" if rule == "slda" else "identity", name="class_statistics")
-        self.discriminant.build((None, int(np.prod(self._input_shape_arg))))
+        self.discriminant.build((None, int(np.prod(self.sample_shape))))
         # Set by `observe`, cleared by the refresh that the next call makes.
         self.stale = tf.Variable(False, trainable=False, name="stale",
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.build((None, *self._input_shape_arg))
+        self.build((None, *self.sample_shape))
 
     def _flat(self, x):
         return tf.reshape(tf.cast(x, tf.float32), (tf.shape(x)[0], -1))
@@ -107,6 +107,6 @@ class ClassStatisticsClassifier(tf.keras.Model):
         return self.discriminant.state_bytes()
 
     def get_config(self):
-        return {"input_shape": self._input_shape_arg, "num_classes": self.num_classes, "rule": self.rule,
+        return {"input_shape": self.sample_shape, "num_classes": self.num_classes, "rule": self.rule,
                 "shrinkage": self.shrinkage, "features": self.features, "seed": self.seed,
                 "name": self.name}

@@ -125,31 +125,24 @@ class StaleRunError(ValueError):
     """A results folder holds a run with other settings, or files that cannot be read."""
 
 
-# Settings added after results were first saved, with their defaults: left out of
-# `run_settings` while they hold the default, so that earlier results (which ran with
-# that default) stay reusable instead of turning stale.
-_LATER_SETTINGS = {
-    "hparams": {"slda_shrinkage": 0.1, "statistics_features": None, "buffer_size": 200, "derpp_alpha": 0.5,
-                "derpp_beta": 0.5},
-    "experiment": {"batchnorm_evaluation": "moving"},
-}
-
-
-def _without_later_defaults(group, values):
-    later = _LATER_SETTINGS[group]
-    return {k: v for k, v in values.items() if not (k in later and v == later[k])}
+# Experiment settings added after results were first saved, with their defaults: left
+# out of `run_settings` while they hold the default, so that earlier results (which ran
+# with that default) stay reusable instead of turning stale. (Hyperparameters need no such
+# list: a run records those its method reads, and a field a saved run lacks is compared
+# at its default: `_comparable`.)
+_LATER_SETTINGS = {"batchnorm_evaluation": "moving"}
 
 
 def run_settings(config, method, seed, source):
-    """What makes two runs the same run (JSON values): the method, its hyperparameters,
+    """What makes two runs the same run (JSON values): the method, the hyperparameters it reads,
     the experiment's settings, the data source actually read, the seed and the
     package version."""
     settings = {
         "method": method,
         "seed": int(seed),
-        "hparams": _without_later_defaults("hparams", dataclasses.asdict(config.hparams.replace(seed=seed))),
-        "experiment": _without_later_defaults(
-            "experiment", {k: v for k, v in dataclasses.asdict(config).items() if k != "hparams"}),
+        "hparams": methods.method_hyperparameters(method, config.hparams.replace(seed=seed)),
+        "experiment": {k: v for k, v in dataclasses.asdict(config).items()
+                       if k != "hparams" and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])},
         "source": source,
         "larq_engrams": larq_engrams.__version__,
     }
@@ -165,6 +158,14 @@ def _settings_of_result(result):
             "hparams": method.get("hparams"), "experiment": result.config.get("experiment"),
             "source": result.config.get("scenario", {}).get("source"),
             "larq_engrams": result.environment.get("larq_engrams")}
+
+
+def _comparable(saved, wanted):
+    """`saved` with its hyperparameters cut to those `wanted` records (runs saved before
+    hyperparameters were per method recorded all of them), a missing one at its default."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(methods.HyperParameters()), default=str))
+    hparams = saved.get("hparams") or {}
+    return {**saved, "hparams": {k: hparams.get(k, defaults.get(k)) for k in wanted.get("hparams", {})}}
 
 
 def _differences(saved, wanted, prefix=""):
@@ -210,7 +211,7 @@ def _reuse(run_dir, settings):
     elif os.path.exists(started):
         saved = _read_json(started, "an unfinished run's settings").get("settings")
     if saved is not None:
-        differences = _differences(saved, settings)
+        differences = _differences(_comparable(saved, settings), settings)
         if differences:
             raise StaleRunError(
                 f"{run_dir} holds a run with other settings ({'; '.join(differences)}). Nothing was run. "

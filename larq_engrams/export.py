@@ -71,7 +71,7 @@ def _engram_arrays(model):
         raise ValueError("save_packed: the router works on the raw inputs (lda_features=None); the runtime needs "
                          "its random features")
     arrays, hidden = {}, []
-    inputs = int(np.prod(model._input_shape_arg))
+    inputs = int(np.prod(model.sample_shape))
     for i, layer in enumerate(model.engram_layers):
         kernel = _latent(layer.dense.kernel)
         arrays[f"hidden_{i}/kernel_bits"] = pack_signs(kernel)
@@ -94,7 +94,7 @@ def _engram_arrays(model):
     arrays["router/bias"] = router.bias.numpy().astype(np.float32)
     arrays["engram_classes"] = (model.engram_classes.numpy() > 0).astype(np.uint8)
     manifest = {
-        "kind": "engram", "input_shape": list(model._input_shape_arg), "num_classes": model.num_classes,
+        "kind": "engram", "input_shape": list(model.sample_shape), "num_classes": model.num_classes,
         "hidden": hidden, "allocated_tasks": list(model.allocated_tasks), "active_task": model.active_task,
         "inference_mode": model.inference_mode, "inference_task": model.get_config()["inference_task"],
         "restrict_to_engram_classes": model.restrict_to_engram_classes, "lda_weight": model.lda_weight,

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
+from larq_engrams.optimizers import as_readable_adam
 from larq_engrams.protocol import gradient_step, model_inputs
 from larq_engrams.task_inputs import split_task_inputs
 from larq_engrams.subnetwork import EngramSlots, EngramSubnetwork, InferenceBlockCache
@@ -126,7 +127,7 @@ class EngramModel(tf.keras.Model):
     ):
         kwargs.setdefault("name", "engram_bnn")
         super().__init__(**kwargs)
-        self._input_shape_arg = check_positive_ints("input_shape", input_shape)
+        self.sample_shape = check_positive_ints("input_shape", input_shape)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.hidden = check_positive_ints("hidden", hidden)
         self.max_tasks = max_tasks
@@ -172,7 +173,7 @@ class EngramModel(tf.keras.Model):
         if not float(lda_weight) >= 0.0:
             raise ValueError(f"`lda_weight` must be >= 0, got {lda_weight!r}.")
         self.lda_weight = float(lda_weight)
-        inputs = int(np.prod(self._input_shape_arg))
+        inputs = int(np.prod(self.sample_shape))
         # The discriminant keeps M x M statistics (M = lda_features, or the inputs' size
         # without random features): built unless M is too large for it and it is not
         # asked for (then building it raises a clear error).
@@ -182,7 +183,7 @@ class EngramModel(tf.keras.Model):
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
                 seed=self.seed, name="task_discriminant")
             self.task_discriminant.build((None, inputs))
-        self.build((None, *self._input_shape_arg))
+        self.build((None, *self.sample_shape))
         # Which classes each engram was trained on (seen in its training labels): model
         # state, saved with it; "infer" restricts an engram's prediction to them.
         self.engram_classes = self.add_weight(
@@ -237,7 +238,7 @@ class EngramModel(tf.keras.Model):
             if confidence == "input_lda" and self.task_discriminant is None:
                 raise ValueError(
                     f"EngramModel: confidence 'input_lda' keeps an M x M covariance; "
-                    f"M = {self.lda_features or int(np.prod(self._input_shape_arg))} exceeds "
+                    f"M = {self.lda_features or int(np.prod(self.sample_shape))} exceeds "
                     f"{MAX_FEATURES}. Use fewer `lda_features` or 'excitation'.")
             self.confidence = confidence
         if task is not None:
@@ -290,6 +291,16 @@ class EngramModel(tf.keras.Model):
         if self.predict_function is None or force:
             self._infer_tasks = tuple(self.allocated_tasks)
         return super().make_predict_function(force)
+
+    def inference_tasks(self):
+        """The engrams "infer" mode chooses among: the allocated ones, as of the last
+        trace when called while tracing (the graph holds one branch per engram)."""
+        return tuple(self.allocated_tasks) if tf.executing_eagerly() else self._infer_tasks
+
+    def inference_block_cache(self):
+        """The stacked engrams' kernel blocks kept between "infer" calls, or None while
+        `save` traces the model (transient state must not be exported)."""
+        return self._inference_blocks if self._cache_inference_blocks else None
 
     def _reset_compiled_functions(self):
         # The graph depends on the mode and, in "infer", on the allocated tasks: take
@@ -439,6 +450,11 @@ class EngramModel(tf.keras.Model):
         `begin_task`), and are dropped then."""
         self.engram_slots.flush(end_of_task)
 
+    def compile(self, optimizer="rmsprop", **kwargs):
+        """`tf.keras.Model.compile`; a stock Adam (`"adam"` included) becomes this package's
+        `Adam`, the same optimizer whose moments sparse execution can update by blocks."""
+        super().compile(optimizer=as_readable_adam(tf.keras.optimizers.get(optimizer)), **kwargs)
+
     def fit(self, *args, **kwargs):
         """`tf.keras.Model.fit`, with the optimizer moments of the active engram's
         blocks kept compact during each epoch (sparse execution; see
@@ -502,7 +518,7 @@ class EngramModel(tf.keras.Model):
         built = all(layer.built for layer in self.engram_layers) and self.classifier.built
         if self.execution == "sparse" and mode == "task" and built:
             return self._sparse_forward(x, training, task)
-        return self._masked_forward(x, training, task, mode)
+        return self.masked_forward(x, training, task, mode)
 
     def _sparse_forward(self, x, training, task):
         """The engram's sub-network; per-sample task ids run it when they all name one
@@ -516,10 +532,10 @@ class EngramModel(tf.keras.Model):
         return tf.cond(
             tf.logical_and(same, tf.size(task) > 0),
             lambda: EngramSubnetwork(self, task[0])(x, training=training),
-            lambda: self._masked_forward(x, training, task),
+            lambda: self.masked_forward(x, training, task),
         )
 
-    def _masked_forward(self, x, training, task, mode="task"):
+    def masked_forward(self, x, training, task, mode="task"):
         """The reference: every unit computed, then gated (`EngramDense.call`)."""
         h = self.flatten(x)
         for layer in self.engram_layers:
@@ -535,7 +551,7 @@ class EngramModel(tf.keras.Model):
     def get_config(self):
         return {
             "name": self.name,
-            "input_shape": list(self._input_shape_arg),
+            "input_shape": list(self.sample_shape),
             "num_classes": self.num_classes,
             "hidden": list(self.hidden),
             "seed": self.seed,

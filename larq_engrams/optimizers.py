@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 __all__ = [
-    "MetaplasticAdam", "adam_hyperparameters", "adam_moments", "adam_update", "attenuate", "has_adam_moments",
-    "begin_step", "is_binary_kernel", "is_built", "variable_path",
+    "Adam", "MetaplasticAdam", "adam_hyperparameters", "adam_update", "as_readable_adam", "attenuate",
+    "is_binary_kernel", "variable_keys", "variable_path",
 ]
 
 
@@ -43,45 +43,28 @@ def _name_matches(key: str, path: str) -> bool:
     return key == path or key in path.split("/") or fnmatch.fnmatchcase(path, key)
 
 
-def adam_moments(optimizer, variable):
-    """Adam's (m, v, v_hat) slot variables of `variable` (v_hat: None without AMSGrad).
-
-    tf_keras has no public accessor for an optimizer's slots; this is the one place in
-    the package that reads Adam's own bookkeeping (the fields its subclasses use:
-    `_var_key`, `_index_dict`, `_momentums`, `_velocities`, `_velocity_hats`). Sparse execution,
-    `SynapticIntelligence` and `MetaplasticAdam` go through it, and their tests
-    (`tests/test_sparse_execution.py`, `test_regularizers.py`, `test_optimizers.py`)
-    fail if a tf_keras release changes it.
-    """
-    index = optimizer._index_dict[optimizer._var_key(variable)]
-    v_hat = optimizer._velocity_hats[index] if getattr(optimizer, "amsgrad", False) else None
-    return optimizer._momentums[index], optimizer._velocities[index], v_hat
-
-
-def has_adam_moments(optimizer, variable):
-    """Whether the (built) Adam optimizer holds moments for `variable` (see `adam_moments`)."""
-    return optimizer._var_key(variable) in getattr(optimizer, "_index_dict", {})
-
-
-def is_built(optimizer):
-    """Whether the optimizer has made its slots (see `adam_moments`)."""
-    return bool(getattr(optimizer, "_built", False))
-
-
-def begin_step(optimizer):
-    """What `apply_gradients` does before its updates, for steps that update variables
-    without it (sparse execution): a learning-rate schedule evaluated at this step
-    (see `adam_moments` on why this reaches into the optimizer)."""
-    optimizer._compute_current_learning_rate()
+def variable_keys(variable):
+    """The keys under which the optimizers here file what they keep of `variable`: its
+    own `ref()`, its latent variable's (Larq's `QuantizedVariable` wraps one) and, under
+    a `tf.distribute` strategy, those of its per-device components, which are what
+    `update_step` receives. Public API only (`ref()`, `experimental_local_results`)."""
+    strategy = tf.distribute.get_strategy()
+    keys = []
+    for v in (variable, getattr(variable, "latent_variable", variable)):
+        keys.append(v.ref())
+        keys.extend(c.ref() for c in strategy.experimental_local_results(v))
+    return keys
 
 
 def adam_hyperparameters(optimizer):
-    """`(alpha_t, epsilon, beta_1, beta_2)` of the coming step, float32, with Adam's
-    bias-corrected step size alpha_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)."""
+    """`(alpha_t, epsilon, beta_1, beta_2)` of `optimizer`'s coming step (an `Adam` of
+    this module), float32, with Adam's bias-corrected step size
+    alpha_t = lr_t sqrt(1 - beta_2^t) / (1 - beta_1^t)."""
     local_step = tf.cast(optimizer.iterations + 1, tf.float32)
     beta_2_power = tf.pow(tf.cast(optimizer.beta_2, tf.float32), local_step)
     beta_1_power = tf.pow(tf.cast(optimizer.beta_1, tf.float32), local_step)
-    alpha = tf.cast(optimizer.learning_rate, tf.float32) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+    learning_rate = tf.cast(optimizer.current_learning_rate(), tf.float32)
+    alpha = learning_rate * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
     epsilon = tf.constant(optimizer.epsilon, tf.float32)
     if getattr(optimizer, "adaptive_epsilon", False):
         epsilon = epsilon * tf.sqrt(1 - beta_2_power)
@@ -108,7 +91,82 @@ def adam_update(w, m, v, gradient, strength, alpha, epsilon, beta_1, beta_2, v_h
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_engrams")
-class MetaplasticAdam(tf.keras.optimizers.Adam):
+class Adam(tf.keras.optimizers.Adam):
+    """`tf.keras.optimizers.Adam`, the same steps and config, whose moments can be read.
+
+    tf_keras gives no public way to find an optimizer's slot of a given variable. This
+    Adam files each slot as `build` makes it (through the public
+    `add_variable_from_reference`), under the variable's `variable_keys`, so that
+    `moments(variable)` finds it with public API only, also for the per-device
+    components a `tf.distribute` strategy hands to `update_step`. Sparse execution (which
+    updates blocks of the moments) and `SynapticIntelligence` (which reads the step's
+    gradient from the first moment) need it; `as_readable_adam` turns a stock Adam into
+    one, and `EngramModel.compile` does so.
+    """
+
+    def __init__(self, learning_rate=0.001, *args, **kwargs):
+        super().__init__(learning_rate, *args, **kwargs)
+        schedules = tf.keras.optimizers.schedules.LearningRateSchedule
+        # Kept here because `learning_rate` only follows a schedule inside `apply_gradients`.
+        self.learning_rate_schedule = learning_rate if isinstance(learning_rate, schedules) else None
+        # Keras checkpoints the dicts and lists an optimizer holds; these tables are
+        # rebuilt by `build`, and the slots are checkpointed as Keras' own variables.
+        self.tables = _Tables()
+
+    def add_variable_from_reference(self, model_variable, variable_name, shape=None, initial_value=None):
+        slot = super().add_variable_from_reference(model_variable, variable_name, shape=shape,
+                                                   initial_value=initial_value)
+        for key in variable_keys(model_variable):
+            self.tables.slots.setdefault(key, {})[variable_name] = slot
+        return slot
+
+    @property
+    def built(self):
+        """Whether `build` has made slots (for some variables, or all)."""
+        return bool(self.tables.slots)
+
+    def has_moments(self, variable):
+        """Whether this optimizer holds Adam's moments for `variable` (not so for the
+        engram blocks of an optimizer built with task-scoped moments)."""
+        return "m" in self.tables.slots.get(variable.ref(), {})
+
+    def moments(self, variable):
+        """Adam's `(m, v, v_hat)` slot variables of `variable` (v_hat: None without AMSGrad)."""
+        slots = self.tables.slots.get(variable.ref())
+        if slots is None or "m" not in slots:
+            raise KeyError(f"{type(self).__name__} holds no moments for {variable.name}; it is not built "
+                           "for this variable.")
+        return slots["m"], slots["v"], slots.get("vhat")
+
+    def current_learning_rate(self):
+        """The learning rate of the coming step: the schedule at `iterations`, if any."""
+        if self.learning_rate_schedule is not None:
+            return self.learning_rate_schedule(self.iterations)
+        return self.learning_rate
+
+
+class _Tables:
+    """What `Adam` and `MetaplasticAdam` look up per variable, by `variable_keys`: the
+    moment slots, the metaplastic strength; the binary kernels and, in build order,
+    every variable's strength (what `get_config` saves). A plain object: not tracked."""
+
+    def __init__(self):
+        self.slots = {}
+        self.strength = {}
+        self.binary_kernels = []
+        self.build_strengths = []
+
+
+def as_readable_adam(optimizer):
+    """`optimizer`, or, for a stock `tf.keras.optimizers.Adam` that has no slots yet, the
+    same optimizer (from its config) as this module's `Adam`, whose moments can be read."""
+    if type(optimizer) is tf.keras.optimizers.Adam and not optimizer.variables[1:]:
+        return Adam.from_config(optimizer.get_config())
+    return optimizer
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_engrams")
+class MetaplasticAdam(Adam):
     r"""Adam with metaplastic attenuation of the binary kernels' hidden weights.
 
     For every latent binary kernel W_h, with Adam's moments m_t, v_t and its
@@ -178,8 +236,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
             name=name,
             **kwargs,
         )
-        # var key -> strength, filled in `build`.
-        self._meta_strength = {}
+
 
     @property
     def m(self):
@@ -194,14 +251,14 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
 
     def metaplastic_strength(self, variable) -> float:
         """The m applied to `variable` (0.0 for variables updated by plain Adam)."""
-        return self._meta_strength.get(self._var_key(variable), 0.0)
+        return self.tables.strength.get(variable.ref(), 0.0)
 
     def metaplastic_strengths(self) -> dict:
         """`{variable path: m}` for every variable the attenuation acts on (m > 0)."""
         return {
-            variable_path(var): self._meta_strength[self._var_key(var)]
-            for var in self._variables_by_key.values()
-            if self._meta_strength.get(self._var_key(var), 0.0) > 0.0
+            variable_path(var): self.tables.strength[var.ref()]
+            for var in self.tables.binary_kernels
+            if self.tables.strength[var.ref()] > 0.0
         }
 
     def attenuated_fractions(self) -> dict:
@@ -209,12 +266,12 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
         current first moment points toward zero (sign(W_h) * m_t > 0), i.e. whose Adam
         step is being attenuated. Cheap: one elementwise pass; for logging."""
         out = {}
-        for key, var in getattr(self, "_variables_by_key", {}).items():
-            if not has_adam_moments(self, var):
+        for var in self.tables.binary_kernels:
+            if not self.has_moments(var):
                 continue  # task-scoped moments: `BlockSlotCache.attenuated_fractions` has them
-            if self._meta_strength.get(key, 0.0) > 0.0:
+            if self.tables.strength[var.ref()] > 0.0:
                 hidden = tf.convert_to_tensor(getattr(var, "latent_variable", var))
-                m = adam_moments(self, var)[0]
+                m = self.moments(var)[0]
                 shrinking = tf.cast(tf.sign(hidden) * m > 0, tf.float32)  # as in attenuate
                 out[variable_path(var)] = float(tf.reduce_mean(shrinking))
         return out
@@ -232,8 +289,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
         if getattr(self, "_meta_built", False):
             return
         self._meta_built = True
-        self._variables_by_key = {}
-        self._build_keys = [self._var_key(var) for var in var_list]
+        self.tables.build_strengths = [0.0] * len(var_list)
         resolved = self._resolved_strengths
         if resolved is not None and len(resolved) != len(var_list):
             raise ValueError(
@@ -245,8 +301,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
         for index, var in enumerate(var_list):
             if not self.is_binary_kernel(var):
                 continue
-            key = self._var_key(var)
-            self._variables_by_key[key] = var
+            self.tables.binary_kernels.append(var)
             if resolved is not None:
                 strength = resolved[index]
                 unmatched = set()
@@ -259,9 +314,11 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
                 # The most specific key wins: an exact path before a layer name.
                 hits.sort(key=lambda k: (k != path, -len(k)))
                 strength = self._m[hits[0]] if hits else 0.0
-            self._meta_strength[key] = strength
+            self.tables.build_strengths[index] = strength
+            for key in variable_keys(var):
+                self.tables.strength[key] = strength
         if unmatched:
-            kernels = sorted(variable_path(v) for v in self._variables_by_key.values())
+            kernels = sorted(variable_path(v) for v in self.tables.binary_kernels)
             raise ValueError(
                 f"MetaplasticAdam: the keys {sorted(unmatched)} of argument `m` name no "
                 f"binary kernel of the variables being optimized. Binary kernels: "
@@ -270,12 +327,12 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
 
     def update_step(self, gradient, variable):
         """Adam's step, attenuated where it would shrink a binary kernel's |W_h|."""
-        strength = self._meta_strength.get(self._var_key(variable), 0.0)
+        strength = self.tables.strength.get(variable.ref(), 0.0)
         if strength == 0.0:  # static per variable: no extra ops for plain variables
             return super().update_step(gradient, variable)
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
-        m, v, v_hat = adam_moments(self, variable)
+        m, v, v_hat = self.moments(variable)
         # The latent weights, also when Larq wraps them in a QuantizedVariable.
         w = getattr(variable, "latent_variable", variable)
         w_new, m_new, v_new, v_hat_new = _metaplastic_adam_update(
@@ -292,9 +349,7 @@ class MetaplasticAdam(tf.keras.optimizers.Adam):
         config = super().get_config()
         config["m"] = self.m
         if getattr(self, "_meta_built", False):
-            config["resolved_strengths"] = [
-                self._meta_strength.get(key, 0.0) for key in self._build_keys
-            ]
+            config["resolved_strengths"] = list(self.tables.build_strengths)
         return config
 
 

@@ -395,7 +395,7 @@ class EngramTaskInference:
     def __call__(self, x):
         """`(outputs, chosen engram per sample)` for a batch of inputs."""
         model = self.model
-        tasks = list(model.allocated_tasks if tf.executing_eagerly() else model._infer_tasks)
+        tasks = list(model.inference_tasks())
         if not tasks:
             raise RuntimeError("EngramModel: 'infer' mode needs at least one allocated engram.")
         x = model.flatten(x)
@@ -405,7 +405,7 @@ class EngramTaskInference:
         if model.execution == "sparse":  # the engrams' sub-networks, stacked
             stacked = StackedEngramSubnetworks(model, tasks)
             # A SavedModel export must not capture the cache: it is transient state.
-            cache = model._inference_blocks if model._cache_inference_blocks else None
+            cache = model.inference_block_cache()
             if confidence == "excitation":
                 logits, score = stacked(x, with_excitation=True, cache=cache)
             else:
@@ -417,7 +417,7 @@ class EngramTaskInference:
                 logits, score = self._masked_with_excitation(tiled, ids)
                 score = tf.reshape(score, [k, batch])
             else:
-                logits = model._masked_forward(tiled, False, ids)
+                logits = model.masked_forward(tiled, False, ids)
             logits = tf.reshape(logits, [k, batch, model.num_classes])
         if confidence == "input_lda":
             groups = self.group_scores(x, tasks)  # (K, batch, classes)

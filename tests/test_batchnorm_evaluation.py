@@ -1,4 +1,6 @@
 """Evaluation with BatchNorm batch statistics on mixed-task batches (Laborieux et al.'s protocol)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,10 +76,24 @@ def test_settings_added_later_keep_earlier_results_reusable():
 
     config = experiment.ExperimentConfig()
     settings = experiment.run_settings(config, "bnn", 0, "bundled")
-    # Results saved before these settings existed have no such keys: defaults leave them out.
+    # Results saved before this setting existed have no such key: its default leaves it out.
     assert "batchnorm_evaluation" not in settings["experiment"]
-    assert "slda_shrinkage" not in settings["hparams"] and "statistics_features" not in settings["hparams"]
-    other = experiment.run_settings(
-        experiment.ExperimentConfig(batchnorm_evaluation="batch",
-                                    hparams=methods.HyperParameters(slda_shrinkage=0.3)), "bnn", 0, "bundled")
-    assert other["experiment"]["batchnorm_evaluation"] == "batch" and other["hparams"]["slda_shrinkage"] == 0.3
+    other = experiment.run_settings(experiment.ExperimentConfig(batchnorm_evaluation="batch"), "bnn", 0, "bundled")
+    assert other["experiment"]["batchnorm_evaluation"] == "batch"
+    # A run records the hyperparameters its method reads, no other.
+    assert settings["hparams"] == {"hidden": [2048, 2048], "learning_rate": 0.005, "seed": 0}
+    changed = methods.HyperParameters(slda_shrinkage=0.3, m=2.0)
+    assert experiment.run_settings(experiment.ExperimentConfig(hparams=changed), "bnn", 0, "bundled") == settings
+    assert experiment.run_settings(experiment.ExperimentConfig(hparams=changed), "mbnn", 0, "bundled")["hparams"]["m"] == 2.0
+    assert "buffer_size" not in experiment.run_settings(config, "er@1000", 0, "bundled")["hparams"]
+    assert "lda_features" in experiment.run_settings(config, "er@equal", 0, "bundled")["hparams"]
+    # A run saved with every field (as before) or without a later one compares on what the method reads.
+    saved = {**settings, "hparams": {**dataclasses.asdict(methods.HyperParameters()), "hidden": [2048, 2048]}}
+    assert experiment._differences(experiment._comparable(saved, settings), settings) == []
+    del saved["hparams"]["learning_rate"]  # missing: compared at its default
+    assert experiment._differences(experiment._comparable(saved, settings), settings) == []
+    saved["hparams"]["hidden"] = [64]
+    assert experiment._differences(experiment._comparable(saved, settings), settings) == [
+        "hparams.hidden: [64] there, [2048, 2048] here"]
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        methods.register("x", "x", reads=("no_such_field",))

@@ -7,6 +7,7 @@ import larq_engrams as le
 from larq_engrams import benchmarks as B
 from larq_engrams import methods
 from larq_engrams.models import EngramModel
+from larq_engrams.optimizers import Adam
 from larq_engrams.distillation import LearningWithoutForgetting, distillation_loss
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence, empirical_fisher
 from larq_engrams.training import ContinualTrainer
@@ -69,7 +70,7 @@ def test_si_path_integral_on_a_quadratic_loss():
     a = np.array([1.0, 3.0], np.float32)
     model = linear_model([[1.0], [-2.0]])
     si = SynapticIntelligence(model, strength=1.0, damping=0.1)
-    optimizer = tf.keras.optimizers.Adam(0.1)
+    optimizer = Adam(0.1)
     si.optimizer = optimizer
     theta = model.trainable_variables[0]
     reference_omega = np.zeros(2)

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import larq_engrams as le
+from larq_engrams.optimizers import Adam
 from larq_engrams.block_updates import Block, apply_block_gradients, supports_block_updates
 from larq_engrams.subnetwork import EngramSubnetwork
 from larq_engrams.training import train_step
@@ -57,7 +58,7 @@ def assert_same_state(sparse, masked, sparse_opt, masked_opt):
 
 
 def _adam():
-    return tf.keras.optimizers.Adam(0.01)
+    return Adam(0.01)
 
 
 def _metaplastic_adam():
@@ -112,7 +113,7 @@ def test_a_kept_optimizer_moves_nothing_outside_the_engram_in_sparse_execution()
     engram's weights by Adam's decaying momentum; the sparse step moves only the
     current engram's blocks, weights and slots alike."""
     sparse, masked = model_pair(DISJOINT)
-    opts = tf.keras.optimizers.Adam(0.01), tf.keras.optimizers.Adam(0.01)
+    opts = Adam(0.01), Adam(0.01)
     for model, opt in zip((sparse, masked), opts):
         train(model, opt, 0)
     before = [[v.numpy().copy() for v in m.trainable_variables] for m in (sparse, masked)]
@@ -139,7 +140,7 @@ def test_penalties_and_other_optimizers_fall_back_to_the_dense_step():
     train(sparse, opts[0], 0)
     train(masked, opts[1], 0)
     assert_same_state(sparse, masked, *opts)
-    opts = tf.keras.optimizers.Adam(0.01), tf.keras.optimizers.Adam(0.01)
+    opts = Adam(0.01), Adam(0.01)
     train(sparse, opts[0], 1)
     train(masked, opts[1], 1)
     assert_same_state(sparse, masked, *opts)
@@ -149,7 +150,7 @@ def test_block_adam_step_by_hand():
     """One block step of Adam against the formula; entries outside stay put."""
     var = tf.Variable(np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5)
     start = var.numpy().copy()
-    opt = tf.keras.optimizers.Adam(0.1)
+    opt = Adam(0.1)
     rows, cols = tf.constant([0, 2]), tf.constant([1, 3])
     grad = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
     apply_block_gradients(opt, [tf.constant(grad)], [Block(var, rows, cols)], [var])
@@ -223,7 +224,7 @@ def test_trainer_runs_the_sparse_path_to_the_masked_result():
 def test_a_step_traced_with_the_cache_closed_refuses_to_run_while_it_is_open():
     sparse, _ = model_pair(DISJOINT)
     sparse.begin_task(0)
-    opt = tf.keras.optimizers.Adam(0.01)
+    opt = Adam(0.01)
     step = tf.function(lambda x, y: train_step(sparse, opt, x, y))
     x, y = task_data(0, 16)
     step(x, y)
@@ -237,11 +238,11 @@ def test_slot_cache_is_not_used_when_steps_cannot_be_block_sparse():
     sparse, masked = model_pair(DISJOINT)
     for model in (sparse, masked):
         model.begin_task(0)
-    assert sparse.load_engram_slots(tf.keras.optimizers.Adam()) is True
+    assert sparse.load_engram_slots(Adam()) is True
     sparse.flush_engram_slots()
     assert sparse.load_engram_slots(tf.keras.optimizers.SGD()) is False
-    assert sparse.load_engram_slots(tf.keras.optimizers.Adam(clipnorm=1.0)) is False
-    assert masked.load_engram_slots(tf.keras.optimizers.Adam()) is False
+    assert sparse.load_engram_slots(Adam(clipnorm=1.0)) is False
+    assert masked.load_engram_slots(Adam()) is False
 
 
 def test_infer_never_serves_blocks_of_older_weights():
@@ -257,12 +258,12 @@ def test_infer_never_serves_blocks_of_older_weights():
 
     for task in range(2):
         for model in (sparse, masked):
-            train(model, tf.keras.optimizers.Adam(0.01), task)
+            train(model, Adam(0.01), task)
     predict = same_predictions()
     before = predict[0](x).numpy()
     for model in (sparse, masked):  # more training: the cached blocks must be dropped
         x1, y1 = task_data(1)
-        model.compile(optimizer=tf.keras.optimizers.Adam(0.05), loss=LOSS)
+        model.compile(optimizer=Adam(0.05), loss=LOSS)
         model.fit(x1, y1, batch_size=16, epochs=2, shuffle=False, verbose=0)
     after = predict[0](x).numpy()  # the same traced function, new weights
     assert not np.allclose(before, after)
@@ -312,14 +313,14 @@ def test_task_scoped_moments_equal_the_masked_reference_and_keep_no_full_slots()
 def test_an_optimizer_without_slots_for_the_blocks_needs_the_cache():
     sparse, _ = model_pair(DISJOINT)
     sparse.begin_task(0)
-    opt = tf.keras.optimizers.Adam(0.01)
+    opt = Adam(0.01)
     sparse.build_task_optimizer(opt)
     step = tf.function(lambda x, y: train_step(sparse, opt, x, y))
     x, y = task_data(0, 16)
     with pytest.raises(RuntimeError, match="task-scoped moments"):
         step(x, y)
     # An optimizer built on every variable first stays so: nothing is task-scoped.
-    full = tf.keras.optimizers.Adam(0.01)
+    full = Adam(0.01)
     full.build(sparse.trainable_variables)
     assert sparse.build_task_optimizer(full) is False
 

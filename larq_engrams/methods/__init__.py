@@ -6,10 +6,12 @@ from larq_engrams.methods.registry import (
     build,
     describe,
     equal_bytes_buffer_size,
+    hyperparameters_read,
     known,
+    method_hyperparameters,
     names,
     register,
 )
 
-__all__ = ["HyperParameters", "MethodSetup", "REPLAY", "build", "describe", "equal_bytes_buffer_size", "known",
-           "names", "register"]
+__all__ = ["HyperParameters", "MethodSetup", "REPLAY", "build", "describe", "equal_bytes_buffer_size",
+           "hyperparameters_read", "known", "method_hyperparameters", "names", "register"]

@@ -15,14 +15,14 @@ from larq_engrams.benchmarks.joint import joint
 from larq_engrams.class_statistics import ClassStatisticsClassifier
 from larq_engrams.distillation import LearningWithoutForgetting, LwFUpdate
 from larq_engrams.models import bnn, engram_bnn, mlp
-from larq_engrams.optimizers import MetaplasticAdam
+from larq_engrams.optimizers import Adam, MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
 from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant
 
 __all__ = [
     "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
-    "equal_bytes_buffer_size",
+    "equal_bytes_buffer_size", "hyperparameters_read", "method_hyperparameters",
 ]
 
 # Regularization strengths of the standard benchmark code (van de Ven, Tuytelaars &
@@ -103,14 +103,34 @@ class MethodSetup:
 _REGISTRY = {}
 
 
-def register(name, description):
-    """Decorator registering `builder(scenario, hp) -> MethodSetup` under `name`."""
+def register(name, description, reads):
+    """Decorator registering `builder(scenario, hp) -> MethodSetup` under `name`; `reads`
+    names the fields of `HyperParameters` the builder uses (what a run records and what
+    makes two runs of the method the same run)."""
+    unknown = set(reads) - {f.name for f in dataclasses.fields(HyperParameters)}
+    if unknown:
+        raise ValueError(f"method {name!r} reads unknown hyperparameters {sorted(unknown)}.")
 
     def wrap(builder):
-        _REGISTRY[name] = (builder, description)
+        _REGISTRY[name] = (builder, description, tuple(reads))
         return builder
 
     return wrap
+
+
+def hyperparameters_read(name):
+    """The `HyperParameters` fields method `name` uses. A replay budget in the name
+    replaces `buffer_size` ("er@1000"); "er@equal" derives it from `lda_features`."""
+    reads = _REGISTRY[_check(name)][2]
+    budget = name.partition("@")[2]
+    if budget:
+        reads = tuple(f for f in reads if f != "buffer_size") + (("lda_features",) if budget == "equal" else ())
+    return reads
+
+
+def method_hyperparameters(name, hp):
+    """`{field: value}` of the fields of `hp` that method `name` uses."""
+    return {field: getattr(hp, field) for field in hyperparameters_read(name)}
 
 
 def names():
@@ -142,7 +162,7 @@ def build(name, scenario, hparams=None, **overrides):
     1,000 examples, "er@equal" as many as fit in the bytes that engram_bnn keeps to learn
     (its router's statistics, `InputDiscriminant.memory_bits`) for this scenario."""
     base = _check(name)
-    builder, description = _REGISTRY[base]
+    builder = _REGISTRY[base][0]
     hp = (hparams or HyperParameters()).replace(**overrides)
     budget = name.partition("@")[2]
     if budget:
@@ -173,8 +193,16 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
     return router.memory_bits()[1] // 8 // per_example
 
 
+# What each family of methods reads (see `register`).
+_NETWORK = ("hidden", "learning_rate", "seed")
+_METAPLASTIC = ("m",)
+_ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features")
+_BACKBONE = (*_NETWORK, "backbone")
+_REPLAY = (*_NETWORK, "buffer_size")
+
+
 def _adam(hp):
-    return lambda: tf.keras.optimizers.Adam(hp.learning_rate)
+    return lambda: Adam(hp.learning_rate)
 
 
 def _meta_adam(hp):
@@ -199,27 +227,28 @@ def _setup(name, model, optimizer, scenario, callbacks=()):
     return MethodSetup(name, model, optimizer, list(callbacks), scenario, describe(name))
 
 
-@register("finetune", "full-precision MLP (ReLU), Adam, no protection")
+@register("finetune", "full-precision MLP (ReLU), Adam, no protection", reads=_NETWORK)
 def _finetune(scenario, hp):
     return _setup("finetune", mlp(scenario.input_shape, scenario.num_classes, hp.hidden), _adam(hp), scenario)
 
 
-@register("bnn", "plain Larq BNN, Adam, no protection")
+@register("bnn", "plain Larq BNN, Adam, no protection", reads=_NETWORK)
 def _bnn(scenario, hp):
     return _setup("bnn", bnn(scenario.input_shape, scenario.num_classes, hp.hidden), _adam(hp), scenario)
 
 
-@register("mbnn", "Larq BNN, MetaplasticAdam (Laborieux et al. 2021)")
+@register("mbnn", "Larq BNN, MetaplasticAdam (Laborieux et al. 2021)", reads=(*_NETWORK, *_METAPLASTIC))
 def _mbnn(scenario, hp):
     return _setup("mbnn", bnn(scenario.input_shape, scenario.num_classes, hp.hidden), _meta_adam(hp), scenario)
 
 
-@register("engram", "engram BNN, plain Adam (engrams only)")
+@register("engram", "engram BNN, plain Adam (engrams only)", reads=_ENGRAM)
 def _engram(scenario, hp):
     return _setup("engram", _engram_model(scenario, hp), _adam(hp), scenario)
 
 
-@register("engram_bnn", "engram BNN, MetaplasticAdam (the method: engrams + metaplasticity)")
+@register("engram_bnn", "engram BNN, MetaplasticAdam (the method: engrams + metaplasticity)",
+          reads=(*_ENGRAM, *_METAPLASTIC))
 def _engram_bnn(scenario, hp):
     return _setup("engram_bnn", _engram_model(scenario, hp), _meta_adam(hp), scenario)
 
@@ -236,19 +265,21 @@ def _ewc_strength(scenario, hp):
     return hp.ewc_lambda if hp.ewc_lambda is not None else default_strengths(scenario)[0]
 
 
-@register("joint", "trains on the union of all tasks so far (upper bound)")
+@register("joint", "trains on the union of all tasks so far (upper bound)", reads=_BACKBONE)
 def _joint(scenario, hp):
     return _setup("joint", _backbone(scenario, hp), _adam(hp), joint(scenario, hp.seed))
 
 
-@register("ewc", "EWC (Kirkpatrick et al. 2017), empirical Fisher, one penalty per task")
+@register("ewc", "EWC (Kirkpatrick et al. 2017), empirical Fisher, one penalty per task",
+          reads=(*_BACKBONE, "ewc_lambda", "fisher_samples"))
 def _ewc(scenario, hp):
     model = _backbone(scenario, hp)
     penalty = EWC(model, _ewc_strength(scenario, hp), num_samples=hp.fisher_samples, scenario=scenario)
     return _setup("ewc", model, _adam(hp), scenario, [penalty])
 
 
-@register("online_ewc", "online EWC (Schwarz et al. 2018), decayed running Fisher")
+@register("online_ewc", "online EWC (Schwarz et al. 2018), decayed running Fisher",
+          reads=(*_BACKBONE, "ewc_lambda", "online_ewc_gamma", "fisher_samples"))
 def _online_ewc(scenario, hp):
     model = _backbone(scenario, hp)
     penalty = OnlineEWC(model, _ewc_strength(scenario, hp), gamma=hp.online_ewc_gamma,
@@ -256,7 +287,8 @@ def _online_ewc(scenario, hp):
     return _setup("online_ewc", model, _adam(hp), scenario, [penalty])
 
 
-@register("si", "synaptic intelligence (Zenke et al. 2017), path-integral importance")
+@register("si", "synaptic intelligence (Zenke et al. 2017), path-integral importance",
+          reads=(*_BACKBONE, "si_c", "si_damping"))
 def _si(scenario, hp):
     model = _backbone(scenario, hp)
     strength = hp.si_c if hp.si_c is not None else default_strengths(scenario)[1]
@@ -264,20 +296,23 @@ def _si(scenario, hp):
     return _setup("si", model, _adam(hp), scenario, [penalty])
 
 
-@register("lwf", "learning without forgetting (Li & Hoiem 2017), distillation on old classes, T = 2")
+@register("lwf", "learning without forgetting (Li & Hoiem 2017), distillation on old classes, T = 2",
+          reads=(*_BACKBONE, "lwf_temperature", "lwf_strength"))
 def _lwf(scenario, hp):
     model = LearningWithoutForgetting(_backbone(scenario, hp), hp.lwf_temperature, hp.lwf_strength)
     return _setup("lwf", model, _adam(hp), scenario, [LwFUpdate(model, scenario)])
 
 
-@register("ncm", "nearest class mean on the inputs (class statistics only: cannot forget)")
+@register("ncm", "nearest class mean on the inputs (class statistics only: cannot forget)",
+          reads=("statistics_features", "seed"))
 def _ncm(scenario, hp):
     model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule="ncm",
                                       features=hp.statistics_features, seed=hp.seed)
     return _setup("ncm", model, _adam(hp), scenario)  # the optimizer is never used
 
 
-@register("slda", "streaming LDA (Hayes & Kanan 2020), shared covariance shrunk by 0.1, on the inputs")
+@register("slda", "streaming LDA (Hayes & Kanan 2020), shared covariance shrunk by 0.1, on the inputs",
+          reads=("slda_shrinkage", "statistics_features", "seed"))
 def _slda(scenario, hp):
     model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule="slda",
                                       shrinkage=hp.slda_shrinkage, features=hp.statistics_features, seed=hp.seed)
@@ -293,12 +328,14 @@ def _router_alone(name, rule, scenario, hp):
     return _setup(name, model, _adam(hp), scenario)
 
 
-@register("ncm_rf", "nearest class mean on the engram router's random features (the router alone, no network)")
+@register("ncm_rf", "nearest class mean on the engram router's random features (the router alone, no network)",
+          reads=("lda_features", "seed"))
 def _ncm_rf(scenario, hp):
     return _router_alone("ncm_rf", "ncm", scenario, hp)
 
 
-@register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)")
+@register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)",
+          reads=("lda_features", "seed"))
 def _slda_rf(scenario, hp):
     return _router_alone("slda_rf", "slda", scenario, hp)
 
@@ -308,22 +345,25 @@ def _replay(name, method, network, scenario, hp):
     return _setup(name, model, _adam(hp), scenario, [ReplayUpdate(model, scenario)])
 
 
-@register("er", "experience replay (Chaudhry et al. 2019), class-balanced reservoir, full-precision MLP")
+@register("er", "experience replay (Chaudhry et al. 2019), class-balanced reservoir, full-precision MLP",
+          reads=_REPLAY)
 def _er(scenario, hp):
     return _replay("er", "er", mlp(scenario.input_shape, scenario.num_classes, hp.hidden), scenario, hp)
 
 
-@register("derpp", "DER++ (Buzzega et al. 2020): replayed labels and logits, full-precision MLP")
+@register("derpp", "DER++ (Buzzega et al. 2020): replayed labels and logits, full-precision MLP",
+          reads=(*_REPLAY, "derpp_alpha", "derpp_beta"))
 def _derpp(scenario, hp):
     return _replay("derpp", "derpp", mlp(scenario.input_shape, scenario.num_classes, hp.hidden), scenario, hp)
 
 
-@register("er_bnn", "experience replay on the plain Larq BNN, Adam")
+@register("er_bnn", "experience replay on the plain Larq BNN, Adam", reads=_REPLAY)
 def _er_bnn(scenario, hp):
     return _replay("er_bnn", "er", bnn(scenario.input_shape, scenario.num_classes, hp.hidden), scenario, hp)
 
 
-@register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id")
+@register("xdg", "context-dependent gating (Masse et al. 2018): fixed random gates, needs the task id",
+          reads=("hidden", "learning_rate", "seed", "lda_features", "xdg_gated_fraction"))
 def _xdg(scenario, hp):
     if scenario.setting != "task":
         raise ValueError(

@@ -1,7 +1,7 @@
 """Synaptic intelligence (Zenke, Poole & Ganguli 2017)."""
 import tensorflow as tf
 
-from larq_engrams.optimizers import adam_moments, has_adam_moments
+from larq_engrams.optimizers import Adam
 from larq_engrams.regularizers.base import ConsolidationPenalty, latent
 
 __all__ = ["SynapticIntelligence"]
@@ -60,12 +60,12 @@ class SynapticIntelligence(ConsolidationPenalty):
 
     def _momenta(self):
         optimizer = self.optimizer or getattr(self._attached_model, "optimizer", None)
-        if not isinstance(optimizer, tf.keras.optimizers.Adam):  # MetaplasticAdam included
+        if not isinstance(optimizer, Adam):  # MetaplasticAdam included
             raise TypeError(
-                f"SynapticIntelligence reads the step gradients from Adam's first moment; "
-                f"use an Adam-family optimizer, got {type(optimizer).__name__}."
+                f"SynapticIntelligence reads the step gradients from Adam's first moment; use "
+                f"larq_engrams.optimizers.Adam or MetaplasticAdam, got {type(optimizer).__name__}."
             )
-        return optimizer, [adam_moments(optimizer, p)[0] if has_adam_moments(optimizer, p) else None  # m_0 = 0
+        return optimizer, [optimizer.moments(p)[0] if optimizer.has_moments(p) else None  # m_0 = 0
                            for p in self.penalized_variables]
 
     def on_train_batch_begin(self, batch, logs=None):
