@@ -22,7 +22,15 @@ choosing an engram without a task id, on every task's validation data:
   out-of-distribution score of Hendrycks et al. 2022), one row per `--logit_weight` a;
 - `... + b · engram_gaussian`: the router's score plus b times the engram's Gaussian
   score on its own first-layer pre-activations (a product of the two densities),
-  one row per `--gaussian_weight` b.
+  one row per `--gaussian_weight` b;
+- `... + w · open-set`: per task, a Larq BNN of an engram's size (rho x each width) trained
+  as an open-set classifier: its task's classes plus one "other" class, whose examples
+  are pseudo-negatives made from the task's own inputs (rotations by 90, 180 and 270
+  degrees, the 7x7 patches shuffled, two inputs of different classes averaged; in the
+  spirit of Kim et al. 2022 / CSI), so that its confidences compare across tasks; the
+  router's score plus w times log p(not other) - log p(other), one row per
+  `--open_set_weight` w (`open-set alone`: that score only). Independent networks stand
+  in for the engrams, which are near-disjoint at the defaults (rho 0.2, beta 6).
 
 The chosen engram predicts among its classes with its logits. Prints a table of task-
 inference accuracy and ACC per rule and writes it as JSON.
@@ -41,6 +49,8 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams import benchmarks, methods
+from larq_engrams.models import bnn
+from larq_engrams.optimizers import Adam
 from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.subnetwork import EngramSubnetwork
 from larq_engrams.task_inference import InputDiscriminant
@@ -61,6 +71,10 @@ flags.DEFINE_list("logit_weight", ["0.3", "1", "3", "10", "30"],
                   "input_lda + a * the engram network's max logit: the weights a to compare.")
 flags.DEFINE_list("gaussian_weight", ["1", "3", "10", "30", "100", "300"],
                   "input_lda + b * engram_gaussian (first --lda variant, first --shrinkage): weights b.")
+flags.DEFINE_list("open_set_weight", [],
+                  "input_lda + w * an open-set network's score (first --lda variant): the weights w; "
+                  "empty: the open-set networks are not trained.")
+flags.DEFINE_integer("open_set_epochs", 5, "Epochs of each open-set network.", lower_bound=1)
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("output", None, "JSON output path (default: runs/task_inference/<name>.json).")
 
@@ -114,6 +128,49 @@ def _class_il_accuracy(choices, logits, labels, classes, groups=None, weight=0.0
     return np.array(out)
 
 
+def _pseudo_negatives(x, y, rng, side=28, patch=7):
+    """As many "other" inputs as `x` (n, side*side): a quarter each rotated by 90, 180 and
+    270 degrees, an eighth with its patch x patch tiles shuffled, an eighth averaged with
+    an input of another class of the task."""
+    images = x.reshape(-1, side, side)
+    kind = rng.integers(0, 4, len(x))
+    out = np.empty_like(images)
+    for k in (1, 2, 3):
+        out[kind == k - 1] = np.rot90(images[kind == k - 1], k, axes=(1, 2))
+    tiles = side // patch
+    shuffled = images[kind == 3].reshape(-1, tiles, patch, tiles, patch).transpose(0, 1, 3, 2, 4)
+    shuffled = shuffled.reshape(len(shuffled), tiles * tiles, patch, patch)
+    for i in range(len(shuffled)):
+        shuffled[i] = shuffled[i][rng.permutation(tiles * tiles)]
+    out[kind == 3] = shuffled.reshape(-1, tiles, tiles, patch, patch).transpose(0, 1, 3, 2, 4).reshape(-1, side, side)
+    mixed = np.flatnonzero(kind == 3)[: int(np.sum(kind == 3)) // 2]
+    partners = np.array([rng.choice(np.flatnonzero(y != y[i])) for i in mixed], int)
+    out[mixed] = 0.5 * (images[mixed] + images[partners])
+    return out.reshape(len(x), -1)
+
+
+def _open_set_scores(train, val, classes, hidden, fraction, epochs, seed):
+    """Per validation task k: (n, tasks) scores log p_s(not other | x) - log p_s(other | x)
+    of each task's open-set network (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    scores = [[] for _ in val]
+    for s, (x, y, _) in enumerate(train):
+        local = np.searchsorted(classes[s], y)
+        negatives = _pseudo_negatives(x, y, rng)
+        inputs = np.concatenate([x, negatives]).astype(np.float32)
+        targets = np.concatenate([local, np.full(len(x), len(classes[s]))])
+        tf.keras.utils.set_random_seed(seed + s)
+        widths = tuple(max(1, round(fraction * h)) for h in hidden)
+        network = bnn((x.shape[1],), len(classes[s]) + 1, widths)
+        network.compile(Adam(0.005), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        network.fit(inputs, targets, batch_size=100, epochs=epochs, shuffle=True, verbose=0)
+        for k, (xv, _) in enumerate(val):
+            z = network.predict(xv.astype(np.float32), batch_size=2000, verbose=0).astype(np.float64)
+            real = np.log(np.exp(z[:, :-1] - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+            scores[k].append(real - z[:, -1])
+    return [np.stack(rows, 1) for rows in scores]
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -145,7 +202,8 @@ def main(argv):
     logits = [[o[1] for o in row] for row in outputs]
     rows = {"excitation": (np.mean(result.task_inference), result.metrics["acc"])}
 
-    lda_engram_scores = None  # the first --lda variant's max_c g_{s,c}: (n, tasks) per validation task
+    # The first --lda variant's max_c g_{s,c}, (n, tasks) per validation task, and its g_{s,c}.
+    lda_engram_scores = first_scores = None
     for variant in FLAGS.lda:
         features, shrinkage = variant.split(":")
         features, shrinkage = int(features) or None, float(shrinkage)
@@ -170,12 +228,24 @@ def main(argv):
         rows[label + " alone (no network)"] = (float("nan"), alone)
         router = [g.max(-1) for g in scores]
         if lda_engram_scores is None:
-            lda_engram_scores = router
+            lda_engram_scores, first_scores = router, scores
         for weight in map(float, FLAGS.logit_weight):
             evidence = [np.stack([logits[k][s][:, classes[s]].max(1) for s in range(T)], 1) for k in range(T)]
             choices = [(router[k] + weight * evidence[k]).argmax(-1) for k in range(T)]
             rows[f"{label} + {weight:g} · max logit, output × discriminant^{FLAGS.lda_weight[0]}"] = tuple(
                 _class_il_accuracy(choices, logits, labels, classes, scores, float(FLAGS.lda_weight[0])).mean(0))
+
+    if FLAGS.open_set_weight and lda_engram_scores is not None:
+        fraction = methods.HyperParameters().engram_fraction
+        open_set = _open_set_scores([train[s] for s in range(T)], val, classes, hidden, fraction,
+                                    FLAGS.open_set_epochs, FLAGS.seed)
+        choices = [o.argmax(-1) for o in open_set]
+        rows["open-set alone"] = tuple(_class_il_accuracy(choices, logits, labels, classes).mean(0))
+        for weight in map(float, FLAGS.open_set_weight):
+            choices = [(lda_engram_scores[k] + weight * open_set[k]).argmax(-1) for k in range(T)]
+            rows[f"input_lda {FLAGS.lda[0]} + {weight:g} · open-set, output × discriminant^{FLAGS.lda_weight[0]}"] = \
+                tuple(_class_il_accuracy(choices, logits, labels, classes, first_scores,
+                                         float(FLAGS.lda_weight[0])).mean(0))
 
     for shrinkage in map(float, FLAGS.shrinkage):
         # engram_gaussian: each engram's own space and covariance.
