@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 
 from larq_engrams import MetaplasticAdam, bnn, engram_bnn
+from larq_engrams.block_updates import supports_block_updates
+from larq_engrams.optimizers import Adam, as_readable_adam
 
 LR, B1, B2, EPS = 0.01, 0.9, 0.999, 1e-7
 
@@ -305,3 +307,40 @@ def test_keras_save_load_resumes_training(tmp_path, toy_data):
     # back as "kernel"): the strengths must follow the variables, not their names.
     assert opt.metaplastic_strength(restored.get_layer("hidden_0").kernel) == 1.3
     assert opt.metaplastic_strength(restored.get_layer("output").kernel) == 0.0
+
+
+def test_readable_adam_files_its_moments_and_steps_as_keras_adam():
+    w0 = np.array([0.5, -0.25, 1.0], np.float32)
+    grads = [np.array([0.2, -0.4, 0.0], np.float32), np.array([-0.1, 0.3, 0.5], np.float32)]
+    ours, stock = tf.Variable(w0), tf.Variable(w0)
+    readable, keras_adam = Adam(LR), tf.keras.optimizers.Adam(LR)
+    for g in grads:
+        readable.apply_gradients([(tf.constant(g), ours)])
+        keras_adam.apply_gradients([(tf.constant(g), stock)])
+    np.testing.assert_array_equal(ours.numpy(), stock.numpy())
+    # By hand: m_2 = (1 - b1)(b1 g_1 + g_2), v_2 = (1 - b2)(b2 g_1^2 + g_2^2).
+    m, v, v_hat = readable.moments(ours)
+    np.testing.assert_allclose(m.numpy(), (1 - B1) * (B1 * grads[0] + grads[1]), rtol=1e-6)
+    np.testing.assert_allclose(v.numpy(), (1 - B2) * (B2 * grads[0] ** 2 + grads[1] ** 2), rtol=1e-5)
+    assert v_hat is None and readable.built and readable.has_moments(ours)
+    other = tf.Variable(w0)
+    assert not readable.has_moments(other)
+    with pytest.raises(KeyError, match="holds no moments"):
+        readable.moments(other)
+
+
+def test_readable_adam_follows_a_learning_rate_schedule_and_replaces_a_stock_adam():
+    schedule = tf.keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+    optimizer = Adam(schedule)
+    w = tf.Variable([1.0])
+    for _ in range(3):
+        optimizer.apply_gradients([(tf.constant([1.0]), w)])
+    assert float(optimizer.current_learning_rate()) == pytest.approx(0.1 * 0.5**3)
+    stock = tf.keras.optimizers.Adam(0.02, beta_1=0.8)
+    readable = as_readable_adam(stock)
+    assert type(readable) is Adam and readable.get_config() == {**stock.get_config(), "name": readable.name}
+    sgd = tf.keras.optimizers.SGD()
+    assert as_readable_adam(sgd) is sgd
+    model = engram_bnn((4,), 2, hidden=(8,), max_tasks=2, lda_features=8)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert isinstance(model.optimizer, Adam) and supports_block_updates(model.optimizer)
