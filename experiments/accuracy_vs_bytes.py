@@ -4,9 +4,9 @@ For every class-IL scenario of a grid (`reproduce.py --outdir`), one point per m
 (and replay budget): its ACC (mean ± s.e.m. over seeds) and its extra state
 (`protocol.state_bytes`: what it keeps to learn further tasks plus what it needs to
 predict, docs/method.md, section 7). The bytes are the ones each run recorded
-(`memory["state_bytes"]`); for runs recorded before results held them, they are
-measured on the method built for the scenario by the current code (the sizes depend on
-the scenario and the settings, not on training), and the table says so.
+(`memory["state_bytes"]`), or, for runs saved before results held them, the count
+`record_state_bytes.py` wrote in (the method rebuilt for its scenario; the table says
+which). A run with neither is counted the same way here.
 
     python experiments/accuracy_vs_bytes.py --grid_dir=results/paper
     # -> results/paper/accuracy_vs_bytes.png and .md
@@ -19,7 +19,7 @@ from absl import app, flags
 
 import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
 
-from larq_engrams import experiment, methods, protocol
+from larq_engrams import experiment
 from larq_engrams.metrics import format_mean_and_sem
 from larq_engrams.plots import figure_to_png, plot_accuracy_against_bytes
 
@@ -42,15 +42,6 @@ def _recorded_bytes(folder):
     return None, None
 
 
-def _measured_bytes(result, method):
-    """`protocol.state_bytes` of `method` built for the run's scenario and settings."""
-    settings = result["config"]["settings"]
-    config = experiment.ExperimentConfig.from_dict({**settings["experiment"], "hparams": settings["hparams"]})
-    scenario = experiment.make_scenario(config, 0)
-    setup = methods.build(method, scenario, config.hparams)
-    return protocol.state_bytes(setup.model, setup.callbacks)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -67,9 +58,10 @@ def main(argv):
             found, result = _recorded_bytes(os.path.join(FLAGS.grid_dir, label, method))
             if result is None:
                 continue
-            how = "recorded"
+            rebuilt = result.get("memory", {}).get("state_bytes_rebuilt_at")
+            how = f"rebuilt at {rebuilt[:7]}" if rebuilt else "recorded by the run"
             if found is None:
-                found, how = _measured_bytes(result, method), "measured now"
+                found, how = experiment.rebuilt_state_bytes(result["config"]["settings"]), "rebuilt now"
             points.setdefault(label, {})[method] = {"acc": row["acc"], "bytes": found["learn"] + found["predict"]}
             lines.append(f"| {method} | {format_mean_and_sem(row['acc'], int(row.get('seeds', 2)))} | "
                          f"{found['learn'] / 2**20:.2f} MiB | {found['predict'] / 2**20:.2f} MiB | {how} |")

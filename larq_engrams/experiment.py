@@ -27,14 +27,15 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 import larq_engrams
-from larq_engrams import benchmarks, methods
+from larq_engrams import benchmarks, methods, protocol
 from larq_engrams.callbacks import EngramTensorBoard
 from larq_engrams.metrics import format_mean_and_sem, mean_and_sem
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 __all__ = [
     "ChildRunError", "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "data_source", "finished_run",
-    "make_scenario", "run_child", "run_experiment", "run_in_fresh_process", "run_settings", "set_log_level",
+    "make_scenario", "rebuilt_state_bytes", "run_child", "run_experiment", "run_in_fresh_process", "run_settings",
+    "set_log_level",
     "summarize",
     "summary_table",
 ]
@@ -103,6 +104,16 @@ def make_scenario(config, seed):
         constructor = getattr(benchmarks, config.scenario)
         scenario = constructor(config.setting, seed=seed, source=config.source, data_dir=config.data_dir, **common)
     return scenario.take(config.num_tasks) if config.num_tasks else scenario
+
+
+def rebuilt_state_bytes(settings):
+    """`protocol.state_bytes` of the method a run's `settings` (its run.json's) name, built
+    afresh for its scenario by the code in use: for runs saved before results recorded it.
+    The count follows the scenario's shapes and the settings, not the data or training,
+    so it equals what the run kept wherever the method's state has not changed since."""
+    config = ExperimentConfig.from_dict({**settings["experiment"], "hparams": settings["hparams"]})
+    setup = methods.build(settings["method"], make_scenario(config, 0), config.hparams)
+    return protocol.state_bytes(setup.model, setup.callbacks)
 
 
 # The data set each scenario reads (core50_ni reads its own folder).
@@ -380,6 +391,11 @@ def summarize(results_by_method):
         gpu = [r.memory.get("peak_gpu_bytes") for r in results]
         entry["peak_gpu_bytes"] = max(gpu) if None not in gpu else None
         entry["train_seconds"] = float(np.mean([sum(r.task_seconds) for r in results]))
+        # What the method keeps besides its weights (protocol.state_bytes): the same for
+        # every seed (it follows the shapes, not the data); None for runs saved before.
+        kept = [r.memory.get("state_bytes") for r in results]
+        entry["state_bytes"] = None if None in kept else {
+            part: max(k[part] for k in kept) for part in ("learn", "predict")}
         entry["source"] = results[0].config["scenario"]["source"]
         trainer = results[0].config.get("trainer", {})
         entry["epochs"] = trainer.get("epochs")
@@ -401,8 +417,8 @@ def summary_table(summary, title):
         + (f"seeds: {seeds} (mean ± s.e.m.)" if seeds > 1 else "one seed (no spread measured)"),
         "",
         "| method | ACC % | BWT % | forgetting % | task inference % | epochs | lr | hidden "
-        "| peak RSS MiB (own process) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| kept MiB (learn / predict) | peak RSS MiB (own process) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
         fmt = lambda key: format_mean_and_sem(s[key], s["seeds"]) if key in s else "—"  # noqa: E731
@@ -410,8 +426,10 @@ def summary_table(summary, title):
         mib = f"{s['peak_rss_bytes'] / 2**20:.0f}"
         rss = {True: mib, False: "— (shared process)", None: f"{mib} (process not recorded)"}[
             s.get("peak_rss_own_process")]
+        kept = s.get("state_bytes")
+        kept = "—" if kept is None else f"{kept['learn'] / 2**20:.2f} / {kept['predict'] / 2**20:.2f}"
         lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | "
-                     f"{s.get('epochs') or '—'} | {s.get('learning_rate') or '—'} | {hidden} | {rss} | "
+                     f"{s.get('epochs') or '—'} | {s.get('learning_rate') or '—'} | {hidden} | {kept} | {rss} | "
                      f"{s['train_seconds']:.0f} |")
     return "\n".join(lines)
 

@@ -359,9 +359,29 @@ def test_accuracy_vs_bytes_reads_the_recorded_bytes_of_every_class_il_run(tmp_pa
     proc = run_script("accuracy_vs_bytes.py", f"--grid_dir={tmp_path}", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = open(tmp_path / "accuracy_vs_bytes.md").read()
-    assert "| er@200 | 50.0 ± 1.0 | 3.00 MiB | 0.50 MiB | recorded |" in text
+    assert "| er@200 | 50.0 ± 1.0 | 3.00 MiB | 0.50 MiB | recorded by the run |" in text
     assert "joint" not in text and "split_mnist-domain" not in text  # class-IL continual learners only
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 1000
+
+
+def test_record_state_bytes_rebuilds_the_count_each_run_recorded(tmp_path):
+    proc = run_script("run.py", "--scenario=split_mnist", "--setting=class", "--num_tasks=2", "--method=ewc,er@50",
+                      "--hidden=16", "--epochs=1", "--batch_size=64", "--source=bundled", "--seeds=0",
+                      f"--outdir={tmp_path}", "--verbose=0", "--noisolate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recorded = {}
+    for method in ("ewc", "er@50"):
+        path = tmp_path / "split_mnist-class" / method / "seed_0" / "result.json"
+        result = json.loads(path.read_text())
+        recorded[method] = result["memory"].pop("state_bytes")  # as a run saved before the count existed
+        path.write_text(json.dumps(result))
+    proc = run_script("record_state_bytes.py", f"--grid_dir={tmp_path}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 runs given their bytes." in proc.stdout
+    for method, kept in recorded.items():
+        memory = json.loads((tmp_path / "split_mnist-class" / method / "seed_0" / "result.json").read_text())["memory"]
+        assert memory["state_bytes"] == kept and memory["state_bytes_rebuilt_at"]
+    assert recorded["er@50"]["learn"] == 50 * (784 + 4) and recorded["ewc"]["learn"] > 0
 
 
 def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):

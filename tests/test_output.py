@@ -17,8 +17,10 @@ from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomi
 R = np.array([[0.995, 0.0, np.nan], [0.9, 1.0, 0.0], [0.8, 0.5, 0.97]])
 
 
-def result(R=R, method="engram_bnn", runs_before=0):
+def result(R=R, method="engram_bnn", runs_before=0, state_bytes=None):
     memory = {"peak_rss_bytes": 700 * 2**20}
+    if state_bytes is not None:
+        memory["state_bytes"] = state_bytes
     if runs_before is not None:  # None: a result saved before the count existed
         memory["runs_before_in_process"] = runs_before
     return ContinualResult.from_matrix(
@@ -114,6 +116,18 @@ def test_summary_memory_column_says_when_a_process_was_shared():
     assert "| 700 |" in rows["engram_bnn"]
     assert "— (shared process)" in rows["bnn"]
     assert "| 700 (process not recorded) |" in rows["si"]
+
+
+def test_summary_shows_the_bytes_a_method_keeps_and_a_dash_where_a_seed_lacks_them():
+    kept = {"learn": 3 * 2**20, "predict": 2**19}
+    summary = experiment.summarize({"er": [result(method="er", state_bytes=kept)] * 2,
+                                    "ewc": [result(method="ewc", state_bytes=kept), result(method="ewc")]})
+    assert summary["er"]["state_bytes"] == kept and summary["ewc"]["state_bytes"] is None
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in experiment.summary_table(summary, "t").splitlines()
+            if line.startswith("| ")}
+    column = rows["method"].index("kept MiB (learn / predict)")
+    assert rows["er"][column] == "3.00 / 0.50"
+    assert rows["ewc"][column] == "—"
 
 
 def test_memory_records_how_many_runs_shared_the_process(tmp_path):
