@@ -21,7 +21,11 @@ A. **stability-plasticity**: "an improved stability vs. plasticity trade-off". C
 M. **metaplasticity**: "metaplastic optimization enhances synaptic stability further".
    Checked per scenario: `engram_bnn` (engrams and MetaplasticAdam) against `engram`
    (engrams and Adam). It holds where engram_bnn forgets less beyond both s.e.m.s and
-   its ACC is not lower beyond them.
+   its ACC is not lower beyond them. And per scenario of the ablation
+   (`experiments/ablation.py`, its table.json via `--ablation`): at each engram
+   fraction and excitability, the strongest m tried against m = 0 (Adam), by the same
+   rule, with the networks' own accuracy (task given) beside it; and `mbnn` against
+   `bnn` (metaplasticity without engrams).
 3. **efficiency**: peak RAM under 20 % and peak GPU memory under 5 % of the
    full-precision baselines'. Checked two ways, both ratios `engram_bnn / baseline` for
    the baselines `ewc`, `si`, `finetune` (the MLP without protection):
@@ -44,7 +48,8 @@ memory than a plain BNN** (`bnn`, the same width and binarization). Ratios
      the model adds over a 16-16 one.
    It holds where every ratio of a measure is below 1.
 
-    python experiments/claims.py --grid_dir=results/paper --benchmark=results/benchmark.json
+    python experiments/claims.py --grid_dir=results/paper --benchmark=results/benchmark.json \
+        --ablation=results/ablation/table.json
     # -> results/paper/claims.md, claims_summary.md (one row per claim), claims.json
 """
 import json
@@ -70,6 +75,8 @@ flags.DEFINE_string("grid_dir", "results/paper", "The grid's --outdir (its table
 flags.DEFINE_string("benchmark", "results/benchmark.json", "benchmark.py's --output; '' to leave it out.")
 flags.DEFINE_float("tolerance", 2.0, "Domain-IL: points below the best full-precision method still called comparable.")
 flags.register_validator("tolerance", lambda t: t >= 0, "--tolerance must be >= 0")
+flags.DEFINE_string("ablation", "results/ablation/table.json",
+                    "experiments/ablation.py's table.json (claim M); '' to leave it out.")
 flags.DEFINE_string("output", None, "Where claims.md/claims.json go (default: --grid_dir).")
 
 
@@ -171,6 +178,34 @@ def metaplasticity_claim(summaries, trade_off):
     return rows
 
 
+def ablation_metaplasticity_rows(ablation):
+    """Rows for claim M from the ablation's table: per scenario and (engram fraction,
+    excitability), the largest m against m = 0; and mbnn against bnn."""
+    rows = []
+    for scenario, variants in ablation.items():
+        groups, plain = {}, {}
+        for name, row in variants.items():
+            if row.get("method") == "engram_bnn":
+                f = row["factors"]
+                groups.setdefault((f["engram_fraction"], f["excitability"]), {})[f["m"]] = row
+            else:
+                plain[row.get("method", name)] = row
+        pairs = [(f"engram fraction {rho:g}, excitability {beta:g}", f"m=0 / m={max(by_m):g}", by_m[0.0],
+                  by_m[max(by_m)]) for (rho, beta), by_m in sorted(groups.items()) if 0.0 in by_m and len(by_m) > 1]
+        if "bnn" in plain and "mbnn" in plain:
+            pairs.append(("no engrams", "bnn / mbnn", plain["bnn"], plain["mbnn"]))
+        for where, names, adam, metaplastic in pairs:
+            holds = _below(metaplastic["forgetting"], adam["forgetting"]) and not _below(metaplastic["acc"], adam["acc"])
+            seeds = min(adam["seeds"], metaplastic["seeds"])
+            text = (f"{names}: ACC {_pct(adam['acc'])} / {_pct(metaplastic['acc'])}; forgetting "
+                    f"{_pct(adam['forgetting'])} / {_pct(metaplastic['forgetting'])}")
+            if adam.get("acc_task_given"):
+                text += (f"; the networks alone, task given, {_pct(adam['acc_task_given'])} / "
+                         f"{_pct(metaplastic['acc_task_given'])}")
+            rows.append((f"ablation {scenario}, {where}", f"{text} ({seeds} seed{'s' if seeds > 1 else ''})", holds))
+    return rows
+
+
 def _ratios(values, limit, baselines=MEMORY_BASELINES):
     """(text, holds) for `engram_bnn / baseline` over the baselines present in `values`."""
     present = [b for b in baselines if values.get(b)]
@@ -242,10 +277,11 @@ def efficiency_claim(summaries, benchmark, width=None):
     return rows
 
 
-def claims(summaries, benchmark, tolerance, width=None, trade_off=None):
+def claims(summaries, benchmark, tolerance, width=None, trade_off=None, ablation=None):
     """{claim: [(where, measured, holds: True / False / None = not measured)]}; `width`:
     the grid's hidden width, at which the benchmark's step times are compared;
-    `trade_off`: `recorded_trade_off` of the grid (claims A and M)."""
+    `trade_off`: `recorded_trade_off` of the grid (claims A and M); `ablation`: the
+    ablation's table (claim M)."""
     trade_off = trade_off or {}
     return {
         "class-IL accuracy far above the ~20 % of regularization methods": class_il_claim(summaries),
@@ -253,8 +289,8 @@ def claims(summaries, benchmark, tolerance, width=None, trade_off=None):
             domain_il_claim(summaries, tolerance),
         "(A) an improved stability vs. plasticity trade-off (learning accuracy within "
         f"{tolerance:g} points, less forgetting than mbnn, bnn, ewc, si)": trade_off_claim(trade_off, tolerance),
-        "metaplastic optimization enhances synaptic stability further (engram_bnn against engram)":
-            metaplasticity_claim(summaries, trade_off),
+        "metaplastic optimization enhances synaptic stability further (engram_bnn against engram; the ablation)":
+            metaplasticity_claim(summaries, trade_off) + ablation_metaplasticity_rows(ablation or {}),
         "peak RAM < 20 % and peak GPU memory < 5 % of the full-precision baselines'": memory_claim(summaries,
                                                                                                    benchmark),
         "this package's target: engram_bnn costs less time and memory than a plain BNN (bnn)":
@@ -315,9 +351,16 @@ def main(argv):
         with open(FLAGS.benchmark) as f:
             benchmark = json.load(f)
         sources.append(FLAGS.benchmark)
+    ablation = None
+    if FLAGS.ablation:
+        if not os.path.exists(FLAGS.ablation):
+            raise app.UsageError(f"--ablation: no {FLAGS.ablation}; run experiments/ablation.py (or pass --ablation='')")
+        with open(FLAGS.ablation) as f:
+            ablation = json.load(f)
+        sources.append(FLAGS.ablation)
     trade_off = recorded_trade_off(FLAGS.grid_dir, table["summaries"])
     found = claims(table["summaries"], benchmark, FLAGS.tolerance, width=(table.get("hidden") or [None])[0],
-                   trade_off=trade_off)
+                   trade_off=trade_off, ablation=ablation)
     output = FLAGS.output or FLAGS.grid_dir
     os.makedirs(output, exist_ok=True)
     if trade_off:

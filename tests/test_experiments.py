@@ -289,18 +289,41 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
     fit = {"engram_bnn": [9.0, 1.0, 2.0], "bnn": [9.0, 4.0, 8.0]}  # medians 2 and 8
     (tmp_path / "benchmark.json").write_text(json.dumps({"device": "CPU", "memory": memory, "step_seconds": steps,
                                                          "epoch_seconds": {"fit": fit}}))
+    def variant(method, acc, forgetting, m=None, rho=0.2, task_given=None):
+        row = {"method": method, "seeds": 3, "acc": [acc, 0.005], "forgetting": [forgetting, 0.005]}
+        if m is not None:
+            row.update(factors={"m": m, "engram_fraction": rho, "excitability": 6.0}, acc_task_given=[task_given, 0.0])
+        return row
+
+    ablation = {"split_fashion_mnist-class": {  # gated: the same; ungated: m = 5 forgets 5 points less
+        "m=0 rho=0.2 beta=6": variant("engram_bnn", 0.858, 0.082, 0.0, task_given=0.99),
+        "m=1.3 rho=0.2 beta=6": variant("engram_bnn", 0.858, 0.082, 1.3, task_given=0.989),
+        "m=0 rho=1 beta=6": variant("engram_bnn", 0.80, 0.10, 0.0, 1.0, 0.65),
+        "m=1.3 rho=1 beta=6": variant("engram_bnn", 0.79, 0.09, 1.3, 1.0, 0.65),
+        "m=5 rho=1 beta=6": variant("engram_bnn", 0.82, 0.05, 5.0, 1.0, 0.70),
+        "bnn": variant("bnn", 0.20, 0.99), "mbnn m=1.3": variant("mbnn", 0.20, 0.99)}}
+    (tmp_path / "ablation.json").write_text(json.dumps(ablation))
     proc = run_script("claims.py", f"--grid_dir={tmp_path}", f"--benchmark={tmp_path}/benchmark.json",
-                      timeout=120)
+                      f"--ablation={tmp_path}/ablation.json", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.load(open(tmp_path / "claims.json"))["claims"]
     class_il, domain_il, trade_off, metaplasticity, memory_rows, against_bnn = (found[c] for c in found)
     assert [(r["where"], r["holds"]) for r in trade_off] == [("split_mnist-class", True), ("split_mnist-domain", False)]
     assert "engram_bnn 97.0 ± 0.0 % / 1.0 ± 0.0 %; bnn 98.5 ± 0.0 % / 99.0 ± 0.0 %" in trade_off[0]["measured"]
-    assert [(r["where"], r["holds"]) for r in metaplasticity] == [("split_mnist-class", True)]
+    assert [(r["where"], r["holds"]) for r in metaplasticity] == [
+        ("split_mnist-class", True),
+        ("ablation split_fashion_mnist-class, engram fraction 0.2, excitability 6", False),
+        ("ablation split_fashion_mnist-class, engram fraction 1, excitability 6", True),
+        ("ablation split_fashion_mnist-class, no engrams", False)]
+    assert metaplasticity[2]["measured"] == ("m=0 / m=5: ACC 80.0 ± 0.5 % / 82.0 ± 0.5 %; forgetting 10.0 ± 0.5 % / "
+                                             "5.0 ± 0.5 %; the networks alone, task given, 65.0 ± 0.0 % / 70.0 ± 0.0 % "
+                                             "(3 seeds)")
     assert (tmp_path / "stability_plasticity.png").stat().st_size > 1000
     summary = open(tmp_path / "claims_summary.md").read()
     assert "| holds in 1 of 2 | not in split_fashion_mnist-class |" in summary
-    assert "| metaplastic optimization enhances synaptic stability further (engram_bnn against engram) | holds (1 of 1) | — |" in summary
+    assert ("| metaplastic optimization enhances synaptic stability further (engram_bnn against engram; the ablation) "
+            "| holds in 2 of 4 | not in ablation split_fashion_mnist-class, engram fraction 0.2, excitability 6, "
+            "ablation split_fashion_mnist-class, no engrams |") in summary
     assert [(r["where"], r["holds"]) for r in class_il] == [("split_mnist-class", True),
                                                             ("split_fashion_mnist-class", False)]
     assert "best regularization method (si) 25.0 ± 2.0 %" in class_il[0]["measured"]
