@@ -336,6 +336,19 @@ def summary_markdown(found):
     return "\n".join(lines)
 
 
+def _optional_json(flag, made_by, sources):
+    """The JSON file that flag --`flag` names (None for ''), added to `sources`."""
+    path = getattr(FLAGS, flag)
+    if not path:
+        return None
+    if not os.path.exists(path):
+        raise app.UsageError(f"--{flag}: no {path}; run {made_by} (or pass --{flag}='')")
+    with open(path) as f:
+        found = json.load(f)
+    sources.append(path)
+    return found
+
+
 def main(argv):
     del argv
     table_path = os.path.join(FLAGS.grid_dir, "table.json")
@@ -344,20 +357,8 @@ def main(argv):
     with open(table_path) as f:
         table = json.load(f)
     sources = [f"{table_path} ({table.get('command', '?')})"]
-    benchmark = None
-    if FLAGS.benchmark:
-        if not os.path.exists(FLAGS.benchmark):
-            raise app.UsageError(f"--benchmark: no {FLAGS.benchmark} (or pass --benchmark='')")
-        with open(FLAGS.benchmark) as f:
-            benchmark = json.load(f)
-        sources.append(FLAGS.benchmark)
-    ablation = None
-    if FLAGS.ablation:
-        if not os.path.exists(FLAGS.ablation):
-            raise app.UsageError(f"--ablation: no {FLAGS.ablation}; run experiments/ablation.py (or pass --ablation='')")
-        with open(FLAGS.ablation) as f:
-            ablation = json.load(f)
-        sources.append(FLAGS.ablation)
+    benchmark = _optional_json("benchmark", "experiments/benchmark.py --output=...json", sources)
+    ablation = _optional_json("ablation", "experiments/ablation.py", sources)
     trade_off = recorded_trade_off(FLAGS.grid_dir, table["summaries"])
     found = claims(table["summaries"], benchmark, FLAGS.tolerance, width=(table.get("hidden") or [None])[0],
                    trade_off=trade_off, ablation=ablation)
