@@ -96,6 +96,10 @@ class EngramModel(tf.keras.Model):
     Inputs may be `x` or `(x, task_ids)` with an int tensor of per-sample task ids;
     given ids override the mode (task-incremental evaluation on mixed batches).
 
+    `router=False` builds no router: for task-incremental use, where every input comes
+    with its task id, "input_lda" is never asked for and its statistics (M x M floats)
+    would be kept for nothing. Then "infer" works with the other confidence measures only.
+
     Mode and the active task change which graph Keras should run, so `begin_task` and
     `set_inference` drop Keras' cached train/test/predict functions; a custom
     `tf.function` that calls the model in "infer" mode must be retraced after a new
@@ -123,6 +127,7 @@ class EngramModel(tf.keras.Model):
         lda_weight=0.2,
         inference_mode="task",
         inference_task=None,
+        router=True,
         **kwargs,
     ):
         kwargs.setdefault("name", "engram_bnn")
@@ -165,6 +170,9 @@ class EngramModel(tf.keras.Model):
         # What `set_inference` chose: part of the config, so a loaded model predicts as
         # the saved one did (the task is checked against the engrams when used).
         self._inference_mode = check_choice("inference_mode", inference_mode, INFERENCE_MODES)
+        if not router and self._inference_mode == "infer" and confidence == "input_lda":
+            raise ValueError("EngramModel: inference_mode 'infer' with confidence 'input_lda' needs the router; "
+                             "pass router=True, or confidence='excitation'.")
         self._inference_task = None if inference_task is None else int(inference_task)
         self.engram_slots = EngramSlots(self)  # sparse training's optimizer-slot lifecycle
         self._inference_blocks = InferenceBlockCache()
@@ -177,8 +185,9 @@ class EngramModel(tf.keras.Model):
         # The discriminant keeps M x M statistics (M = lda_features, or the inputs' size
         # without random features): built unless M is too large for it and it is not
         # asked for (then building it raises a clear error).
+        self.router = bool(router)
         self.task_discriminant = None
-        if (self.lda_features or inputs) <= MAX_FEATURES or self.confidence == "input_lda":
+        if self.router and ((self.lda_features or inputs) <= MAX_FEATURES or self.confidence == "input_lda"):
             self.task_discriminant = InputDiscriminant(
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
                 seed=self.seed, name="task_discriminant")
@@ -235,11 +244,15 @@ class EngramModel(tf.keras.Model):
         mode = check_choice("mode", mode, INFERENCE_MODES)
         if confidence is not None:
             confidence = check_choice("confidence", confidence, CONFIDENCE_MEASURES)
-            if confidence == "input_lda" and self.task_discriminant is None:
-                raise ValueError(
-                    f"EngramModel: confidence 'input_lda' keeps an M x M covariance; "
-                    f"M = {self.lda_features or int(np.prod(self.sample_shape))} exceeds "
-                    f"{MAX_FEATURES}. Use fewer `lda_features` or 'excitation'.")
+        if (confidence or (self.confidence if mode == "infer" else None)) == "input_lda" \
+                and self.task_discriminant is None:
+            raise ValueError(
+                "EngramModel: confidence 'input_lda' needs the router, which this model was built without "
+                "(router=False); use 'excitation'." if not self.router else
+                f"EngramModel: confidence 'input_lda' keeps an M x M covariance; "
+                f"M = {self.lda_features or int(np.prod(self.sample_shape))} exceeds "
+                f"{MAX_FEATURES}. Use fewer `lda_features` or 'excitation'.")
+        if confidence is not None:
             self.confidence = confidence
         if task is not None:
             if mode != "task":
@@ -563,6 +576,7 @@ class EngramModel(tf.keras.Model):
             "lda_weight": self.lda_weight,
             "inference_mode": self._inference_mode,
             "inference_task": self._inference_task,
+            "router": self.router,
             **self._engram_args,
         }
 

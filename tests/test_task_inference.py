@@ -253,3 +253,28 @@ def test_infer_output_is_the_product_of_the_engram_and_the_discriminant():
         # normalized over the engram's classes, with mass 1e-3 / 4 left to the others
         np.testing.assert_allclose(got[i, classes], np.log(1 - 2.5e-4) + expected, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(got[i, np.setdiff1d(np.arange(4), classes)], np.log(2.5e-4 / 2), rtol=1e-5)
+
+
+def test_a_model_without_router_keeps_nothing_and_learns_task_il_exactly_as_with_one():
+    """Task-IL gives every input its task id, so the router is never asked: the registry
+    builds engram models there without it (no bytes kept), and the accuracies are the same."""
+    task_il = benchmarks.split_mnist("task", source="bundled", batch_size=256).take(2)
+    class_il = benchmarks.split_mnist("class", source="bundled", batch_size=256).take(2)
+    hp = methods.HyperParameters(hidden=(16, 16), lda_features=64)
+    assert methods.build("engram_bnn", task_il, hp).model.task_discriminant is None
+    assert methods.build("engram_bnn", class_il, hp).model.router
+    matrices = []
+    for router in (True, False):
+        tf.keras.utils.set_random_seed(0)
+        task_il = benchmarks.split_mnist("task", source="bundled", batch_size=256).take(2)  # the same shuffles
+        model = le.engram_bnn(task_il.input_shape, 10, hidden=(32, 32), max_tasks=2, lda_features=64, router=router)
+        matrices.append(ContinualTrainer(model, "adam", epochs=1, verbose=0, jit_compile=False).fit(task_il).R)
+    np.testing.assert_array_equal(matrices[0], matrices[1])
+    assert model.state_bytes() == (0, 0) and model.task_discriminant is None
+    restored = le.EngramModel.from_config(model.get_config())
+    assert not restored.router and restored.task_discriminant is None
+    with pytest.raises(ValueError, match="needs the router"):
+        restored.set_inference("infer")
+    restored.set_inference("infer", confidence="excitation")  # the measures without statistics still work
+    with pytest.raises(ValueError, match="needs the router"):
+        le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, router=False, inference_mode="infer")

@@ -216,6 +216,7 @@ def _engram_model(scenario, hp, **kwargs):
         activation_probability=hp.activation_probability,
         excitability=hp.excitability,
         seed=hp.seed,
+        router=not scenario.provides_task_id,  # task-IL gives the task id: nothing to route
     )
     if hp.lda_features is not None:
         args["lda_features"] = hp.lda_features
