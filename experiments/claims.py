@@ -18,6 +18,13 @@ A. **stability-plasticity**: "an improved stability vs. plasticity trade-off". C
    against each of them, engram_bnn forgets less (its mean forgetting plus s.e.m.
    below theirs minus s.e.m.) and learns no more than `--tolerance` points less. The
    figure `stability_plasticity.png` draws every method of every scenario.
+R. **what the engrams add** (this package's question, not the paper's): per class- and
+   domain-IL scenario, `engram_bnn` against its router alone (`slda_rf`: the same
+   random features and statistics, no network): it holds where engram_bnn is above it
+   beyond both s.e.m.s. And against replay at the bytes engram_bnn keeps to learn (the
+   best of `er`, `derpp`, `er_bnn` at `@equal`; the best at 200 and 1,000 examples
+   beside it, with the bytes each keeps): it holds where engram_bnn is above the best
+   at equal bytes beyond both s.e.m.s.
 M. **metaplasticity**: "metaplastic optimization enhances synaptic stability further".
    Checked per scenario: `engram_bnn` (engrams and MetaplasticAdam) against `engram`
    (engrams and Adam). It holds where engram_bnn forgets less beyond both s.e.m.s and
@@ -145,6 +152,47 @@ def recorded_trade_off(grid_dir, summaries):
 def _below(a, b):
     """a's mean plus s.e.m. below b's mean minus s.e.m."""
     return a[0] + a[1] < b[0] - b[1]
+
+
+def _mib(summary):
+    kept = summary.get("state_bytes")
+    return "" if not kept else f", {(kept['learn'] + kept['predict']) / 2**20:.2f} MiB"
+
+
+def router_claim(summaries):
+    """Rows for claim R, first part: engram_bnn against its router alone (slda_rf)."""
+    rows = []
+    for label, methods in summaries.items():
+        if "-task" in label or "engram_bnn" not in methods or "slda_rf" not in methods:
+            continue
+        ours, router = methods["engram_bnn"], methods["slda_rf"]
+        rows.append((label, f"engram_bnn {_pct(ours['acc'])}{_mib(ours)}; its router alone (slda_rf) "
+                            f"{_pct(router['acc'])}{_mib(router)}", _below(router["acc"], ours["acc"])))
+    return rows
+
+
+REPLAY = ("er", "derpp", "er_bnn")
+
+
+def replay_claim(summaries):
+    """Rows for claim R, second part: engram_bnn against the best replay at equal bytes
+    (and, beside it, at 200 and 1,000 examples)."""
+    rows = []
+    for label, methods in summaries.items():
+        equal = [f"{m}@equal" for m in REPLAY if f"{m}@equal" in methods]
+        if "engram_bnn" not in methods or not equal:
+            continue
+        ours = methods["engram_bnn"]
+        parts = [f"engram_bnn {_pct(ours['acc'])}{_mib(ours)}"]
+        for budget in ("equal", "1000", "200"):
+            present = [f"{m}@{budget}" for m in REPLAY if f"{m}@{budget}" in methods]
+            if present:
+                best = max(present, key=lambda m: methods[m]["acc"][0])
+                parts.append(f"best at {budget}{' bytes' if budget == 'equal' else ' examples'}: {best} "
+                             f"{_pct(methods[best]['acc'])}{_mib(methods[best])}")
+        best_equal = max(equal, key=lambda m: methods[m]["acc"][0])
+        rows.append((label, "; ".join(parts), _below(methods[best_equal]["acc"], ours["acc"])))
+    return rows
 
 
 def trade_off_claim(trade_off, tolerance):
@@ -287,6 +335,9 @@ def claims(summaries, benchmark, tolerance, width=None, trade_off=None, ablation
         "class-IL accuracy far above the ~20 % of regularization methods": class_il_claim(summaries),
         f"domain-IL accuracy comparable to full-precision methods (within {tolerance:g} points)":
             domain_il_claim(summaries, tolerance),
+        "engram_bnn's networks add to its router: above the router alone (slda_rf)": router_claim(summaries),
+        "engram_bnn above replay at equal bytes (er, derpp, er_bnn with a buffer of engram_bnn's learning bytes)":
+            replay_claim(summaries),
         "(A) an improved stability vs. plasticity trade-off (learning accuracy within "
         f"{tolerance:g} points, less forgetting than mbnn, bnn, ewc, si)": trade_off_claim(trade_off, tolerance),
         "metaplastic optimization enhances synaptic stability further (engram_bnn against engram; the ablation)":
