@@ -32,7 +32,7 @@ M. **metaplasticity**: "metaplastic optimization enhances synaptic stability fur
    (`experiments/ablation.py`, its table.json via `--ablation`): at each engram
    fraction and excitability, the strongest m tried against m = 0 (Adam), by the same
    rule, with the networks' own accuracy (task given) beside it; and `mbnn` against
-   `bnn` (metaplasticity without engrams).
+   `bnn` (metaplasticity without engrams). A row of one seed gets no verdict.
 3. **efficiency**: peak RAM under 20 % and peak GPU memory under 5 % of the
    full-precision baselines'. Checked two ways, both ratios `engram_bnn / baseline` for
    the baselines `ewc`, `si`, `finetune` (the MLP without protection):
@@ -243,8 +243,10 @@ def ablation_metaplasticity_rows(ablation):
         if "bnn" in plain and "mbnn" in plain:
             pairs.append(("no engrams", "bnn / mbnn", plain["bnn"], plain["mbnn"]))
         for where, names, adam, metaplastic in pairs:
-            holds = _below(metaplastic["forgetting"], adam["forgetting"]) and not _below(metaplastic["acc"], adam["acc"])
             seeds = min(adam["seeds"], metaplastic["seeds"])
+            # one seed measures no spread: no verdict beyond the s.e.m. can be given
+            holds = None if seeds < 2 else (_below(metaplastic["forgetting"], adam["forgetting"])
+                                            and not _below(metaplastic["acc"], adam["acc"]))
             text = (f"{names}: ACC {_pct(adam['acc'])} / {_pct(metaplastic['acc'])}; forgetting "
                     f"{_pct(adam['forgetting'])} / {_pct(metaplastic['forgetting'])}")
             if adam.get("acc_task_given"):

@@ -309,7 +309,10 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
         "m=0 rho=1 beta=6": variant("engram_bnn", 0.80, 0.10, 0.0, 1.0, 0.65),
         "m=1.3 rho=1 beta=6": variant("engram_bnn", 0.79, 0.09, 1.3, 1.0, 0.65),
         "m=5 rho=1 beta=6": variant("engram_bnn", 0.82, 0.05, 5.0, 1.0, 0.70),
-        "bnn": variant("bnn", 0.20, 0.99), "mbnn m=1.3": variant("mbnn", 0.20, 0.99)}}
+        "bnn": variant("bnn", 0.20, 0.99), "mbnn m=1.3": variant("mbnn", 0.20, 0.99)},
+        "permuted_mnist-50x3": {  # one seed: no spread, no verdict
+            "m=0 rho=0.2 beta=6": {**variant("engram_bnn", 0.89, 0.03, 0.0, task_given=0.5), "seeds": 1},
+            "m=10 rho=0.2 beta=6": {**variant("engram_bnn", 0.89, 0.02, 10.0, task_given=0.6), "seeds": 1}}}
     (tmp_path / "ablation.json").write_text(json.dumps(ablation))
     proc = run_script("claims.py", f"--grid_dir={tmp_path}", f"--benchmark={tmp_path}/benchmark.json",
                       f"--ablation={tmp_path}/ablation.json", timeout=120)
@@ -327,7 +330,8 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
         ("split_mnist-class", True),
         ("ablation split_fashion_mnist-class, engram fraction 0.2, excitability 6", False),
         ("ablation split_fashion_mnist-class, engram fraction 1, excitability 6", True),
-        ("ablation split_fashion_mnist-class, no engrams", False)]
+        ("ablation split_fashion_mnist-class, no engrams", False),
+        ("ablation permuted_mnist-50x3, engram fraction 0.2, excitability 6", None)]
     assert metaplasticity[2]["measured"] == ("m=0 / m=5: ACC 80.0 ± 0.5 % / 82.0 ± 0.5 %; forgetting 10.0 ± 0.5 % / "
                                              "5.0 ± 0.5 %; the networks alone, task given, 65.0 ± 0.0 % / 70.0 ± 0.0 % "
                                              "(3 seeds)")
