@@ -64,7 +64,10 @@ def _integer_thresholds(sign_of, inputs, units):
 
 
 def _engram_arrays(model):
-    if model.confidence != "input_lda" or model.task_discriminant is None:
+    if model.task_discriminant is None:
+        raise ValueError("save_packed: the runtime infers the task with the router, and this model was built "
+                         "without one (router=False, as for task-IL)")
+    if model.confidence != "input_lda":
         raise ValueError(f"save_packed: the runtime infers the task with the router (confidence 'input_lda'); "
                          f"this model uses {model.confidence!r}")
     if model.task_discriminant.projection_bits is None:

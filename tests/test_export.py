@@ -155,3 +155,12 @@ def test_importing_the_runtime_never_loads_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_save_packed_says_in_one_line_why_a_model_cannot_be_packed(tmp_path):
+    no_router = le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, router=False)
+    with pytest.raises(ValueError, match=r"built without one \(router=False"):
+        save_packed(no_router, str(tmp_path / "a.npz"))
+    excitation = le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, lda_features=16, confidence="excitation")
+    with pytest.raises(ValueError, match="this model uses 'excitation'"):
+        save_packed(excitation, str(tmp_path / "b.npz"))
