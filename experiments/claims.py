@@ -68,6 +68,7 @@ from absl import app, flags
 
 import cli  # noqa: F401,I001  (the scripts' shared flag handling and quiet start-up)
 
+from larq_engrams.methods import REPLAY
 from larq_engrams.metrics import forgetting, learning_accuracy, mean_and_sem
 from larq_engrams.plots import figure_to_png, plot_stability_plasticity
 
@@ -169,9 +170,6 @@ def router_claim(summaries):
         rows.append((label, f"engram_bnn {_pct(ours['acc'])}{_mib(ours)}; its router alone (slda_rf) "
                             f"{_pct(router['acc'])}{_mib(router)}", _below(router["acc"], ours["acc"])))
     return rows
-
-
-REPLAY = ("er", "derpp", "er_bnn")
 
 
 def replay_claim(summaries):

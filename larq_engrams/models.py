@@ -170,9 +170,6 @@ class EngramModel(tf.keras.Model):
         # What `set_inference` chose: part of the config, so a loaded model predicts as
         # the saved one did (the task is checked against the engrams when used).
         self._inference_mode = check_choice("inference_mode", inference_mode, INFERENCE_MODES)
-        if not router and self._inference_mode == "infer" and confidence == "input_lda":
-            raise ValueError("EngramModel: inference_mode 'infer' with confidence 'input_lda' needs the router; "
-                             "pass router=True, or confidence='excitation'.")
         self._inference_task = None if inference_task is None else int(inference_task)
         self.engram_slots = EngramSlots(self)  # sparse training's optimizer-slot lifecycle
         self._inference_blocks = InferenceBlockCache()
@@ -192,6 +189,8 @@ class EngramModel(tf.keras.Model):
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
                 seed=self.seed, name="task_discriminant")
             self.task_discriminant.build((None, inputs))
+        if self._inference_mode == "infer":
+            self._check_confidence_available(self.confidence)
         self.build((None, *self.sample_shape))
         # Which classes each engram was trained on (seen in its training labels): model
         # state, saved with it; "infer" restricts an engram's prediction to them.
@@ -232,6 +231,17 @@ class EngramModel(tf.keras.Model):
             layer.set_active_task(task)
         self._reset_compiled_functions()
 
+    def _check_confidence_available(self, confidence):
+        """A one-line ValueError when `confidence` is "input_lda" and there is no router."""
+        if confidence != "input_lda" or self.task_discriminant is not None:
+            return
+        if not self.router:
+            raise ValueError("EngramModel: confidence 'input_lda' needs the router, which this model was built "
+                             "without (router=False); pass router=True, or use 'excitation'.")
+        raise ValueError(f"EngramModel: confidence 'input_lda' keeps an M x M covariance; "
+                         f"M = {self.lda_features or int(np.prod(self.sample_shape))} exceeds "
+                         f"{MAX_FEATURES}. Use fewer `lda_features` or 'excitation'.")
+
     def set_inference(self, mode, task=None, confidence=None):
         """Selects how the model gates its units when not training.
 
@@ -244,14 +254,7 @@ class EngramModel(tf.keras.Model):
         mode = check_choice("mode", mode, INFERENCE_MODES)
         if confidence is not None:
             confidence = check_choice("confidence", confidence, CONFIDENCE_MEASURES)
-        if (confidence or (self.confidence if mode == "infer" else None)) == "input_lda" \
-                and self.task_discriminant is None:
-            raise ValueError(
-                "EngramModel: confidence 'input_lda' needs the router, which this model was built without "
-                "(router=False); use 'excitation'." if not self.router else
-                f"EngramModel: confidence 'input_lda' keeps an M x M covariance; "
-                f"M = {self.lda_features or int(np.prod(self.sample_shape))} exceeds "
-                f"{MAX_FEATURES}. Use fewer `lda_features` or 'excitation'.")
+        self._check_confidence_available(confidence or (self.confidence if mode == "infer" else None))
         if confidence is not None:
             self.confidence = confidence
         if task is not None:
