@@ -8,7 +8,9 @@ inputs are real, keeps TensorFlow's BatchNorm scale and offset); the output laye
 affine in float32; the engram masks packed; the router's inference part (its random
 projection as sign bits and one scale, the discriminant's kernel and bias) and the
 engram classes; and a manifest (format version, bit order, shapes, class restriction,
-product-of-experts weight, checksum). docs/deploying.md has the format.
+product-of-experts weight, checksum). A model built without a router (`router=False`,
+task-incremental) is written without one, and the runtime then needs the task ids.
+docs/deploying.md has the format.
 
 The thresholds are found by running the trained layer itself (its own BatchNorm and
 sign, in TensorFlow) on every integer pre-activation the layer can see, so the
@@ -64,13 +66,11 @@ def _integer_thresholds(sign_of, inputs, units):
 
 
 def _engram_arrays(model):
-    if model.task_discriminant is None:
-        raise ValueError("save_packed: the runtime infers the task with the router, and this model was built "
-                         "without one (router=False, as for task-IL)")
-    if model.confidence != "input_lda":
+    router = model.task_discriminant
+    if router is not None and model.confidence != "input_lda":
         raise ValueError(f"save_packed: the runtime infers the task with the router (confidence 'input_lda'); "
                          f"this model uses {model.confidence!r}")
-    if model.task_discriminant.projection_bits is None:
+    if router is not None and router.projection_bits is None:
         raise ValueError("save_packed: the router works on the raw inputs (lda_features=None); the runtime needs "
                          "its random features")
     arrays, hidden = {}, []
@@ -91,10 +91,10 @@ def _engram_arrays(model):
     arrays["output/kernel_bits"] = pack_signs(_latent(model.classifier.kernel))
     arrays["output/scale"], arrays["output/offset"] = _affine(
         (norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta, norm.epsilon))
-    router = model.task_discriminant
-    arrays["router/projection_bits"] = sign_bytes(router.projection_bits.numpy(), router.num_features)
-    arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
-    arrays["router/bias"] = router.bias.numpy().astype(np.float32)
+    if router is not None:
+        arrays["router/projection_bits"] = sign_bytes(router.projection_bits.numpy(), router.num_features)
+        arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
+        arrays["router/bias"] = router.bias.numpy().astype(np.float32)
     arrays["engram_classes"] = (model.engram_classes.numpy() > 0).astype(np.uint8)
     manifest = {
         "kind": "engram", "input_shape": list(model.sample_shape), "num_classes": model.num_classes,
@@ -102,8 +102,8 @@ def _engram_arrays(model):
         "inference_mode": model.inference_mode, "inference_task": model.get_config()["inference_task"],
         "restrict_to_engram_classes": model.restrict_to_engram_classes, "lda_weight": model.lda_weight,
         "outside_mass": "1e-3 / num_classes",
-        "router": {"features": router.num_features, "projection_scale": router.projection_scale,
-                   "inputs": inputs},
+        "router": None if router is None else {"features": router.num_features,
+                                               "projection_scale": router.projection_scale, "inputs": inputs},
     }
     return arrays, manifest
 

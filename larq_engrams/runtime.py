@@ -11,8 +11,12 @@ from larq_engrams import runtime
 net = runtime.load("engram_bnn.npz")
 scores = net.predict(x)            # "infer": the engram is chosen per sample, as the Keras model does
 scores = net.predict(x, task=2)    # "task": engram 2's network (its raw logits)
+scores = net.predict(x, task=ids)  # one engram id per example (task-IL: the Keras model's `(x, ids)`)
 tasks = net.infer_tasks(x)         # the engram chosen per sample
 ```
+
+A model built without a router (`router=False`, task-incremental) is exported without
+one: it needs `task=` (one id, or one per example), and "infer" says so in one line.
 
 The maths (docs/method.md, sections 1, 3 and 4; the packed format in docs/deploying.md):
 
@@ -41,11 +45,12 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["FORMAT", "VERSION", "PackedFormatError", "PackedNetwork", "floored_log_softmax", "load", "pack_signs",
+__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "floored_log_softmax", "load", "pack_signs",
            "unpack_signs", "checksum"]
 
 FORMAT = "larq-engrams-packed"
-VERSION = 1
+VERSION = 2  # 2: the router is optional (manifest "router": null)
+READABLE_VERSIONS = (1, 2)
 _EMPTY_GROUP = -1e9 / 2  # router groups without data score -1e9
 
 
@@ -151,6 +156,8 @@ class PackedNetwork:
             for task in self.allocated_tasks:
                 self._engrams[task] = self._engram_network([m[task] for m in self._masks])
             self.engram_classes = arrays["engram_classes"].astype(bool)
+        self.has_router = self.kind == "engram" and manifest.get("router") is not None
+        if self.has_router:
             self.router_projection = unpack_signs(arrays["router/projection_bits"], int(manifest["router"]["features"]))
             self.router_projection *= np.float32(manifest["router"]["projection_scale"])
             self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
@@ -200,8 +207,14 @@ class PackedNetwork:
             raise ValueError(f"runtime: engram {task} is not allocated; allocated: {self.allocated_tasks}.")
         return int(task)
 
+    def _require_router(self):
+        if not self.has_router:
+            raise ValueError("runtime: this network was exported without a router (a task-incremental model): "
+                             "pass task= (one engram id, or one per example).")
+
     def router_scores(self, x):
         """(batch, tasks, classes) router scores g_{s,c}(x)."""
+        self._require_router()
         features = np.maximum(self._flat(x) @ self.router_projection, 0)
         tasks, classes, width = self.router_kernel.shape
         scores = features @ self.router_kernel.reshape(tasks * classes, width).T  # BLAS, unlike einsum
@@ -213,16 +226,29 @@ class PackedNetwork:
 
     def predict(self, x, task=None):
         """Class scores for `x` (a batch, or one example): the plain network's logits;
-        for an engram network, engram `task`'s logits, or with `task=None` the "infer"
-        output (log-probabilities, as the Keras model in "infer" mode)."""
+        for an engram network, the logits of engram `task` (one id, or an int array of
+        one id per example, as the Keras model's `(x, task_ids)` inputs), or with
+        `task=None` the "infer" output (log-probabilities, as the Keras model in "infer"
+        mode)."""
         x = self._flat(x)
         if self.kind != "engram":
             return self._logits(x, self.layers, self.output_kernel)
-        if task is not None:
-            return self._logits(x, *self._engrams[self._task(task)])
-        return self._infer(x)[0]
+        if task is None:
+            return self._infer(x)[0]
+        ids = np.asarray(task)
+        if ids.ndim == 0:
+            return self._logits(x, *self._engrams[self._task(int(ids))])
+        if ids.shape != (len(x),):
+            raise ValueError(f"runtime: task= holds {ids.size} ids for {len(x)} examples; give one id, or one "
+                             "per example.")
+        out = np.empty((len(x), self.num_classes), np.float32)
+        for t in np.unique(ids):  # each engram's sub-network once, on its examples
+            rows = ids == t
+            out[rows] = self._logits(x[rows], *self._engrams[self._task(int(t))])
+        return out
 
     def _infer(self, x):
+        self._require_router()
         if not self.allocated_tasks:
             raise ValueError("runtime: 'infer' needs at least one allocated engram.")
         tasks = self.allocated_tasks
@@ -258,10 +284,11 @@ def load(path):
         manifest = json.loads(arrays.pop("manifest").tobytes().decode())
     except (KeyError, ValueError, UnicodeDecodeError):
         raise PackedFormatError(f"{path} has no readable manifest: it is not a packed larq-engrams network") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
         raise PackedFormatError(
             f"{path} is {manifest.get('format')!r} version {manifest.get('version')!r}; this runtime reads "
-            f"{FORMAT!r} version {VERSION}: export the model again with this package's version")
+            f"{FORMAT!r} versions {', '.join(map(str, READABLE_VERSIONS))}: export the model again with this "
+            "package's version")
     if checksum(arrays) != manifest.get("checksum"):
         raise PackedFormatError(f"{path} is corrupt: its arrays do not match the manifest's checksum")
     return PackedNetwork(manifest, arrays)

@@ -133,7 +133,7 @@ def test_packed_files_of_another_version_or_corrupt_fail_in_one_line(tmp_path):
     flipped = arrays["hidden_0/kernel_bits"].copy()
     flipped[0, 0] ^= 1
     cases = {
-        write("v2.npz", {"version": 2}): "version 2.*export the model again",
+        write("v3.npz", {"version": 3}): "version 3.*export the model again",
         write("other.npz", {"format": "something-else"}): "something-else",
         write("flipped.npz", arrays_changes={"hidden_0/kernel_bits": flipped}): "corrupt",
     }
@@ -157,10 +157,33 @@ def test_importing_the_runtime_never_loads_tensorflow():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+def test_task_incremental_model_without_a_router_runs_on_its_task_ids(tmp_path):
+    data = _two_tasks(seed=3)
+    model = le.engram_bnn((16,), 4, hidden=(48, 40), max_tasks=2, engram_fraction=0.5, router=False)
+    for t, (x, y) in enumerate(data):
+        model.begin_task(t)
+        model.compile(optimizer=le.MetaplasticAdam(0.01), loss=LOSS)
+        model.fit((x, np.full(len(x), t, np.int32)), y, batch_size=50, epochs=2, verbose=0)
+    path = str(tmp_path / "task_il.npz")
+    manifest = save_packed(model, path)
+    assert manifest["router"] is None and not any(name.startswith("router/") for name in np.load(path).files)
+    net = runtime.load(path)
+    x = np.concatenate([d[0] for d in data])
+    ids = np.repeat(np.array([1, 0], np.int32), [250, len(x) - 250])  # mixed: both engrams in one batch
+    keras = model((x, ids)).numpy()
+    ours = net.predict(x, task=ids)
+    assert (ours.argmax(-1) == keras.argmax(-1)).mean() > 0.999
+    assert np.isclose(ours, keras, rtol=1e-4, atol=1e-3).all(axis=-1).mean() > 0.99
+    # per-example ids give each engram's own logits, row for row
+    np.testing.assert_array_equal(ours[:250], net.predict(x[:250], task=1))
+    np.testing.assert_array_equal(ours[250:], net.predict(x[250:], task=0))
+    for call in (lambda: net.predict(x), lambda: net.infer_tasks(x), lambda: net.predict(x, task=ids[:5])):
+        with pytest.raises(ValueError, match="task=") as error:
+            call()
+        assert "\n" not in str(error.value)
+
+
 def test_save_packed_says_in_one_line_why_a_model_cannot_be_packed(tmp_path):
-    no_router = le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, router=False)
-    with pytest.raises(ValueError, match=r"built without one \(router=False"):
-        save_packed(no_router, str(tmp_path / "a.npz"))
     excitation = le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, lda_features=16, confidence="excitation")
     with pytest.raises(ValueError, match="this model uses 'excitation'"):
         save_packed(excitation, str(tmp_path / "b.npz"))
