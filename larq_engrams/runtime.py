@@ -235,6 +235,10 @@ class PackedNetwork:
             return self._logits(x, self.layers, self.output_kernel)
         if task is None:
             return self._infer(x)[0]
+        return self._task_logits(x, task)
+
+    def _task_logits(self, x, task):
+        """Flat `x` through engram `task` (one id, or one per example)."""
         ids = np.asarray(task)
         if ids.ndim == 0:
             return self._logits(x, *self._engrams[self._task(int(ids))])
@@ -252,11 +256,11 @@ class PackedNetwork:
         if not self.allocated_tasks:
             raise ValueError("runtime: 'infer' needs at least one allocated engram.")
         tasks = self.allocated_tasks
-        logits = np.stack([self._logits(x, *self._engrams[t]) for t in tasks])  # (K, batch, C)
         groups = np.transpose(self.router_scores(x)[:, tasks], (1, 0, 2))  # (K, batch, C)
         best = groups.max(axis=-1).argmax(axis=0)
         rows = np.arange(len(x))
-        chosen, chosen_tasks = logits[best, rows], np.asarray(tasks)[best]
+        chosen_tasks = np.asarray(tasks)[best]
+        chosen = self._task_logits(x, chosen_tasks)  # each sample through its chosen engram only
         weight, restrict = float(self.manifest["lda_weight"]), bool(self.manifest["restrict_to_engram_classes"])
         if not (restrict or weight > 0):
             return chosen, chosen_tasks

@@ -171,11 +171,33 @@ class StackedEngramSubnetworks:
         """(K, batch, classes) logits (and (K, batch) excitation scores). With an
         `InferenceBlockCache`, the kernel blocks are read from it (computed and stored
         when it is not valid)."""
-        model = self.model
         blocks = self.kernel_blocks() if cache is None else cache.blocks(self)
-        h = model.flatten(x)
+        return self._run(self.model.flatten(x), blocks, self.units, self.valid, with_excitation)
+
+    def chosen(self, x, choice, cache=None):
+        """(batch, classes) logits of engram `tasks[choice[i]]` for each sample i.
+
+        Each engram's chain runs on its own samples only (grouped with
+        `tf.dynamic_partition`), so a sample costs one engram's sub-network instead of
+        K: the route of "infer" when the router alone picks the engram."""
+        blocks = self.kernel_blocks() if cache is None else cache.blocks(self)
+        h = self.model.flatten(x)
+        k = len(self.tasks)
+        parts = tf.dynamic_partition(h, choice, k)
+        rows = tf.dynamic_partition(tf.range(tf.shape(h)[0]), choice, k)
+        outputs = []
+        for j in range(k):
+            one = slice(j, j + 1)
+            own = [blocks[0][:, one]] + [block[one] for block in blocks[1:]]
+            outputs.append(self._run(parts[j], own, [u[one] for u in self.units], [v[one] for v in self.valid])[0])
+        return tf.dynamic_stitch(rows, outputs)
+
+    def _run(self, h, blocks, units_per_layer, valid_per_layer, with_excitation=False):
+        """The stacked chain on flat inputs `h` for the engrams of `units_per_layer`
+        (leading axis K'), with their kernel blocks."""
+        model = self.model
         excitation = 0.0
-        for i, (layer, units, valid) in enumerate(zip(model.engram_layers, self.units, self.valid)):
+        for i, (layer, units, valid) in enumerate(zip(model.engram_layers, units_per_layer, valid_per_layer)):
             if i == 0:
                 x_in = h if layer.dense.input_quantizer is None else layer.dense.input_quantizer(h)
                 z = tf.einsum("bi,ikr->kbr", x_in, blocks[0])

@@ -346,12 +346,13 @@ class _RandomSignBits(tf.keras.initializers.Initializer):
 class EngramTaskInference:
     """An `EngramModel`'s "infer" mode: which engram answers an input, and its output.
 
-    For the allocated engrams s, the model's engram networks run on the batch (their
-    stacked sub-networks, or the masked network on a tiled batch); the confidence
-    measure (`model.confidence`) picks one engram per sample: "input_lda" (the
-    router, `InputDiscriminant`: the best group score g_{s,c}(x) over the engram's
-    classes), "excitation" (the summed BatchNorm deviation of its units),
-    "max_softmax" or "entropy" (of its network's output). The output is the chosen
+    The confidence measure (`model.confidence`) picks one engram per sample among the
+    allocated ones: "input_lda" (the router, `InputDiscriminant`: the best group score
+    g_{s,c}(x) over the engram's classes), "excitation" (the summed BatchNorm deviation
+    of its units), "max_softmax" or "entropy" (of its network's output). With
+    "input_lda" the choice needs no network, so only the chosen engram's network runs
+    for each sample; the others run every engram's network on the batch (stacked
+    sub-networks, or the masked network on a tiled batch). The output is the chosen
     engram's product of experts with the router's class evidence, restricted to the
     engram's classes (`floored_log_softmax`; docs/method.md, section 3).
 
@@ -399,38 +400,23 @@ class EngramTaskInference:
         if not tasks:
             raise RuntimeError("EngramModel: 'infer' mode needs at least one allocated engram.")
         x = model.flatten(x)
-        batch = tf.shape(x)[0]
-        k = len(tasks)
         confidence = model.confidence
-        if model.execution == "sparse":  # the engrams' sub-networks, stacked
-            stacked = StackedEngramSubnetworks(model, tasks)
-            # A SavedModel export must not capture the cache: it is transient state.
-            cache = model.inference_block_cache()
-            if confidence == "excitation":
-                logits, score = stacked(x, with_excitation=True, cache=cache)
-            else:
-                logits = stacked(x, cache=cache)
-        else:
-            tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
-            ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
-            if confidence == "excitation":
-                logits, score = self._masked_with_excitation(tiled, ids)
-                score = tf.reshape(score, [k, batch])
-            else:
-                logits = model.masked_forward(tiled, False, ids)
-            logits = tf.reshape(logits, [k, batch, model.num_classes])
         if confidence == "input_lda":
+            # The router alone picks the engram, so only the chosen engram's network
+            # runs for each sample: one sub-network per sample instead of K.
             groups = self.group_scores(x, tasks)  # (K, batch, classes)
-            score = tf.reduce_max(groups, axis=-1)
-        elif confidence != "excitation":
-            probs = tf.nn.softmax(logits, axis=-1)
-        if confidence == "max_softmax":
-            score = tf.reduce_max(probs, axis=-1)
-        elif confidence == "entropy":
-            score = tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)  # -entropy
-        best = tf.argmax(score, axis=0, output_type=tf.int32)  # (batch,)
-        chosen = tf.gather(tf.transpose(logits, [1, 0, 2]), best, batch_dims=1)
-        chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
+            best = tf.argmax(tf.reduce_max(groups, axis=-1), axis=0, output_type=tf.int32)  # (batch,)
+            chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
+            if model.execution == "sparse":
+                # (A SavedModel export gets no cache: it is transient state.)
+                chosen = StackedEngramSubnetworks(model, tasks).chosen(x, best, cache=model.inference_block_cache())
+            else:
+                chosen = model.masked_forward(x, False, chosen_tasks)
+        else:
+            logits, score = self._every_engram(x, tasks)  # (K, batch, classes), (K, batch)
+            best = tf.argmax(score, axis=0, output_type=tf.int32)  # (batch,)
+            chosen = tf.gather(tf.transpose(logits, [1, 0, 2]), best, batch_dims=1)
+            chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
         poe = confidence == "input_lda" and model.lda_weight > 0
         if not (model.restrict_to_engram_classes or poe):
             return chosen, chosen_tasks  # the chosen engram's own logits
@@ -446,6 +432,30 @@ class EngramTaskInference:
         # Engrams with no recorded classes (e.g. trained outside train_step) predict freely.
         known = tf.logical_or(known, tf.logical_not(tf.reduce_any(known, axis=-1, keepdims=True)))
         return floored_log_softmax(log_probs, known), chosen_tasks
+
+    def _every_engram(self, x, tasks):
+        """Every engram's logits (K, batch, classes) and its confidence score (K,
+        batch), for the confidences that need each engram's network output."""
+        model = self.model
+        confidence, batch, k = model.confidence, tf.shape(x)[0], len(tasks)
+        if model.execution == "sparse":  # the engrams' sub-networks, stacked
+            stacked = StackedEngramSubnetworks(model, tasks)
+            # A SavedModel export must not capture the cache: it is transient state.
+            cache = model.inference_block_cache()
+            if confidence == "excitation":
+                return stacked(x, with_excitation=True, cache=cache)
+            logits = stacked(x, cache=cache)
+        else:
+            tiled = tf.tile(x, [k, 1])  # row j*batch + i: sample i under engram tasks[j]
+            ids = tf.repeat(tf.constant(tasks, tf.int32), batch)
+            if confidence == "excitation":
+                logits, score = self._masked_with_excitation(tiled, ids)
+                return tf.reshape(logits, [k, batch, model.num_classes]), tf.reshape(score, [k, batch])
+            logits = tf.reshape(model.masked_forward(tiled, False, ids), [k, batch, model.num_classes])
+        probs = tf.nn.softmax(logits, axis=-1)
+        if confidence == "max_softmax":
+            return logits, tf.reduce_max(probs, axis=-1)
+        return logits, tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)  # "entropy": -entropy
 
     def group_scores(self, x, tasks):
         """(K, batch, classes) router scores g_{s,c}(x) of the engrams `tasks`."""

@@ -6,7 +6,7 @@ import tensorflow as tf
 import larq_engrams as le
 from larq_engrams.optimizers import Adam
 from larq_engrams.block_updates import Block, apply_block_gradients, supports_block_updates
-from larq_engrams.subnetwork import EngramSubnetwork
+from larq_engrams.subnetwork import EngramSubnetwork, StackedEngramSubnetworks
 from larq_engrams.training import train_step
 
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -272,6 +272,22 @@ def test_infer_never_serves_blocks_of_older_weights():
     for model in (sparse, masked):
         model.set_weights(weights)
     np.testing.assert_allclose(predict[0](x).numpy(), predict[1](x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_infer_runs_each_sample_through_its_chosen_engram_only():
+    """With the router choosing, "infer" runs only the chosen engram per sample: its
+    output equals every engram's network run on the whole batch and the chosen one
+    picked, exactly, in both executions; an engram no sample chooses changes nothing."""
+    for model in model_pair(OVERLAPPING):
+        for task in range(3):
+            train(model, Adam(0.01), task)
+        model.lda_weight, model.restrict_to_engram_classes = 0.0, False  # the chosen engram's own logits
+        model.set_inference("infer")
+        x = np.concatenate([task_data(t, 20)[0] for t in (0, 2)])  # engram 1 is chosen by none (or few)
+        chosen = model.infer_tasks(x).numpy()
+        every = StackedEngramSubnetworks(model, [0, 1, 2])(tf.constant(x)).numpy()  # (3, batch, classes)
+        np.testing.assert_array_equal(model(x, training=False).numpy(), every[chosen, np.arange(len(x))])
+        assert len(set(chosen)) >= 2
 
 
 def test_task_scoped_moments_equal_the_masked_reference_and_keep_no_full_slots():
