@@ -177,20 +177,29 @@ class StackedEngramSubnetworks:
     def chosen(self, x, choice, cache=None):
         """(batch, classes) logits of engram `tasks[choice[i]]` for each sample i.
 
-        Each engram's chain runs on its own samples only (grouped with
-        `tf.dynamic_partition`), so a sample costs one engram's sub-network instead of
-        K: the route of "infer" when the router alone picks the engram."""
+        The samples are sorted by engram and each engram's chain runs on its own rows
+        only, in a `tf.while_loop` over the engrams (one traced body, whatever K), so a
+        sample costs one engram's sub-network instead of K: the route of "infer" when
+        the router alone picks the engram."""
         blocks = self.kernel_blocks() if cache is None else cache.blocks(self)
         h = self.model.flatten(x)
         k = len(self.tasks)
-        parts = tf.dynamic_partition(h, choice, k)
-        rows = tf.dynamic_partition(tf.range(tf.shape(h)[0]), choice, k)
-        outputs = []
-        for j in range(k):
+        order = tf.argsort(choice, stable=True)
+        counts = tf.math.bincount(choice, minlength=k, maxlength=k)
+        starts = tf.cumsum(counts, exclusive=True)
+        rows = tf.gather(h, order)
+
+        def body(j, outputs):
             one = slice(j, j + 1)
             own = [blocks[0][:, one]] + [block[one] for block in blocks[1:]]
-            outputs.append(self._run(parts[j], own, [u[one] for u in self.units], [v[one] for v in self.valid])[0])
-        return tf.dynamic_stitch(rows, outputs)
+            part = rows[starts[j]: starts[j] + counts[j]]
+            logits = self._run(part, own, [u[one] for u in self.units], [v[one] for v in self.valid])[0]
+            return j + 1, outputs.write(j, logits)
+
+        outputs = tf.TensorArray(h.dtype, size=k, infer_shape=False,
+                                 element_shape=tf.TensorShape([None, self.model.num_classes]))
+        _, outputs = tf.while_loop(lambda j, _: j < k, body, (tf.constant(0), outputs))
+        return tf.gather(outputs.concat(), tf.math.invert_permutation(order))  # back to the batch's order
 
     def _run(self, h, blocks, units_per_layer, valid_per_layer, with_excitation=False):
         """The stacked chain on flat inputs `h` for the engrams of `units_per_layer`
