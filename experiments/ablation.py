@@ -28,6 +28,7 @@ selection/engram/chosen.json; 0.005 where no choice exists).
 
     python experiments/ablation.py --scenarios=split_fashion_mnist-class --seeds=0,1,2
     python experiments/ablation.py --scenarios=permuted_mnist-10x20   # hours on 2 cores
+    python experiments/ablation.py --notrain   # the table of every finished run, nothing trained
 
 Writes `<outdir>/<scenario>/<variant>/seed_<k>.json`, and `table.json`, `table.md` and
 `ablation.png` over every finished run.
@@ -74,6 +75,8 @@ flags.DEFINE_enum("evaluate_on", "test", list(benchmarks.EVALUATION_SPLITS), "te
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("grid_dir", "results/paper", "Where the grid's validated learning rates are read.")
 flags.DEFINE_string("outdir", "results/ablation", "Where results go.")
+flags.DEFINE_bool("train", True, "--notrain: only write the table and figure from the finished runs in --outdir "
+                  "(e.g. runs copied in from other machines).")
 
 
 def _scenario(name, seed):
@@ -188,29 +191,44 @@ COLUMNS = ("acc", "acc_networks", "acc_router", "acc_task_given", "task_inferenc
            "bwt")
 
 
-def summarize(outdir):
-    """{scenario: {variant: {column: (mean, sem), "seeds": n}}} over every finished run."""
-    table = {}
+def finished_runs(outdir):
+    """{(scenario, variant): [records]} of every finished run in `outdir`."""
+    runs = {}
     for name in sorted(os.listdir(outdir)) if os.path.isdir(outdir) else []:
         folder = os.path.join(outdir, name)
         if name not in SCENARIOS or not os.path.isdir(folder):
             continue
         for variant in sorted(os.listdir(folder)):
-            records = []
             for entry in sorted(os.listdir(os.path.join(folder, variant))):
                 if entry.endswith(".json"):  # not a run's checkpoints
                     with open(os.path.join(folder, variant, entry)) as f:
-                        records.append(json.load(f))
-            if not records:
-                continue
-            row = {"seeds": len(records), "factors": records[0]["settings"]["changes"],
-                   "method": records[0]["settings"]["method"]}
-            for column in COLUMNS:
-                values = [r[column] for r in records if r.get(column) is not None]
-                if values:
-                    row[column] = mean_and_sem(values)
-            table.setdefault(name, {})[records[0]["settings"]["variant"]] = row
+                        record = json.load(f)
+                    runs.setdefault((name, record["settings"]["variant"]), []).append(record)
+    return runs
+
+
+def summarize(outdir):
+    """{scenario: {variant: {column: (mean, sem), "seeds": n}}} over every finished run."""
+    table = {}
+    for (name, variant), records in finished_runs(outdir).items():
+        row = {"seeds": len(records), "factors": records[0]["settings"]["changes"],
+               "method": records[0]["settings"]["method"]}
+        for column in COLUMNS:
+            values = [r[column] for r in records if r.get(column) is not None]
+            if values:
+                row[column] = mean_and_sem(values)
+        table.setdefault(name, {})[variant] = row
     return table
+
+
+def provenance(outdir):
+    """Markdown lines: the commits and commands of the finished runs (a table may
+    gather runs of several sittings and machines)."""
+    records = [r for runs in finished_runs(outdir).values() for r in runs]
+    commits = sorted({(r.get("commit") or "?")[:7] for r in records})
+    commands = sorted({r.get("command") or "?" for r in records})
+    return ([f"Runs: {len(records)}, at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}; "
+             f"their commands:", ""] + [f"    {c}" for c in commands])
 
 
 def to_markdown(table):
@@ -253,6 +271,8 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
     plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios for variant in variants() for seed in FLAGS.seeds]
+    if not FLAGS.train:
+        plan = []
     for i, (name, variant, method, changes, seed) in enumerate(plan):
         print(f"[{i + 1}/{len(plan)}] {name} {variant} seed {seed}", flush=True)
         record = run_one(name, variant, method, changes, seed)
@@ -261,7 +281,9 @@ def main(argv):
     table = summarize(FLAGS.outdir)
     write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(table, indent=1))
     markdown = to_markdown(table)
-    write_atomically(os.path.join(FLAGS.outdir, "table.md"), markdown + f"\nCommand: `{' '.join(sys.argv)}`\n")
+    write_atomically(os.path.join(FLAGS.outdir, "table.md"), "\n".join(
+        [markdown, f"Table written by `{' '.join(sys.argv)}` over every finished run in `{FLAGS.outdir}`.", ""]
+        + provenance(FLAGS.outdir)) + "\n")
     figure_to_png(plot(table), os.path.join(FLAGS.outdir, "ablation.png"))
     print(markdown)
 

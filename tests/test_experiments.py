@@ -437,3 +437,10 @@ def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
     assert (tmp_path / "ablation.png").exists() and "| m=1.3 rho=0.2 beta=6 | 1 |" in open(tmp_path / "table.md").read()
     again = run_script("ablation.py", *args, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout
+    # --notrain tabulates what is there: seed 1 is not trained, the row keeps its one run
+    table_only = run_script("ablation.py", *[a.replace("--seeds=0", "--seeds=1") for a in args], "--notrain",
+                            timeout=600)
+    assert table_only.returncode == 0 and "seed 1" not in table_only.stdout, table_only.stdout[-2000:]
+    assert not (tmp_path / "split_mnist-class" / "m=1.3_rho=0.2_beta=6" / "seed_1.json").exists()
+    markdown = open(tmp_path / "table.md").read()
+    assert "| m=1.3 rho=0.2 beta=6 | 1 |" in markdown and "Runs: 1, at commit " in markdown
