@@ -253,14 +253,16 @@ def plot(table):
         for offset, column, color in ((-0.2, "acc", "tab:red"), (0.0, "acc_task_given", "tab:blue"),
                                       (0.2, "task_inference", "tab:green")):
             values = [100 * rows[v][column][0] if column in rows[v] else np.nan for v in names]
-            ax.bar(np.arange(len(names)) + offset, values, 0.2, color=color, label=column)
+            errors = [100 * rows[v][column][1] if column in rows[v] else 0.0 for v in names]  # s.e.m.
+            ax.bar(np.arange(len(names)) + offset, values, 0.2, yerr=errors, capsize=2, color=color, label=column)
         ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_ylim(max(0, np.nanmin([100 * r["acc"][0] for r in rows.values()]) - 10), 100)
         ax.set_title(name, fontsize=9)
         ax.set_ylabel("%")
-        ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8, frameon=False,
+                  title="mean ± s.e.m. over seeds", title_fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     return figure
 
 
