@@ -13,6 +13,11 @@ SLDA: Sigma      = sum_c sum_{x in c} (f - mu_c)(f - mu_c)^T / sum_c n_c   share
       logit_c(x) = mu_c^T P f(x) - 1/2 mu_c^T P mu_c             (Gaussian log-likelihood + const)
 ```
 
+With `task_groups=T` the statistics are kept per (task, class) group, as the engram
+router keeps them, and logit_c(x) = max_t logit_{t,c}(x): in domain-IL, where every task
+uses the same labels, this is the router alone (one class per group set is the
+class-IL case, where the two coincide).
+
 Classes never seen score -1e9, so a prediction is always a class seen so far. Training
 is accumulation: a batch adds to the counts, sums and within-class scatter (float32,
 merged batch by batch as in `InputDiscriminant.observe`), so the order of the data
@@ -23,7 +28,7 @@ same; the shared covariance weighs the repeated task more).
 import numpy as np
 import tensorflow as tf
 
-from larq_engrams.arguments import check_choice, check_positive_ints
+from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
 from larq_engrams.task_inference import InputDiscriminant
 
 __all__ = ["ClassStatisticsClassifier", "RULES"]
@@ -47,29 +52,43 @@ class ClassStatisticsClassifier(tf.keras.Model):
         shrinkage: SLDA's lambda in [0, 1] (0.1, as measured in the issue's anchors).
         features: None for the inputs themselves, or M fixed random ReLU features.
         seed: seeds the random features.
+        task_groups: 1 (one group per class), or the number of tasks: one group per
+            (task, class), the task set by `begin_task` (the continual protocol's hook).
     """
 
-    def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, **kwargs):
+    def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, task_groups=1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)
         self.rule = check_choice("rule", rule, RULES, owner="ClassStatisticsClassifier")
         self.shrinkage, self.features, self.seed = float(shrinkage), features, int(seed)
+        self.task_groups = check_positive_int("task_groups", task_groups, owner="ClassStatisticsClassifier")
         self.discriminant = InputDiscriminant(
-            1, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
+            self.task_groups, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
             covariance="shared" if rule == "slda" else "identity", name="class_statistics")
         self.discriminant.build((None, int(np.prod(self.sample_shape))))
         # Set by `observe`, cleared by the refresh that the next call makes.
         self.stale = tf.Variable(False, trainable=False, name="stale",
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.task = tf.Variable(0, trainable=False, name="task", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.build((None, *self.sample_shape))
+
+    def begin_task(self, task):
+        """The continual protocol's hook: later examples go to `task`'s groups (with
+        `task_groups` > 1; one group set holds every task otherwise)."""
+        if self.task_groups > 1:
+            if not 0 <= int(task) < self.task_groups:
+                raise ValueError(f"ClassStatisticsClassifier: task {task} is outside its {self.task_groups} "
+                                 "task_groups.")
+            self.task.assign(int(task))
 
     def _flat(self, x):
         return tf.reshape(tf.cast(x, tf.float32), (tf.shape(x)[0], -1))
 
     def observe(self, x, y):
         """Adds a batch of examples and their labels to the class statistics."""
-        self.discriminant.observe(self._flat(x), y, 0)  # one group set: the classes
+        self.discriminant.observe(self._flat(x), y, self.task)
         self.stale.assign(True)
 
     def _refresh(self):
@@ -77,13 +96,17 @@ class ClassStatisticsClassifier(tf.keras.Model):
         self.stale.assign(False)
         return tf.constant(True)
 
+    def _logits(self, x):
+        # Each class's best group over the task group sets (empty groups score -1e9).
+        return tf.reduce_max(self.discriminant.group_scores(self._flat(x)), axis=1)
+
     def stale_logits(self, x):
         """The logits of the discriminant as last refreshed (no refresh: cheap)."""
-        return self.discriminant.group_scores(self._flat(x))[:, 0, :]
+        return self._logits(x)
 
     def call(self, x, training=False):
         tf.cond(self.stale, self._refresh, lambda: tf.constant(False))
-        return self.discriminant.group_scores(self._flat(x))[:, 0, :]
+        return self._logits(x)
 
     def continual_train_step(self, x, y, loss_fn, optimizer, task_ids=None):
         """The continual protocol's step (`larq_engrams.protocol`): counts the batch; no
@@ -109,4 +132,4 @@ class ClassStatisticsClassifier(tf.keras.Model):
     def get_config(self):
         return {"input_shape": self.sample_shape, "num_classes": self.num_classes, "rule": self.rule,
                 "shrinkage": self.shrinkage, "features": self.features, "seed": self.seed,
-                "name": self.name}
+                "task_groups": self.task_groups, "name": self.name}

@@ -85,23 +85,47 @@ def test_registry_methods_learn_class_incremental_split_mnist(name, floor):
     assert R[2, 0] > 0.7 and R[2, 1] > 0.7  # old classes keep being recognised
 
 
-def test_slda_rf_is_the_engram_models_router_alone():
+@pytest.mark.parametrize("setting, task_groups", [("class", 1), ("domain", 3)])
+def test_slda_rf_is_the_engram_models_router_alone(setting, task_groups):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 12)).astype(np.float32)
     y = rng.integers(0, 6, 600)
     x += y[:, None] * rng.normal(size=12).astype(np.float32) * 0.5
-    scenario = B.split_by_classes(x[:400], y[:400], x[400:], y[400:], setting="class", classes_per_task=2)
+    scenario = B.split_by_classes(x[:400], y[:400], x[400:], y[400:], setting=setting, classes_per_task=2)
     hp = methods.HyperParameters(hidden=(16,), lda_features=32, seed=3)
     router = methods.build("slda_rf", scenario, hp).model
     engram = methods.build("engram", scenario, hp).model
+    assert router.task_groups == task_groups  # domain-IL: one group per (task, class), as the router keeps
     for task in scenario:
         engram.begin_task(task.task_id)
         engram.observe_task_data(task.train)
+        router.begin_task(task.task_id)
         for xb, yb in task.train:
             router.observe(xb, yb)
-    # The same features (count and seed) and shrinkage: the router's best (engram, class)
-    # group names the class slda_rf predicts, on every test input.
+    # The same features (count and seed), shrinkage and groups: per class, the router's
+    # best (engram, class) group is slda_rf's logit, on every test input.
     groups = engram.task_discriminant.group_scores(tf.constant(x[400:])).numpy().max(axis=1)
     np.testing.assert_allclose(router(x[400:]).numpy(), groups, rtol=1e-4, atol=1e-3)
     assert router.discriminant.features == engram.lda_features == 32
     assert router.shrinkage == engram.lda_shrinkage
+
+
+def test_task_groups_keep_each_tasks_class_apart():
+    """Two tasks give label 0 to inputs far apart, (6, 0) and (-6, 0), label 1 to inputs
+    at (3, 0): with a group per (task, class) each class-0 cloud keeps its own mean;
+    pooled into one class they average to the origin, and (6, 0) falls to class 1."""
+    rng = np.random.default_rng(1)
+    grouped = ClassStatisticsClassifier((2,), 2, rule="ncm", task_groups=2)
+    pooled = ClassStatisticsClassifier((2,), 2, rule="ncm")
+    for task, centre in enumerate(([6.0, 0.0], [-6.0, 0.0])):
+        x = np.concatenate([rng.normal(size=(40, 2)) * 0.3 + centre, rng.normal(size=(40, 2)) * 0.3 + [3.0, 0.0]])
+        for model in (grouped, pooled):
+            model.begin_task(task)
+            model.observe(x.astype(np.float32), np.repeat([0, 1], 40))
+    query = np.array([[6.0, 0.0], [-6.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(grouped(query).numpy().argmax(-1), [0, 0])
+    np.testing.assert_array_equal(pooled(query).numpy().argmax(-1), [1, 0])
+    with pytest.raises(ValueError, match="outside its 2 task_groups"):
+        grouped.begin_task(2)
+    clone = ClassStatisticsClassifier.from_config(grouped.get_config())
+    assert clone.task_groups == 2

@@ -321,11 +321,15 @@ def _slda(scenario, hp):
 
 
 def _router_alone(name, rule, scenario, hp):
-    """The engram model's task router used directly as a class-IL learner: the same
-    random features (seed and count, `lda_features`), shrinkage and one pass."""
+    """The engram model's task router used directly as a classifier: the same random
+    features (seed and count, `lda_features`), shrinkage, groups and one pass. Where
+    tasks share labels (domain-IL) the router keeps a group per (task, class), and so
+    does this; in class-IL those are the classes."""
     features = DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features
+    shared = len({label for task in scenario for label in task.labels}) < sum(len(task.labels) for task in scenario)
     model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule=rule,
-                                      shrinkage=DEFAULT_SHRINKAGE, features=features, seed=hp.seed)
+                                      shrinkage=DEFAULT_SHRINKAGE, features=features, seed=hp.seed,
+                                      task_groups=scenario.num_tasks if shared else 1)
     return _setup(name, model, _adam(hp), scenario)
 
 
