@@ -207,10 +207,10 @@ def finished_runs(outdir):
     return runs
 
 
-def summarize(outdir):
-    """{scenario: {variant: {column: (mean, sem), "seeds": n}}} over every finished run."""
+def summarize(runs):
+    """{scenario: {variant: {column: (mean, sem), "seeds": n}}} of `finished_runs`."""
     table = {}
-    for (name, variant), records in finished_runs(outdir).items():
+    for (name, variant), records in runs.items():
         row = {"seeds": len(records), "factors": records[0]["settings"]["changes"],
                "method": records[0]["settings"]["method"]}
         for column in COLUMNS:
@@ -221,10 +221,10 @@ def summarize(outdir):
     return table
 
 
-def provenance(outdir):
-    """Markdown lines: the commits and commands of the finished runs (a table may
-    gather runs of several sittings and machines)."""
-    records = [r for runs in finished_runs(outdir).values() for r in runs]
+def provenance(runs):
+    """Markdown lines: the commits and commands of `finished_runs` (a table may gather
+    runs of several sittings and machines)."""
+    records = [r for variant_runs in runs.values() for r in variant_runs]
     commits = sorted({(r.get("commit") or "?")[:7] for r in records})
     commands = sorted({r.get("command") or "?" for r in records})
     return ([f"Runs: {len(records)}, at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}; "
@@ -272,20 +272,20 @@ def main(argv):
     unknown = [s for s in FLAGS.scenarios if s not in SCENARIOS]
     if unknown:
         raise app.UsageError(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
-    plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios for variant in variants() for seed in FLAGS.seeds]
-    if not FLAGS.train:
-        plan = []
+    plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios for variant in variants()
+            for seed in FLAGS.seeds] if FLAGS.train else []
     for i, (name, variant, method, changes, seed) in enumerate(plan):
         print(f"[{i + 1}/{len(plan)}] {name} {variant} seed {seed}", flush=True)
         record = run_one(name, variant, method, changes, seed)
         print("    " + ", ".join(f"{c} {100 * record[c]:.1f}" for c in COLUMNS if record.get(c) is not None),
               flush=True)
-    table = summarize(FLAGS.outdir)
+    runs = finished_runs(FLAGS.outdir)
+    table = summarize(runs)
     write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(table, indent=1))
     markdown = to_markdown(table)
     write_atomically(os.path.join(FLAGS.outdir, "table.md"), "\n".join(
         [markdown, f"Table written by `{' '.join(sys.argv)}` over every finished run in `{FLAGS.outdir}`.", ""]
-        + provenance(FLAGS.outdir)) + "\n")
+        + provenance(runs)) + "\n")
     figure_to_png(plot(table), os.path.join(FLAGS.outdir, "ablation.png"))
     print(markdown)
 

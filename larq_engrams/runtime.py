@@ -45,8 +45,8 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "floored_log_softmax", "load", "pack_signs",
-           "unpack_signs", "checksum"]
+__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "floored_log_softmax",
+           "load", "pack_signs", "unpack_signs", "checksum"]
 
 FORMAT = "larq-engrams-packed"
 VERSION = 2  # 2: the router is optional (manifest "router": null)

@@ -326,10 +326,9 @@ def _router_alone(name, rule, scenario, hp):
     tasks share labels (domain-IL) the router keeps a group per (task, class), and so
     does this; in class-IL those are the classes."""
     features = DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features
-    shared = len({label for task in scenario for label in task.labels}) < sum(len(task.labels) for task in scenario)
     model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule=rule,
                                       shrinkage=DEFAULT_SHRINKAGE, features=features, seed=hp.seed,
-                                      task_groups=scenario.num_tasks if shared else 1)
+                                      task_groups=scenario.num_tasks if scenario.setting == "domain" else 1)
     return _setup(name, model, _adam(hp), scenario)
 
 
