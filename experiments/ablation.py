@@ -274,11 +274,13 @@ def main(argv):
         raise app.UsageError(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
     plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios for variant in variants()
             for seed in FLAGS.seeds] if FLAGS.train else []
+    started = time.perf_counter()
     for i, (name, variant, method, changes, seed) in enumerate(plan):
-        print(f"[{i + 1}/{len(plan)}] {name} {variant} seed {seed}", flush=True)
+        elapsed = (time.perf_counter() - started) / 60
+        print(f"[{i + 1}/{len(plan)}] {name} {variant} seed {seed}  (elapsed {elapsed:.1f} min)", flush=True)
         record = run_one(name, variant, method, changes, seed)
-        print("    " + ", ".join(f"{c} {100 * record[c]:.1f}" for c in COLUMNS if record.get(c) is not None),
-              flush=True)
+        print("    " + ", ".join(f"{c} {100 * record[c]:.1f}" for c in COLUMNS if record.get(c) is not None)
+              + f"; trained in {record['train_seconds'] / 60:.1f} min", flush=True)
     runs = finished_runs(FLAGS.outdir)
     table = summarize(runs)
     write_atomically(os.path.join(FLAGS.outdir, "table.json"), json.dumps(table, indent=1))

@@ -435,6 +435,7 @@ def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
     for column in ("acc", "acc_networks", "acc_router", "acc_task_given", "task_inference", "learning_acc"):
         assert 0.5 < row[column][0] <= 1.0, (column, row)
     assert (tmp_path / "ablation.png").exists() and "| m=1.3 rho=0.2 beta=6 | 1 |" in open(tmp_path / "table.md").read()
+    assert "seed 0  (elapsed 0.0 min)" in proc.stdout and "; trained in " in proc.stdout  # progress on long grids
     again = run_script("ablation.py", *args, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout
     # --notrain tabulates what is there: seed 1 is not trained, the row keeps its one run
