@@ -249,14 +249,15 @@ def plot(table):
     figure = Figure(figsize=(6 * max(1, len(table)), 4.5))
     axes = np.atleast_1d(figure.subplots(1, max(1, len(table))))
     for ax, (name, rows) in zip(axes, table.items()):
-        names = list(rows)
+        names, lowest = list(rows), 100.0
         for offset, column, color in ((-0.2, "acc", "tab:red"), (0.0, "acc_task_given", "tab:blue"),
                                       (0.2, "task_inference", "tab:green")):
             values = [100 * rows[v][column][0] if column in rows[v] else np.nan for v in names]
             errors = [100 * rows[v][column][1] if column in rows[v] else 0.0 for v in names]  # s.e.m.
             ax.bar(np.arange(len(names)) + offset, values, 0.2, yerr=errors, capsize=2, color=color, label=column)
+            lowest = np.nanmin([lowest, *values])
         ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=7)
-        ax.set_ylim(max(0, np.nanmin([100 * r["acc"][0] for r in rows.values()]) - 10), 100)
+        ax.set_ylim(max(0.0, lowest - 5), 100)  # every bar's top in view, small differences readable
         ax.set_title(name, fontsize=9)
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
