@@ -53,6 +53,27 @@ def test_short_real_run_fills_r_and_metrics(two_tasks, tmp_path):
     assert not glob.glob(str(tmp_path / ".*.tmp")), "no temporary files left behind"
 
 
+def test_future_tasks_next_measures_only_what_the_metrics_read():
+    """R[t] with future_tasks="next" holds tasks 0..t+1 (FWT reads R[t][t+1]) and NaN
+    beyond; the metrics equal those of the whole row."""
+    runs = {}
+    for future in ("all", "next"):  # the same run twice: a fresh pipeline, the same initial weights
+        three = B.split_mnist("class", source="bundled", batch_size=100).take(3)
+        tf.keras.utils.set_random_seed(0)
+        model = le.bnn(three.input_shape, three.num_classes, hidden=(16, 16))
+        runs[future] = ContinualTrainer(model, lambda: tf.keras.optimizers.Adam(0.005), epochs=1, seed=0,
+                                        future_tasks=future, verbose=0).fit(three)
+    full, short = runs["all"].R, runs["next"].R
+    assert np.isnan(short[0, 2]) and not np.isnan(full[0, 2])
+    assert np.isfinite(short[np.tril_indices(3)]).all() and np.isfinite([short[0, 1], short[1, 2]]).all()
+    np.testing.assert_allclose(short[~np.isnan(short)], full[~np.isnan(short)], atol=1e-6)
+    for name in ("acc", "bwt", "forgetting", "fwt", "learning_acc"):
+        assert runs["next"].metrics[name] == pytest.approx(runs["all"].metrics[name], abs=1e-6), name
+    assert runs["next"].config["trainer"]["future_tasks"] == "next"
+    with pytest.raises(ValueError, match="future_tasks"):
+        ContinualTrainer(le.bnn(three.input_shape, three.num_classes, hidden=(16,)), "adam", future_tasks="some")
+
+
 def test_engram_result_reports_task_inference(two_tasks):
     model = small_engram_model(two_tasks)
     result = ContinualTrainer(model, lambda: le.MetaplasticAdam(0.005), epochs=2, verbose=0).fit(two_tasks)
