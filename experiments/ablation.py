@@ -29,6 +29,7 @@ selection/engram/chosen.json; 0.005 where no choice exists).
     python experiments/ablation.py --scenarios=split_fashion_mnist-class --seeds=0,1,2
     python experiments/ablation.py --scenarios=permuted_mnist-10x20   # hours on 2 cores
     python experiments/ablation.py --notrain   # the table of every finished run, nothing trained
+    python experiments/ablation.py --scenarios=permuted_mnist-50x3 --plan   # the runs, in order
 
 Writes `<outdir>/<scenario>/<variant>/seed_<k>.json`, and `table.json`, `table.md` and
 `ablation.png` over every finished run.
@@ -78,6 +79,8 @@ flags.DEFINE_enum("evaluate_on", "test", list(benchmarks.EVALUATION_SPLITS), "te
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("grid_dir", "results/paper", "Where the grid's validated learning rates are read.")
 flags.DEFINE_string("outdir", "results/ablation", "Where results go.")
+flags.DEFINE_bool("plan", False, "Only print the runs in the order they would run (the finished ones marked), "
+                  "and exit.")
 flags.DEFINE_bool("train", True, "--notrain: only write the table and figure from the finished runs in --outdir "
                   "(e.g. runs copied in from other machines).")
 
@@ -108,6 +111,18 @@ def variants():
     if FLAGS.plain:
         out += [("bnn", "bnn", {}), (f"mbnn m={float(FLAGS.m[-1]):g}", "mbnn", {"m": float(FLAGS.m[-1])})]
     return out
+
+
+def run_order(variant_list, seeds):
+    """[(variant, seed)]: variants that differ only in m (`m=0 rho=0.2 beta=6` and
+    `m=1.3 rho=0.2 beta=6`; bnn and mbnn) run next to each other, seed by seed, so that a
+    grid stopped part-way has already compared metaplasticity on matched seeds."""
+    groups = {}
+    for variant in variant_list:
+        _, method, changes = variant
+        key = tuple(sorted((k, v) for k, v in changes.items() if k != "m")) if method == "engram_bnn" else "plain"
+        groups.setdefault(key, []).append(variant)
+    return [(variant, seed) for group in groups.values() for seed in seeds for variant in group]
 
 
 def _arrays(dataset):
@@ -148,21 +163,33 @@ def engram_evaluations(model, scenario):
     return {key: float(np.mean(values)) for key, values in out.items()}
 
 
+def _settings(name, variant, method, changes, seed):
+    """What a run's record must match to be reused, and where the record goes."""
+    settings = {"scenario": name, "variant": variant, "method": method, "changes": changes, "seed": seed,
+                "epochs": FLAGS.epochs or SCENARIOS[name][2], "learning_rate": _learning_rate(name)[0],
+                "hidden": [int(h) for h in FLAGS.hidden], "evaluate_on": FLAGS.evaluate_on,
+                "num_tasks": FLAGS.num_tasks, "source": FLAGS.source}
+    return settings, os.path.join(FLAGS.outdir, name, variant.replace(" ", "_"), f"seed_{seed}.json")
+
+
+def _finished(settings, path):
+    """The record at `path` if it was run with `settings`, else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    return record if record["settings"] == settings else None
+
+
 def run_one(name, variant, method, changes, seed):
     """Trains one variant (reusing a finished run of the same settings) and returns its record."""
-    epochs = FLAGS.epochs or SCENARIOS[name][2]
-    lr, lr_source = _learning_rate(name)
-    hidden = tuple(int(h) for h in FLAGS.hidden)
-    settings = {"scenario": name, "variant": variant, "method": method, "changes": changes, "seed": seed,
-                "epochs": epochs, "learning_rate": lr, "hidden": list(hidden), "evaluate_on": FLAGS.evaluate_on,
-                "num_tasks": FLAGS.num_tasks, "source": FLAGS.source}
-    path = os.path.join(FLAGS.outdir, name, variant.replace(" ", "_"), f"seed_{seed}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            record = json.load(f)
-        if record["settings"] == settings:
-            print(f"    reusing {path}", flush=True)
-            return record
+    settings, path = _settings(name, variant, method, changes, seed)
+    epochs, lr, hidden = settings["epochs"], settings["learning_rate"], tuple(settings["hidden"])
+    lr_source = _learning_rate(name)[1]
+    record = _finished(settings, path)
+    if record is not None:
+        print(f"    reusing {path}", flush=True)
+        return record
     # Per-task checkpoints next to the record (git-ignored), for runs killed mid-way;
     # those of other settings are dropped.
     checkpoints = path[: -len(".json")] + ".checkpoints"
@@ -277,8 +304,13 @@ def main(argv):
     unknown = [s for s in FLAGS.scenarios if s not in SCENARIOS]
     if unknown:
         raise app.UsageError(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
-    plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios for variant in variants()
-            for seed in FLAGS.seeds] if FLAGS.train else []
+    plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios
+            for variant, seed in run_order(variants(), FLAGS.seeds)] if FLAGS.train or FLAGS.plan else []
+    if FLAGS.plan:
+        for i, (name, variant, method, changes, seed) in enumerate(plan):
+            done = _finished(*_settings(name, variant, method, changes, seed)) is not None
+            print(f"[{i + 1}/{len(plan)}] {name} {variant} seed {seed}" + ("  (finished)" if done else ""))
+        return
     started = time.perf_counter()
     for i, (name, variant, method, changes, seed) in enumerate(plan):
         elapsed = (time.perf_counter() - started) / 60

@@ -445,3 +445,17 @@ def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
     assert not (tmp_path / "split_mnist-class" / "m=1.3_rho=0.2_beta=6" / "seed_1.json").exists()
     markdown = open(tmp_path / "table.md").read()
     assert "| m=1.3 rho=0.2 beta=6 | 1 |" in markdown and "Runs: 1, at commit " in markdown
+    # --plan: variants that differ only in m run next to each other, seed by seed; the
+    # finished run (same settings) is marked, and nothing is trained
+    plan = run_script("ablation.py", *[a.replace("--seeds=0", "--seeds=0,1").replace("--m=1.3", "--m=0,1.3")
+                                       for a in args], "--plain", "--plan", timeout=600)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert plan.stdout.splitlines() == [
+        "[1/8] split_mnist-class m=0 rho=0.2 beta=6 seed 0",
+        "[2/8] split_mnist-class m=1.3 rho=0.2 beta=6 seed 0  (finished)",
+        "[3/8] split_mnist-class m=0 rho=0.2 beta=6 seed 1",
+        "[4/8] split_mnist-class m=1.3 rho=0.2 beta=6 seed 1",
+        "[5/8] split_mnist-class bnn seed 0",
+        "[6/8] split_mnist-class mbnn m=1.3 seed 0",
+        "[7/8] split_mnist-class bnn seed 1",
+        "[8/8] split_mnist-class mbnn m=1.3 seed 1"]

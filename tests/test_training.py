@@ -55,7 +55,8 @@ def test_short_real_run_fills_r_and_metrics(two_tasks, tmp_path):
 
 def test_future_tasks_next_measures_only_what_the_metrics_read():
     """R[t] with future_tasks="next" holds tasks 0..t+1 (FWT reads R[t][t+1]) and NaN
-    beyond; the metrics equal those of the whole row."""
+    beyond; in this class-IL run the metrics equal those of the whole rows (in general
+    forgetting may differ: its max then starts at row k-1, see ContinualTrainer)."""
     runs = {}
     for future in ("all", "next"):  # the same run twice: a fresh pipeline, the same initial weights
         three = B.split_mnist("class", source="bundled", batch_size=100).take(3)
