@@ -238,10 +238,22 @@ def finished_runs(outdir):
     return runs
 
 
+def _row_order(item):
+    """Rows that differ only in m side by side: engram settings by (rho, beta), then m;
+    then bnn before mbnn."""
+    (name, variant), records = item
+    settings = records[0]["settings"]
+    changes = settings["changes"]
+    if settings["method"] == "engram_bnn":
+        return name, 0, changes["engram_fraction"], -changes["excitability"], changes["m"]
+    return name, 1, 0.0, 0.0, changes.get("m", 0.0)
+
+
 def summarize(runs):
-    """{scenario: {variant: {column: (mean, sem), "seeds": n}}} of `finished_runs`."""
+    """{scenario: {variant: {column: (mean, sem), "seeds": n}}} of `finished_runs`, rows
+    that differ only in m side by side."""
     table = {}
-    for (name, variant), records in runs.items():
+    for (name, variant), records in sorted(runs.items(), key=_row_order):
         row = {"seeds": len(records), "factors": records[0]["settings"]["changes"],
                "method": records[0]["settings"]["method"]}
         for column in COLUMNS:
