@@ -352,7 +352,9 @@ class EngramModel(tf.keras.Model):
             data: a `tf.data.Dataset` of `(x, y)`, `((x, task_ids), y)` or
                 `(x, y, sample_weight)` batches, or an array of inputs with `y`.
             y: the labels when `data` is an array.
-            batch_size: for arrays.
+            batch_size: the batches the router observes, of arrays and datasets alike
+                (a dataset is rebatched: each batch costs an M x M update, so the
+                router's pass is faster in large batches than in training batches).
         """
         self.task_inference.observe(data, y, batch_size)
 

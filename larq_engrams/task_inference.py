@@ -366,8 +366,9 @@ class EngramTaskInference:
 
     def observe(self, data, y=None, batch_size=1000):
         """Adds the inputs of the active engram's task to the router's statistics (its
-        class sums and the shared second moment), then refreshes the discriminant. The
-        statistics depend on the inputs only, so any time during the task will do."""
+        class sums and the shared second moment), then refreshes the discriminant, in
+        batches of `batch_size`. The statistics depend on the inputs only, so any time
+        during the task will do."""
         model = self.model
         if model.task_discriminant is None:
             return
@@ -377,10 +378,14 @@ class EngramTaskInference:
             if y is None:
                 raise ValueError("observe_task_data: give `y` with array inputs.")
             data = tf.data.Dataset.from_tensor_slices((data, y)).batch(batch_size)
-        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        elif int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
             raise ValueError(
                 "observe_task_data: the dataset repeats for ever; pass one pass over the "
                 "task's training data (e.g. the dataset before `.repeat()`).")
+        else:
+            # In batches of `batch_size` whatever the dataset's own: each batch costs an
+            # M x M scatter update, which small training batches (e.g. 100) make slow.
+            data = data.unbatch().batch(batch_size)
         if self._observe_step is None:
             def observe(x, y):
                 x, _ = split_task_inputs(x)

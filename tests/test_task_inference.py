@@ -192,6 +192,22 @@ def test_infer_without_statistics_is_a_clear_error():
         model.observe_task_data(endless)
 
 
+def test_a_dataset_is_observed_in_the_batches_arrays_are():
+    """The router observes in batches of `batch_size` whatever the dataset's batching
+    (its M x M update per batch makes small batches slow): a dataset of batches of 7
+    with sample weights gives exactly the statistics of the same arrays."""
+    (x, y), _ = _two_domain_tasks()
+    statistics = []
+    for data in ((x, y), (tf.data.Dataset.from_tensor_slices((x, y, np.ones(len(y), np.float32))).batch(7),)):
+        model = le.engram_bnn((16,), 4, hidden=(32,), max_tasks=2)
+        model.begin_task(0)
+        model.observe_task_data(*data, batch_size=250)
+        router = model.task_discriminant
+        statistics.append([v.numpy() for v in (router.counts, router.sums, router.scatter, router.kernel)])
+    for arrays, dataset in zip(*statistics):
+        np.testing.assert_array_equal(dataset, arrays)
+
+
 def test_statistics_are_saved_with_the_model(tmp_path):
     (x, y), _ = _two_domain_tasks()
     model = le.engram_bnn((16,), 4, hidden=(32,), max_tasks=2)
