@@ -289,8 +289,12 @@ def to_markdown(table):
 def plot(table):
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6 * max(1, len(table)), 4.5))
-    axes = np.atleast_1d(figure.subplots(1, max(1, len(table))))
+    columns = min(2, max(1, len(table)))  # two panels a row: the figure stays readable
+    rows_of_panels = -(-max(1, len(table)) // columns)
+    figure = Figure(figsize=(7 * columns, 4.5 * rows_of_panels))
+    axes = np.atleast_1d(figure.subplots(rows_of_panels, columns)).ravel()
+    for ax in axes[len(table):]:
+        ax.set_visible(False)
     for ax, (name, rows) in zip(axes, table.items()):
         names, lowest = list(rows), 100.0
         for offset, column, color in ((-0.2, "acc", "tab:red"), (0.0, "acc_task_given", "tab:blue"),
@@ -300,13 +304,14 @@ def plot(table):
             ax.bar(np.arange(len(names)) + offset, values, 0.2, yerr=errors, capsize=2, color=color, label=column)
             lowest = np.nanmin([lowest, *values])
         ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, max(len(names), 6) - 0.4)  # a scenario with few rows keeps narrow bars
         ax.set_ylim(max(0.0, lowest - 5), 100)  # every bar's top in view, small differences readable
         ax.set_title(name, fontsize=9)
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
     figure.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8, frameon=False,
                   title="mean ± s.e.m. over seeds", title_fontsize=8)
-    figure.tight_layout(rect=(0, 0, 1, 0.9))
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.1 / rows_of_panels))
     return figure
 
 
