@@ -382,6 +382,9 @@ class EngramTaskInference:
             raise ValueError(
                 "observe_task_data: the dataset repeats for ever; pass one pass over the "
                 "task's training data (e.g. the dataset before `.repeat()`).")
+        elif any(spec.shape.rank == 0 for spec in tf.nest.flatten(data.element_spec)):
+            raise ValueError("observe_task_data: the dataset yields single examples; pass it batched "
+                             "(e.g. `dataset.batch(100)`).")
         else:
             # In batches of `batch_size` whatever the dataset's own: each batch costs an
             # M x M scatter update, which small training batches (e.g. 100) make slow.

@@ -190,6 +190,9 @@ def test_infer_without_statistics_is_a_clear_error():
     endless = tf.data.Dataset.from_tensor_slices((np.zeros((4, 16), np.float32), np.zeros(4, np.int32))).batch(2).repeat()
     with pytest.raises(ValueError, match="repeats"):
         model.observe_task_data(endless)
+    single = tf.data.Dataset.from_tensor_slices((np.zeros((4, 16), np.float32), np.zeros(4, np.int32)))
+    with pytest.raises(ValueError, match="single examples"):
+        model.observe_task_data(single)
 
 
 def test_a_dataset_is_observed_in_the_batches_arrays_are():
