@@ -8,7 +8,8 @@ Trained variants, per scenario and seed (all 1024-1024 unless --hidden):
 | `m=<m> rho=<rho> beta=<beta>` | `engram_fraction` rho, `excitability` beta | `MetaplasticAdam(m)`; m = 0 is Adam |
 | `bnn`, `mbnn` | none (the plain Larq BNN) | Adam / `MetaplasticAdam(m)` |
 
-over m in `--m` (default 0 and 1.3, the validated value), rho in 0.2, 0.5, 1.0 (1.0: no
+over m in `--m` (default 0 and 1.3, the validated value; an entry such as `output=10` or
+`hidden_0=10+hidden_1=10` sets m per layer, the layers not named get 0), rho in 0.2, 0.5, 1.0 (1.0: no
 gating) and beta in 6 (the default) and 0 (no preference for unused units; not for rho = 1).
 Every trained engram model is then evaluated several ways on the same weights (Kim et al.
 2022 split a class-IL score into task prediction and within-task prediction):
@@ -49,6 +50,7 @@ import tensorflow as tf
 
 from larq_engrams import benchmarks, methods
 from larq_engrams.metrics import backward_transfer, forgetting, learning_accuracy, mean_and_sem
+from larq_engrams.optimizers import parse_strength
 from larq_engrams.plots import figure_to_png
 from larq_engrams.task_inputs import split_task_inputs
 from larq_engrams.training import ContinualTrainer, environment, write_atomically
@@ -68,7 +70,8 @@ FUTURE_TASKS = {"permuted_mnist-50x3": "next"}
 FLAGS = flags.FLAGS
 flags.DEFINE_list("scenarios", ["split_fashion_mnist-class"], f"Of: {', '.join(SCENARIOS)}.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_list("m", ["0", "1.3"], "Metaplasticity strengths m (0: Adam).")
+flags.DEFINE_list("m", ["0", "1.3"], "Metaplasticity strengths m (0: Adam); per layer as 'output=10' or "
+                  "'hidden_0=10+hidden_1=10' (layers not named get m = 0).")
 flags.DEFINE_list("engram_fraction", ["0.2", "0.5", "1.0"], "Engram fractions rho.")
 flags.DEFINE_list("excitability", ["6", "0"], "Excitabilities beta (not varied at rho = 1).")
 flags.DEFINE_list("hidden", ["1024", "1024"], "Hidden widths.")
@@ -103,14 +106,32 @@ def _learning_rate(name):
 def variants():
     """[(name, method, hyperparameter changes)] of the trained variants."""
     out = []
-    for m in map(float, FLAGS.m):
+    for m in map(_strength, FLAGS.m):
         for rho in map(float, FLAGS.engram_fraction):
             for beta in (map(float, FLAGS.excitability) if rho < 1.0 else [float(FLAGS.excitability[0])]):
-                out.append((f"m={m:g} rho={rho:g} beta={beta:g}", "engram_bnn",
+                out.append((f"m={_label(m)} rho={rho:g} beta={beta:g}", "engram_bnn",
                             {"m": m, "engram_fraction": rho, "excitability": beta}))
     if FLAGS.plain:
-        out += [("bnn", "bnn", {}), (f"mbnn m={float(FLAGS.m[-1]):g}", "mbnn", {"m": float(FLAGS.m[-1])})]
+        m = _strength(FLAGS.m[-1])
+        out += [("bnn", "bnn", {}), (f"mbnn m={_label(m)}", "mbnn", {"m": m})]
     return out
+
+
+def _strength(text):
+    try:
+        return parse_strength(text, separator="+")
+    except ValueError:
+        raise app.UsageError(f"--m: each entry is a float >= 0 or 'layer=value+...', got {text!r}") from None
+
+
+def _label(m):
+    """m as a variant's name shows it: '1.3', or 'output=10', 'hidden_0=10+hidden_1=10'."""
+    return f"{m:g}" if isinstance(m, float) else "+".join(f"{k}={v:g}" for k, v in m.items())
+
+
+def _m_order(m):
+    """Floats first, by value, then per-layer strengths by name."""
+    return (0, m, "") if isinstance(m, (int, float)) else (1, 0.0, _label(m))
 
 
 def run_order(variant_list, seeds):
@@ -245,8 +266,8 @@ def _row_order(item):
     settings = records[0]["settings"]
     changes = settings["changes"]
     if settings["method"] == "engram_bnn":
-        return name, 0, changes["engram_fraction"], -changes["excitability"], changes["m"]
-    return name, 1, 0.0, 0.0, changes.get("m", 0.0)
+        return name, 0, changes["engram_fraction"], -changes["excitability"], _m_order(changes["m"])
+    return name, 1, 0.0, 0.0, _m_order(changes.get("m", 0.0))
 
 
 def summarize(runs):

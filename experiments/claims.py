@@ -233,6 +233,8 @@ def ablation_metaplasticity_rows(ablation):
         for name, row in variants.items():
             if row.get("method") == "engram_bnn":
                 f = row["factors"]
+                if not isinstance(f["m"], (int, float)):
+                    continue  # a per-layer strength: searched, not a claim row
                 groups.setdefault((f["engram_fraction"], f["excitability"]), {})[f["m"]] = row
             else:
                 plain[row.get("method", name)] = row

@@ -17,6 +17,7 @@ from absl import app, flags
 import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
 
 from larq_engrams import benchmarks, experiment, methods
+from larq_engrams.optimizers import parse_strength
 from larq_engrams.training import CheckpointError
 
 # Named configurations. A preset sets defaults; flags given on the command line win.
@@ -72,23 +73,6 @@ flags.DEFINE_bool("resume", True, "Resume interrupted runs from their per-task c
 flags.DEFINE_integer("verbose", 1, "0: silent; 1: progress bars and a line per task.")
 
 
-def parse_m(text):
-    """'1.3' -> 1.3; 'hidden_0=1.3,hidden_1=1.5' -> {'hidden_0': 1.3, 'hidden_1': 1.5}."""
-    text = text.strip()
-    if "=" not in text:
-        value = float(text)
-        if value < 0:
-            raise ValueError
-        return value
-    out = {}
-    for item in text.split(","):
-        key, value = item.split("=")
-        out[key.strip()] = float(value)
-        if out[key.strip()] < 0:
-            raise ValueError
-    return out
-
-
 def apply_preset():
     if FLAGS.preset is None:
         return
@@ -108,7 +92,7 @@ def validate():
         errors.append(f"--hidden must be positive ints, got {FLAGS.hidden}")
         hidden = None
     try:
-        m = parse_m(FLAGS.m)
+        m = parse_strength(FLAGS.m)
     except ValueError:
         errors.append(f"--m must be a float >= 0 or 'layer=value,...', got {FLAGS.m!r}")
         m = None

@@ -391,6 +391,19 @@ def _validate_strength(m):
     return value
 
 
+def parse_strength(text, separator=","):
+    """`m` from its text form (command lines): '1.3' -> 1.3; 'hidden_0=1.3,hidden_1=1.5'
+    -> {'hidden_0': 1.3, 'hidden_1': 1.5} (items joined by `separator`). Raises
+    `ValueError` for anything `MetaplasticAdam` would not take."""
+    text = text.strip()
+    if "=" not in text:
+        return _validate_strength(text)
+    pairs = [item.split("=") for item in text.split(separator)]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ValueError(f"MetaplasticAdam: `m` must read 'layer=value{separator}...', got {text!r}.")
+    return _validate_strength({key.strip(): value for key, value in pairs})
+
+
 def _check_positive_learning_rate(learning_rate):
     if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
         raise ValueError(

@@ -459,3 +459,17 @@ def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
         "[6/8] split_mnist-class mbnn m=1.3 seed 0",
         "[7/8] split_mnist-class bnn seed 1",
         "[8/8] split_mnist-class mbnn m=1.3 seed 1"]
+
+
+def test_ablation_takes_per_layer_strengths(tmp_path):
+    """An `--m` entry 'layer=value+...' is a variant of its own, next to the float ones of
+    the same engram setting; a malformed entry is one line, before anything runs."""
+    args = ["--scenarios=split_mnist-class", "--seeds=0", "--engram_fraction=0.2", "--excitability=6",
+            f"--outdir={tmp_path}", "--plan"]
+    plan = run_script("ablation.py", *args, "--m=0,output=2+hidden_1=3", "--noplain", timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert plan.stdout.splitlines() == ["[1/2] split_mnist-class m=0 rho=0.2 beta=6 seed 0",
+                                        "[2/2] split_mnist-class m=output=2+hidden_1=3 rho=0.2 beta=6 seed 0"]
+    bad = run_script("ablation.py", *args, "--m=0,output=x", timeout=120)
+    assert bad.returncode == 2 and "error: --m: each entry is a float >= 0 or 'layer=value+...', got 'output=x'" \
+        in bad.stderr, bad.stderr[-2000:]

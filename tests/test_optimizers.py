@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from larq_engrams import MetaplasticAdam, bnn, engram_bnn
 from larq_engrams.block_updates import supports_block_updates
-from larq_engrams.optimizers import Adam, as_readable_adam
+from larq_engrams.optimizers import Adam, as_readable_adam, parse_strength
 
 LR, B1, B2, EPS = 0.01, 0.9, 0.999, 1e-7
 
@@ -202,6 +202,22 @@ def test_strengths_report_the_attenuated_kernels():
 def test_bad_arguments_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         MetaplasticAdam(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "text, separator, expected",
+    [(" 1.3 ", ",", 1.3), ("0", ",", 0.0), ("hidden_0=1.3,hidden_1=1.5", ",", {"hidden_0": 1.3, "hidden_1": 1.5}),
+     ("output=10+hidden_1=2", "+", {"output": 10.0, "hidden_1": 2.0})],
+)
+def test_parse_strength_reads_the_command_line_forms(text, separator, expected):
+    assert parse_strength(text, separator) == expected
+
+
+@pytest.mark.parametrize("text", ["-2", "strong", "nan", "hidden_0", "=1.3", "hidden_0=1=2", "hidden_0=-1",
+                                  "hidden_0=1.3+output=2"])  # the last: '+' is not the separator asked for
+def test_parse_strength_rejects_what_the_optimizer_would_not_take(text):
+    with pytest.raises(ValueError, match="`m`"):
+        parse_strength(text)
 
 
 def test_unknown_layer_name_in_mapping_raises_at_build():
