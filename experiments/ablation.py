@@ -22,7 +22,12 @@ Every trained engram model is then evaluated several ways on the same weights (K
   (within-task prediction);
 - `task_inference`: the share of samples routed to their own engram (task prediction);
 
-with BWT, forgetting and learning accuracy of `acc`'s matrix R. Epochs and the learning
+with BWT, forgetting and learning accuracy of `acc`'s matrix R. `--forgetting_sources` also
+asks where the networks forget: when each task ends, its accuracy with the task given and
+the networks' parts are kept (hidden kernels, hidden BatchNorm, output kernel, output
+BatchNorm); at the end every past task is scored with the task given as the networks are,
+and with each part (and all) put back as it was. What a part gives back is the forgetting
+that lives in it; metaplasticity acts on the kernels only, BatchNorm gets plain Adam. Epochs and the learning
 rate are fixed per scenario (`SCENARIOS`): the epochs the issue asks for, the learning
 rate the paper grid chose on validation data for the engram family (results/paper/*/
 selection/engram/chosen.json; 0.005 where no choice exists).
@@ -49,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams import benchmarks, methods
+from larq_engrams.callbacks import TaskEndCallback
 from larq_engrams.metrics import backward_transfer, forgetting, learning_accuracy, mean_and_sem
 from larq_engrams.optimizers import parse_strength
 from larq_engrams.plots import figure_to_png
@@ -82,6 +88,9 @@ flags.DEFINE_enum("evaluate_on", "test", list(benchmarks.EVALUATION_SPLITS), "te
 flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("grid_dir", "results/paper", "Where the grid's validated learning rates are read.")
 flags.DEFINE_string("outdir", "results/ablation", "Where results go.")
+flags.DEFINE_bool("forgetting_sources", False, "Also find where the networks forget: for each past task, put each "
+                  "part of the networks (hidden kernels, hidden BatchNorm, output kernel, output BatchNorm) back as "
+                  "it was when the task ended, and score the task given (engram variants).")
 flags.DEFINE_bool("plan", False, "Only print the runs in the order they would run (the finished ones marked), "
                   "and exit.")
 flags.DEFINE_bool("train", True, "--notrain: only write the table and figure from the finished runs in --outdir "
@@ -158,10 +167,16 @@ def _predict(model, x, batch=1000):
     return np.concatenate([model(x[i:i + batch], training=False).numpy() for i in range(0, len(x), batch)])
 
 
-def engram_evaluations(model, scenario):
-    """The engram model's accuracies on each task's evaluation data, evaluated the ways
-    of the module docstring (at the end of training)."""
-    tests = [_arrays(task.test) for task in scenario]
+def task_given_accuracy(model, k, x, y):
+    """Within-task prediction: task k's inputs through engram k, among its classes."""
+    model.set_inference("task", task=k)
+    logits = np.where(model.engram_classes.numpy()[k] > 0, _predict(model, x), -np.inf)
+    return float(np.mean(logits.argmax(-1) == y))
+
+
+def engram_evaluations(model, tests):
+    """The engram model's accuracies on each task's evaluation data `tests` ([(x, y)]),
+    evaluated the ways of the module docstring (at the end of training)."""
     out = {"acc_networks": [], "acc_router": [], "acc_task_given": []}
     weight = model.lda_weight
     model.lda_weight = 0.0
@@ -175,13 +190,66 @@ def engram_evaluations(model, scenario):
         groups = np.concatenate([router.group_scores(model.flatten(tf.constant(x[i:i + 1000]))).numpy()
                                  for i in range(0, len(x), 1000)])
         out["acc_router"].append(float(np.mean(groups.reshape(len(x), -1).argmax(-1) % model.num_classes == y)))
-    classes = model.engram_classes.numpy() > 0
     for k, (x, y) in enumerate(tests):
-        model.set_inference("task", task=k)
-        logits = np.where(classes[k], _predict(model, x), -np.inf)
-        out["acc_task_given"].append(float(np.mean(logits.argmax(-1) == y)))
+        out["acc_task_given"].append(task_given_accuracy(model, k, x, y))
     model.set_inference("infer")
     return {key: float(np.mean(values)) for key, values in out.items()}
+
+
+def network_parts(model):
+    """{part: [variables]}: an engram model's networks, in the parts `--forgetting_sources`
+    puts back (everything a task's prediction with the task given reads, the router aside)."""
+    return {"hidden kernels": [layer.dense.kernel for layer in model.engram_layers],
+            "hidden BatchNorm": [v for layer in model.engram_layers
+                                 for v in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)],
+            "output kernel": [model.classifier.kernel],
+            "output BatchNorm": list(model.classifier_norm.variables)}
+
+
+class TaskEndSnapshots(TaskEndCallback):
+    """When task k ends: its accuracy with the task given, and the networks' parts, in
+    `<folder>/task_<k>.npz` (on disk: a run resumed from a checkpoint keeps them)."""
+
+    def __init__(self, model, tests, folder):
+        super().__init__()
+        self.engram_model, self.tests, self.folder = model, tests, folder
+
+    def task_ended(self, task):
+        mode = self.engram_model.inference_mode
+        accuracy = task_given_accuracy(self.engram_model, task, *self.tests[task])
+        self.engram_model.set_inference(mode)
+        values = [v.numpy() for part in network_parts(self.engram_model).values() for v in part]
+        np.savez(os.path.join(self.folder, f"task_{task}.npz"), accuracy, *values)
+
+
+def forgetting_sources(model, tests, folder):
+    """Per past task k (all but the last), its accuracy with the task given at the end of
+    training ("end"), when task k ended ("at task end"), and at the end with one part of the
+    networks (or all, "all parts") put back as it was when task k ended. What a part gives
+    back is the forgetting that lives in it; metaplasticity acts on the two kernels only."""
+    parts = network_parts(model)
+    index = {v.ref(): i for i, v in enumerate(model.weights)}
+    final = model.get_weights()
+    out = {"end": [], "at task end": [], **{part: [] for part in parts}, "all parts": []}
+    for k, (x, y) in enumerate(tests[:-1]):
+        with np.load(os.path.join(folder, f"task_{k}.npz")) as saved:
+            accuracy, *values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        out["end"].append(task_given_accuracy(model, k, x, y))
+        out["at task end"].append(float(accuracy))
+        snapshot, i = {}, 0
+        for part, variables in parts.items():
+            snapshot[part] = {index[v.ref()]: values[i + j] for j, v in enumerate(variables)}
+            i += len(variables)
+        for part in [*parts, "all parts"]:
+            weights = list(final)
+            for j, value in (snapshot[part] if part in snapshot else
+                             {j: v for s in snapshot.values() for j, v in s.items()}).items():
+                weights[j] = value
+            model.set_weights(weights)  # an EngramModel's set_weights drops its cached blocks
+            out[part].append(task_given_accuracy(model, k, x, y))
+        model.set_weights(final)
+    model.set_inference("infer")
+    return out
 
 
 def _settings(name, variant, method, changes, seed):
@@ -190,6 +258,8 @@ def _settings(name, variant, method, changes, seed):
                 "epochs": FLAGS.epochs or SCENARIOS[name][2], "learning_rate": _learning_rate(name)[0],
                 "hidden": [int(h) for h in FLAGS.hidden], "evaluate_on": FLAGS.evaluate_on,
                 "num_tasks": FLAGS.num_tasks, "source": FLAGS.source}
+    if FLAGS.forgetting_sources and method == "engram_bnn":
+        settings["forgetting_sources"] = True  # only then: earlier records stay reusable
     return settings, os.path.join(FLAGS.outdir, name, variant.replace(" ", "_"), f"seed_{seed}.json")
 
 
@@ -222,9 +292,14 @@ def run_one(name, variant, method, changes, seed):
     scenario = _scenario(name, seed)
     hp = methods.HyperParameters(hidden=hidden, learning_rate=lr, seed=seed, **changes)
     setup = methods.build(method, scenario, hp)
+    tests = [_arrays(task.test) for task in scenario] if method == "engram_bnn" else None
+    callbacks, snapshots = list(setup.callbacks), os.path.join(checkpoints, "snapshots")
+    if settings.get("forgetting_sources"):
+        os.makedirs(snapshots, exist_ok=True)
+        callbacks.append(TaskEndSnapshots(setup.model, tests, snapshots))
     started = time.perf_counter()
     future = FUTURE_TASKS.get(name, "all")
-    result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, epochs=epochs, seed=seed,
+    result = ContinualTrainer(setup.model, setup.optimizer, callbacks=callbacks, epochs=epochs, seed=seed,
                               future_tasks=future, verbose=0, checkpoint_dir=checkpoints).fit(setup.scenario)
     R = result.R
     record = {"settings": settings, "learning_rate_chosen_in": lr_source,
@@ -233,7 +308,9 @@ def run_one(name, variant, method, changes, seed):
               "R": R.tolist(), "future_tasks": future, "train_seconds": time.perf_counter() - started,
               "commit": environment().get("git_commit"), "command": " ".join(sys.argv)}
     if method == "engram_bnn":
-        record.update(engram_evaluations(setup.model, scenario))
+        record.update(engram_evaluations(setup.model, tests))
+    if settings.get("forgetting_sources"):
+        record["sources"] = forgetting_sources(setup.model, tests, snapshots)
     write_atomically(path, json.dumps(record, indent=1))
     shutil.rmtree(checkpoints)
     return record
@@ -281,6 +358,10 @@ def summarize(runs):
             values = [r[column] for r in records if r.get(column) is not None]
             if values:
                 row[column] = mean_and_sem(values)
+        sources = [r["sources"] for r in records if r.get("sources")]
+        if sources:  # each run's mean over its past tasks, then mean and s.e.m. over runs
+            row["sources"] = {part: mean_and_sem([float(np.mean(s[part])) for s in sources]) for part in sources[0]}
+            row["sources_seeds"] = len(sources)
         table.setdefault(name, {})[variant] = row
     return table
 
@@ -304,6 +385,16 @@ def to_markdown(table):
             cells = [f"{100 * row[c][0]:.1f} ± {100 * row[c][1]:.1f}" if c in row else "—" for c in COLUMNS]
             lines.append(f"| {variant} | {row['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+        sourced = {variant: row["sources"] for variant, row in rows.items() if "sources" in row}
+        if sourced:
+            parts = list(next(iter(sourced.values())))
+            lines += ["Where the networks forget: the past tasks' accuracy with the task given, at the end, when "
+                      "each task ended, and at the end with one part put back as it was then:", "",
+                      "| variant | seeds | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+            for variant, sources in sourced.items():
+                cells = [f"{100 * sources[p][0]:.1f} ± {100 * sources[p][1]:.1f}" for p in parts]
+                lines.append(f"| {variant} | {rows[variant]['sources_seeds']} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -473,3 +473,20 @@ def test_ablation_takes_per_layer_strengths(tmp_path):
     bad = run_script("ablation.py", *args, "--m=0,output=x", timeout=120)
     assert bad.returncode == 2 and "error: --m: each entry is a float >= 0 or 'layer=value+...', got 'output=x'" \
         in bad.stderr, bad.stderr[-2000:]
+
+
+def test_ablation_forgetting_sources_put_back_exactly_the_networks_at_task_end(tmp_path):
+    """With every part put back as it was when task k ended, task k scores exactly what it
+    scored then (nothing the networks read is missing from the parts)."""
+    proc = run_script("ablation.py", "--scenarios=split_mnist-class", "--seeds=0", "--num_tasks=3", "--epochs=1",
+                      "--hidden=32,32", "--m=0", "--engram_fraction=0.5", "--excitability=6", "--noplain",
+                      f"--outdir={tmp_path}", "--source=bundled", "--forgetting_sources", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sources = json.load(open(tmp_path / "split_mnist-class" / "m=0_rho=0.5_beta=6" / "seed_0.json"))["sources"]
+    assert list(sources) == ["end", "at task end", "hidden kernels", "hidden BatchNorm", "output kernel",
+                             "output BatchNorm", "all parts"]
+    assert all(len(values) == 2 for values in sources.values())  # the past tasks: all but the last
+    assert sources["all parts"] == sources["at task end"]
+    assert sources["end"] != sources["at task end"]  # something was forgotten: the check has teeth here
+    assert "Where the networks forget" in open(tmp_path / "table.md").read()
+    assert not list(tmp_path.rglob("*.npz"))  # the snapshots go with the run's checkpoints
