@@ -236,14 +236,12 @@ def forgetting_sources(model, tests, folder):
             accuracy, *values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         out["end"].append(task_given_accuracy(model, k, x, y))
         out["at task end"].append(float(accuracy))
-        snapshot, i = {}, 0
-        for part, variables in parts.items():
-            snapshot[part] = {index[v.ref()]: values[i + j] for j, v in enumerate(variables)}
-            i += len(variables)
-        for part in [*parts, "all parts"]:
+        values = iter(values)  # saved in the order of `network_parts`
+        snapshot = {part: {index[v.ref()]: next(values) for v in variables} for part, variables in parts.items()}
+        snapshot["all parts"] = {j: value for part in parts for j, value in snapshot[part].items()}
+        for part, restored in snapshot.items():
             weights = list(final)
-            for j, value in (snapshot[part] if part in snapshot else
-                             {j: v for s in snapshot.values() for j, v in s.items()}).items():
+            for j, value in restored.items():
                 weights[j] = value
             model.set_weights(weights)  # an EngramModel's set_weights drops its cached blocks
             out[part].append(task_given_accuracy(model, k, x, y))
