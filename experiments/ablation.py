@@ -38,7 +38,7 @@ selection/engram/chosen.json; 0.005 where no choice exists).
     python experiments/ablation.py --scenarios=permuted_mnist-50x3 --plan   # the runs, in order
 
 Writes `<outdir>/<scenario>/<variant>/seed_<k>.json`, and `table.json`, `table.md` and
-`ablation.png` over every finished run.
+`ablation.png` over every finished run (and `forgetting_sources.png` where runs have them).
 """
 import json
 import os
@@ -425,6 +425,35 @@ def plot(table):
     return figure
 
 
+def plot_forgetting_sources(table):
+    """Per scenario and variant with `sources`: the points the past tasks lost (task given)
+    and what each part of the networks gives back when put back; None if no run has them."""
+    from matplotlib.figure import Figure
+
+    scenarios = {name: {v: row["sources"] for v, row in rows.items() if "sources" in row}
+                 for name, rows in table.items()}
+    scenarios = {name: rows for name, rows in scenarios.items() if rows}
+    if not scenarios:
+        return None
+    figure = Figure(figsize=(7 * len(scenarios), 4.5))
+    for ax, (name, rows) in zip(np.atleast_1d(figure.subplots(1, len(scenarios))), scenarios.items()):
+        bars = ["forgotten", "hidden kernels", "hidden BatchNorm", "output kernel", "output BatchNorm"]
+        width = 0.8 / len(bars)
+        for i, bar in enumerate(bars):
+            # a run's mean over its past tasks, then the mean over runs: differences of means
+            values = [100 * ((s["at task end"][0] if bar == "forgotten" else s[bar][0]) - s["end"][0])
+                      for s in rows.values()]
+            ax.bar(np.arange(len(rows)) + (i - (len(bars) - 1) / 2) * width, values, width, label=bar)
+        ax.set_xticks(np.arange(len(rows)), list(rows), rotation=30, ha="right", fontsize=7)
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_ylabel("points (past tasks, task given)")
+        ax.set_title(f"{name}: forgotten, and given back by each part put back", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -453,6 +482,9 @@ def main(argv):
         [markdown, f"Table written by `{' '.join(sys.argv)}` over every finished run in `{FLAGS.outdir}`.", ""]
         + provenance(runs)) + "\n")
     figure_to_png(plot(table), os.path.join(FLAGS.outdir, "ablation.png"))
+    sources = plot_forgetting_sources(table)
+    if sources is not None:
+        figure_to_png(sources, os.path.join(FLAGS.outdir, "forgetting_sources.png"))
     print(markdown)
 
 

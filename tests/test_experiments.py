@@ -489,4 +489,5 @@ def test_ablation_forgetting_sources_put_back_exactly_the_networks_at_task_end(t
     assert sources["all parts"] == sources["at task end"]
     assert sources["end"] != sources["at task end"]  # something was forgotten: the check has teeth here
     assert "Where the networks forget" in open(tmp_path / "table.md").read()
+    assert (tmp_path / "forgetting_sources.png").exists()
     assert not list(tmp_path.rglob("*.npz"))  # the snapshots go with the run's checkpoints
