@@ -9,8 +9,9 @@ Trained variants, per scenario and seed (all 1024-1024 unless --hidden):
 | `bnn`, `mbnn` | none (the plain Larq BNN) | Adam / `MetaplasticAdam(m)` |
 
 over m in `--m` (default 0 and 1.3, the validated value; an entry such as `output=10` or
-`hidden_0=10+hidden_1=10` sets m per layer, the layers not named get 0), rho in 0.2, 0.5, 1.0 (1.0: no
-gating) and beta in 6 (the default) and 0 (no preference for unused units; not for rho = 1).
+`hidden_0=10+hidden_1=10` sets m per layer, the layers not named get 0), rho in 0.2, 0.5,
+1.0 (1.0: no gating) and beta in 6 (the default) and 0 (no preference for unused units; not
+for rho = 1).
 Every trained engram model is then evaluated several ways on the same weights (Kim et al.
 2022 split a class-IL score into task prediction and within-task prediction):
 
@@ -27,10 +28,11 @@ asks where the networks forget: when each task ends, its accuracy with the task 
 the networks' parts are kept (hidden kernels, hidden BatchNorm, output kernel, output
 BatchNorm); at the end every past task is scored with the task given as the networks are,
 and with each part (and all) put back as it was. What a part gives back is the forgetting
-that lives in it; metaplasticity acts on the kernels only, BatchNorm gets plain Adam. Epochs and the learning
-rate are fixed per scenario (`SCENARIOS`): the epochs the issue asks for, the learning
-rate the paper grid chose on validation data for the engram family (results/paper/*/
-selection/engram/chosen.json; 0.005 where no choice exists).
+that lives in it; metaplasticity acts on the kernels only, BatchNorm gets plain Adam.
+
+Epochs and the learning rate are fixed per scenario (`SCENARIOS`): the epochs the issue
+asks for, the learning rate the paper grid chose on validation data for the engram family
+(results/paper/*/selection/engram/chosen.json; 0.005 where no choice exists).
 
     python experiments/ablation.py --scenarios=split_fashion_mnist-class --seeds=0,1,2
     python experiments/ablation.py --scenarios=permuted_mnist-10x20   # hours on 2 cores
