@@ -16,7 +16,7 @@ import tensorflow as tf
 
 __all__ = [
     "Adam", "MetaplasticAdam", "adam_hyperparameters", "adam_update", "as_readable_adam", "attenuate",
-    "is_binary_kernel", "variable_keys", "variable_path",
+    "is_binary_kernel", "parse_strength", "variable_keys", "variable_path",
 ]
 
 
