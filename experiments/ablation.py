@@ -217,6 +217,7 @@ class TaskEndSnapshots(TaskEndCallback):
         self.engram_model, self.tests, self.folder = model, tests, folder
 
     def task_ended(self, task):
+        # Inside the trainer's loop: a run's train_seconds include this evaluation.
         mode = self.engram_model.inference_mode
         accuracy = task_given_accuracy(self.engram_model, task, *self.tests[task])
         self.engram_model.set_inference(mode)
@@ -347,6 +348,18 @@ def _row_order(item):
     return name, 1, 0.0, 0.0, _m_order(changes.get("m", 0.0))
 
 
+def source_columns(sources):
+    """One run's `forgetting_sources`, as the table shows it: the past tasks' mean accuracy
+    at the end and when each ended, what was forgotten (their difference), and the points
+    each part gives back (put back minus end), paired within the run."""
+    end, at_task_end = float(np.mean(sources["end"])), float(np.mean(sources["at task end"]))
+    out = {"end": end, "at task end": at_task_end, "forgotten": at_task_end - end}
+    for part, values in sources.items():
+        if part not in ("end", "at task end"):
+            out[f"given back: {part}"] = float(np.mean(values)) - end
+    return out
+
+
 def summarize(runs):
     """{scenario: {variant: {column: (mean, sem), "seeds": n}}} of `finished_runs`, rows
     that differ only in m side by side."""
@@ -358,9 +371,9 @@ def summarize(runs):
             values = [r[column] for r in records if r.get(column) is not None]
             if values:
                 row[column] = mean_and_sem(values)
-        sources = [r["sources"] for r in records if r.get("sources")]
-        if sources:  # each run's mean over its past tasks, then mean and s.e.m. over runs
-            row["sources"] = {part: mean_and_sem([float(np.mean(s[part])) for s in sources]) for part in sources[0]}
+        sources = [source_columns(r["sources"]) for r in records if r.get("sources")]
+        if sources:  # paired within each run, then mean and s.e.m. over runs
+            row["sources"] = {key: mean_and_sem([s[key] for s in sources]) for key in sources[0]}
             row["sources_seeds"] = len(sources)
         table.setdefault(name, {})[variant] = row
     return table
@@ -388,8 +401,9 @@ def to_markdown(table):
         sourced = {variant: row["sources"] for variant, row in rows.items() if "sources" in row}
         if sourced:
             parts = list(next(iter(sourced.values())))
-            lines += ["Where the networks forget: the past tasks' accuracy with the task given, at the end, when "
-                      "each task ended, and at the end with one part put back as it was then:", "",
+            lines += ["Where the networks forget: the past tasks' accuracy with the task given at the end and when "
+                      "each task ended, and the points each part gives back when put back as it was then "
+                      "(paired within each run):", "",
                       "| variant | seeds | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
             for variant, sources in sourced.items():
                 cells = [f"{100 * sources[p][0]:.1f} ± {100 * sources[p][1]:.1f}" for p in parts]
@@ -439,13 +453,14 @@ def plot_forgetting_sources(table):
         return None
     figure = Figure(figsize=(7 * len(scenarios), 4.5))
     for ax, (name, rows) in zip(np.atleast_1d(figure.subplots(1, len(scenarios))), scenarios.items()):
-        bars = ["forgotten", "hidden kernels", "hidden BatchNorm", "output kernel", "output BatchNorm"]
+        bars = [key for key in next(iter(rows.values())) if key == "forgotten"
+                or (key.startswith("given back: ") and key != "given back: all parts")]
         width = 0.8 / len(bars)
         for i, bar in enumerate(bars):
-            # a run's mean over its past tasks, then the mean over runs: differences of means
-            values = [100 * ((s["at task end"][0] if bar == "forgotten" else s[bar][0]) - s["end"][0])
-                      for s in rows.values()]
-            ax.bar(np.arange(len(rows)) + (i - (len(bars) - 1) / 2) * width, values, width, label=bar)
+            means = [100 * s[bar][0] for s in rows.values()]
+            errors = [100 * s[bar][1] for s in rows.values()]  # s.e.m. over runs
+            ax.bar(np.arange(len(rows)) + (i - (len(bars) - 1) / 2) * width, means, width, yerr=errors,
+                   capsize=2, label=bar.replace("given back: ", ""))
         ax.set_xticks(np.arange(len(rows)), list(rows), rotation=30, ha="right", fontsize=7)
         ax.axhline(0.0, color="black", linewidth=0.5)
         ax.set_ylabel("points (past tasks, task given)")
