@@ -41,7 +41,7 @@ import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to K
 
 import numpy as np
 
-from larq_engrams import experiment, methods, selection
+from larq_engrams import benchmarks, experiment, methods, selection
 from larq_engrams.metrics import format_mean_and_sem
 from larq_engrams.plots import figure_to_png
 from larq_engrams.training import environment, write_atomically
@@ -119,7 +119,7 @@ flags.DEFINE_list("methods", None, "Run only these methods on test. With --grid=
                   "other commands wrote.")
 flags.DEFINE_list("scenarios", None, "Restrict to these scenarios, by label (e.g. split_mnist-class, "
                   "permuted_mnist-domain-10tasks): two processes can share one --outdir, each on its own.")
-flags.DEFINE_enum("source", "auto", ["auto", "tfds", "local", "bundled"], "Data source.")
+flags.DEFINE_enum("source", "auto", list(benchmarks.SOURCES), "Data source.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir or folder of original files.")
 flags.register_validator("data_dir", lambda d: d is None or os.path.isdir(d), "--data_dir must be an existing folder")
 flags.DEFINE_string("outdir", "results", "Where results go.")
