@@ -322,7 +322,9 @@ def provenance_note(command, provenance, compute):
     changes = provenance["library_changes"]
     code += ("; `larq_engrams/` is the same at all of them" if changes == [] else
              f"; `larq_engrams/` differs between the first and last in: {', '.join(changes)}" if changes else "")
-    return [f"Command: `{command}`.", "",
+    # A grid is written over many sittings: name the last command, and where the others are.
+    return [f"Command: `{command}` (the last to write this table; each run records its own "
+            "command in its result.json).", "",
             f"Code: {code}. Compute, all sittings: {hours['test']:.2f} h of test runs and "
             f"{hours['selection']:.2f} h of selection runs (each run's own time, from its record). "
             f"Machine{'s' if len(provenance['machines']) > 1 else ''}: {'; '.join(provenance['machines']) or '?'}."]
