@@ -491,3 +491,15 @@ def test_ablation_forgetting_sources_put_back_exactly_the_networks_at_task_end(t
     assert "Where the networks forget" in open(tmp_path / "table.md").read()
     assert (tmp_path / "forgetting_sources.png").exists()
     assert not list(tmp_path.rglob("*.npz"))  # the snapshots go with the run's checkpoints
+
+
+def test_ablation_source_columns_pair_each_part_with_the_same_runs_end():
+    """Forgotten = at task end - end; a part gives back (its put-back mean - end), per run."""
+    code = ("import json, sys; sys.path.insert(0, 'experiments'); import ablation; print(json.dumps(ablation.source_columns("
+            "{'end': [0.5, 0.7], 'at task end': [0.9, 0.9], 'hidden kernels': [0.6, 0.9], 'all parts': [0.9, 0.9]})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    columns = json.loads(out.stdout.strip().splitlines()[-1])
+    # end 0.6, at task end 0.9: forgotten 0.3; kernels put back 0.75 -> 0.15; all parts 0.9 -> 0.3
+    assert columns == pytest.approx({"end": 0.6, "at task end": 0.9, "forgotten": 0.3,
+                                     "given back: hidden kernels": 0.15, "given back: all parts": 0.3})
