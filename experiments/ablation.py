@@ -41,6 +41,8 @@ asks for, the learning rate the paper grid chose on validation data for the engr
 
 Writes `<outdir>/<scenario>/<variant>/seed_<k>.json`, and `table.json`, `table.md` and
 `ablation.png` over every finished run (and `forgetting_sources.png` where runs have them).
+Several processes may share one `--outdir` (say, one per seed): a run another process is
+training holds its lock (`run_lock.RunLock`, `seed_<k>.lock`) and is skipped here.
 """
 import json
 import os
@@ -60,6 +62,7 @@ from larq_engrams.callbacks import TaskEndCallback
 from larq_engrams.metrics import backward_transfer, forgetting, learning_accuracy, mean_and_sem
 from larq_engrams.optimizers import parse_strength
 from larq_engrams.plots import figure_to_png
+from larq_engrams.run_lock import RunInProgressError, RunLock
 from larq_engrams.task_inputs import split_task_inputs
 from larq_engrams.training import ContinualTrainer, environment, write_atomically
 
@@ -276,12 +279,21 @@ def _finished(settings, path):
 def run_one(name, variant, method, changes, seed):
     """Trains one variant (reusing a finished run of the same settings) and returns its record."""
     settings, path = _settings(name, variant, method, changes, seed)
-    epochs, lr, hidden = settings["epochs"], settings["learning_rate"], tuple(settings["hidden"])
-    lr_source = _learning_rate(name)[1]
     record = _finished(settings, path)
     if record is not None:
         print(f"    reusing {path}", flush=True)
         return record
+    with RunLock(path):  # another process training it: RunInProgressError, nothing touched
+        return _train(settings, path, name, method, changes, seed)
+
+
+def _train(settings, path, name, method, changes, seed):
+    """`run_one`'s training, under the run's lock."""
+    record = _finished(settings, path)  # finished by another process since the first look
+    if record is not None:
+        return record
+    epochs, lr, hidden = settings["epochs"], settings["learning_rate"], tuple(settings["hidden"])
+    lr_source = _learning_rate(name)[1]
     # Per-task checkpoints next to the record (git-ignored), for runs killed mid-way;
     # those of other settings are dropped.
     checkpoints = path[: -len(".json")] + ".checkpoints"
@@ -488,7 +500,11 @@ def main(argv):
     for i, (name, variant, method, changes, seed) in enumerate(plan):
         elapsed = (time.perf_counter() - started) / 60
         print(f"[{i + 1}/{len(plan)}] {name} {variant} seed {seed}  (elapsed {elapsed:.1f} min)", flush=True)
-        record = run_one(name, variant, method, changes, seed)
+        try:
+            record = run_one(name, variant, method, changes, seed)
+        except RunInProgressError as error:  # the table below takes it if it is finished by then
+            print(f"    skipped: {error}", flush=True)
+            continue
         print("    " + ", ".join(f"{c} {100 * record[c]:.1f}" for c in COLUMNS if record.get(c) is not None)
               + f"; trained in {record['train_seconds'] / 60:.1f} min", flush=True)
     runs = finished_runs(FLAGS.outdir)

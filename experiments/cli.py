@@ -14,7 +14,9 @@ asked for with `--log_level`:
   "warning": this package's warnings are kept; TensorFlow's, TFDS' and absl's INFO and
   WARNING lines, such as tf.function retracing notes, are not) and with flag errors
   printed as one line plus a pointer to `--help`, exit status 2; a data source that
-  cannot give its data set (`benchmarks.DataSourceError`) is one line too, exit status 2.
+  cannot give its data set (`benchmarks.DataSourceError`) is one line too, exit status 2;
+  a run another process is training (`run_lock.RunInProgressError`) is one line, exit
+  status 75 (EX_TEMPFAIL: try again once that process is done).
 """
 import os
 import sys
@@ -41,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if _SHOW_STARTUP else "2")
 import larq_engrams  # noqa: E402,F401  (TensorFlow, quietly; tf.keras bound to Keras 2)
 from larq_engrams.benchmarks import DataSourceError  # noqa: E402
 from larq_engrams.experiment import LOG_LEVELS, set_log_level  # noqa: E402,F401  (scripts use both)
+from larq_engrams.run_lock import RunInProgressError  # noqa: E402
 
 flags.DEFINE_enum("log_level", _DEFAULT_LEVEL, list(LOG_LEVELS),
                   "Log lines shown: 'warning' keeps this package's warnings and hides TensorFlow's, TFDS' "
@@ -76,5 +79,8 @@ def run(main):
         except DataSourceError as error:  # its message says what was expected and how to get it
             sys.stderr.write(f"error: {error}\n")
             sys.exit(2)
+        except RunInProgressError as error:  # another process trains that run: not ours to touch
+            sys.stderr.write(f"error: {error}\n")
+            sys.exit(75)
 
     app.run(main_with_conventions, flags_parser=_parse_flags)

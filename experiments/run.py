@@ -154,6 +154,9 @@ def main(argv):
                                                              log_level=FLAGS.log_level)
                 else:
                     result = experiment.run_experiment(config, method, seed, out_root, log_root, **common)
+            except experiment.RunInProgressError as error:  # the summary below keeps it once it is finished
+                print(f"skipped: {error}")
+                continue
             except (experiment.StaleRunError, CheckpointError, experiment.ChildRunError) as error:
                 sys.exit(f"error: {error}")  # one clear line, no traceback
             print(result.format_matrix())

@@ -30,10 +30,11 @@ import larq_engrams
 from larq_engrams import benchmarks, methods, protocol
 from larq_engrams.callbacks import EngramTensorBoard
 from larq_engrams.metrics import format_mean_and_sem, mean_and_sem
+from larq_engrams.run_lock import RunInProgressError, RunLock
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 __all__ = [
-    "ChildRunError", "ExperimentConfig", "SCENARIOS", "StaleRunError", "collect_results", "data_source", "finished_run",
+    "ChildRunError", "ExperimentConfig", "RunInProgressError", "SCENARIOS", "StaleRunError", "collect_results", "data_source", "finished_run",
     "make_scenario", "rebuilt_state_bytes", "run_child", "run_experiment", "run_in_fresh_process", "run_settings",
     "set_log_level",
     "summarize",
@@ -257,12 +258,24 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     many experiments this process ran before this one: its peak RSS is its own only
     when that is 0 (`run_in_fresh_process` makes sure of it). A folder holding another
     run's settings, or files that cannot be read, raises `StaleRunError` before any
-    training. Without `resume` the folder is overwritten.
+    training. Without `resume` the folder is overwritten. Training holds the run's
+    `RunLock`: while another process trains the same run, this call raises
+    `RunInProgressError` and changes nothing.
     """
     run_dir = os.path.join(outdir, method, f"seed_{seed}")
     settings = run_settings(config, method, seed, data_source(config, seed))
     if resume:
         finished = _reuse(run_dir, settings)
+        if finished is not None:
+            return finished
+    with RunLock(run_dir):  # another process training this run: RunInProgressError, nothing touched
+        return _train(config, method, seed, run_dir, settings, logdir, resume, verbose, command, keep_checkpoints)
+
+
+def _train(config, method, seed, run_dir, settings, logdir, resume, verbose, command, keep_checkpoints):
+    """`run_experiment`'s training, under the run's lock."""
+    if resume:
+        finished = _reuse(run_dir, settings)  # finished by another process since the first look
         if finished is not None:
             return finished
         if os.path.exists(os.path.join(run_dir, "checkpoints", "trainer_state.json")):
@@ -302,6 +315,10 @@ def run_experiment(config, method, seed, outdir, logdir=None, resume=True, verbo
     return result
 
 
+# The child's exit status when another process holds the run's lock (EX_TEMPFAIL).
+_EXIT_RUN_IN_PROGRESS = 75
+
+
 class ChildRunError(RuntimeError):
     """An experiment run in a fresh process failed (its own error went to stderr)."""
 
@@ -326,6 +343,9 @@ def run_in_fresh_process(config, method, seed, outdir, logdir=None, resume=True,
             "keep_checkpoints": keep_checkpoints, "log_level": log_level}
     sys.stdout.flush()
     code = subprocess.call([sys.executable, "-m", "larq_engrams.experiment", json.dumps(spec)])
+    if code == _EXIT_RUN_IN_PROGRESS:
+        raise RunInProgressError(f"{config.name} {method} seed {seed}: another process is training it "
+                                 f"(the child's line above names it)")
     if code != 0:
         raise ChildRunError(f"{config.name} {method} seed {seed}: its process exited with status {code} "
                             f"(its error is above).")
@@ -445,5 +465,8 @@ def write_summary(path_prefix, summary, title, extra=None):
 if __name__ == "__main__":  # the child process of `run_in_fresh_process`
     try:
         run_child(sys.argv[1])
+    except RunInProgressError as error:  # told apart by its status, so the parent can skip the run
+        print(error, file=sys.stderr)
+        sys.exit(_EXIT_RUN_IN_PROGRESS)
     except benchmarks.DataSourceError as error:  # one line: what was expected and how to get it
         sys.exit(f"error: {error}")

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from larq_engrams.run_lock import RunLock
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A user's environment: none of the variables that quiet TensorFlow (the scripts must).
 ENV = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LARQ_ENGRAMS_QUIET_STARTUP")}
@@ -424,6 +426,20 @@ def test_record_state_bytes_rebuilds_the_count_each_run_recorded(tmp_path):
     assert recorded["er@50"]["learn"] == 50 * (784 + 4) and recorded["ewc"]["learn"] > 0
 
 
+def test_run_skips_a_run_another_process_trains(tmp_path):
+    """In a fresh child process (the default) the lock is found there; the parent is told
+    by the child's exit status, skips that run and goes on with the next."""
+    out = tmp_path / "out" / "split_mnist-class"
+    with RunLock(str(out / "bnn" / "seed_0")):
+        proc = run_script("run.py", "--scenario=split_mnist", "--setting=class", "--num_tasks=1", "--method=bnn",
+                          "--hidden=16", "--epochs=1", "--source=bundled", "--seeds=0,1", f"--outdir={tmp_path}/out",
+                          f"--logdir={tmp_path}/logs", "--verbose=0", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped: split_mnist-class bnn seed 0: another process is training it" in proc.stdout, proc.stdout
+    assert f"bnn/seed_0 is being trained by process {os.getpid()}" in proc.stderr  # the child's line
+    assert not (out / "bnn" / "seed_0").exists() and (out / "bnn" / "seed_1" / "result.json").exists()
+
+
 def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
     args = ["--scenarios=split_mnist-class", "--seeds=0", "--num_tasks=2", "--epochs=1", "--hidden=16,16",
             "--m=1.3", "--engram_fraction=0.2", "--excitability=6", "--noplain", f"--outdir={tmp_path}",
@@ -438,6 +454,13 @@ def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
     assert "seed 0  (elapsed 0.0 min)" in proc.stdout and "; trained in " in proc.stdout  # progress on long grids
     again = run_script("ablation.py", *args, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout
+    # A run another process trains (it holds the run's lock) is skipped, not trained twice
+    seed_1 = tmp_path / "split_mnist-class" / "m=1.3_rho=0.2_beta=6" / "seed_1"
+    with RunLock(str(seed_1)):
+        shared = run_script("ablation.py", *[a.replace("--seeds=0", "--seeds=0,1") for a in args], timeout=600)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert f"    skipped: {seed_1} is being trained by process {os.getpid()}" in shared.stdout, shared.stdout[-2000:]
+    assert not os.path.exists(f"{seed_1}.json") and "| m=1.3 rho=0.2 beta=6 | 1 |" in open(tmp_path / "table.md").read()
     # --notrain tabulates what is there: seed 1 is not trained, the row keeps its one run
     table_only = run_script("ablation.py", *[a.replace("--seeds=0", "--seeds=1") for a in args], "--notrain",
                             timeout=600)

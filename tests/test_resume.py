@@ -17,6 +17,7 @@ import larq_engrams as le
 from larq_engrams import benchmarks as B
 from larq_engrams import experiment, methods
 from larq_engrams.callbacks import ContinualCallback, PeakMemoryCallback
+from larq_engrams.run_lock import RunLock
 from larq_engrams.training import CheckpointError, ContinualTrainer
 
 SMALL = dict(hidden=(32,), fisher_samples=20, lda_features=64)
@@ -427,3 +428,13 @@ def test_lwf_remembers_its_old_classes_across_a_restore(tmp_path):
     tf.train.Checkpoint(model=restored).read(str(tmp_path / "ckpt")).assert_existing_objects_matched()
     restored.update_teacher([2, 3])
     np.testing.assert_array_equal(restored.old_classes.numpy(), [1, 1, 1, 1, 0, 0])
+
+
+def test_a_run_another_process_trains_is_refused_untouched(tmp_path):
+    """Two processes sharing an outdir: the one that finds the run locked trains nothing."""
+    run_dir = tmp_path / "bnn" / "seed_0"
+    with RunLock(str(run_dir)):
+        with pytest.raises(experiment.RunInProgressError, match="bnn/seed_0 is being trained by process"):
+            experiment.run_experiment(_config(), "bnn", 0, str(tmp_path), verbose=0)
+        assert not run_dir.exists()
+    assert experiment.run_experiment(_config(), "bnn", 0, str(tmp_path), verbose=0).R.shape == (1, 1)
