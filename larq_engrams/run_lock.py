@@ -53,7 +53,7 @@ class RunLock:
                 holder = _holder(fd)
                 os.close(fd)
                 raise RunInProgressError(f"{self.path[: -len('.lock')]} is being trained by {holder} "
-                                         f"(lock {self.path}); it is skipped here") from None
+                                         f"(lock {self.path})") from None
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:  # removed by the holder that just released it
