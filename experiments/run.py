@@ -143,7 +143,6 @@ def main(argv):
     started = time.perf_counter()
     results = {}
     for method in FLAGS.method:
-        results[method] = []
         for seed in seeds:
             print(f"\n=== {method} (seed {seed}) on {name} ===")
             try:
@@ -160,7 +159,7 @@ def main(argv):
             except (experiment.StaleRunError, CheckpointError, experiment.ChildRunError) as error:
                 sys.exit(f"error: {error}")  # one clear line, no traceback
             print(result.format_matrix())
-            results[method].append(result)
+            results.setdefault(method, []).append(result)  # a method whose every seed was skipped has no row here
     # The summary holds every finished run in the folder: methods of earlier commands
     # into the same --name keep their rows (with their own epochs and widths).
     everything = experiment.collect_results(out_root)

@@ -34,7 +34,8 @@ from larq_engrams.run_lock import RunInProgressError, RunLock
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 __all__ = [
-    "ChildRunError", "ExperimentConfig", "RunInProgressError", "SCENARIOS", "StaleRunError", "collect_results", "data_source", "finished_run",
+    "ChildRunError", "ExperimentConfig", "RunInProgressError", "SCENARIOS", "StaleRunError", "collect_results",
+    "data_source", "finished_run",
     "make_scenario", "rebuilt_state_bytes", "run_child", "run_experiment", "run_in_fresh_process", "run_settings",
     "set_log_level",
     "summarize",

@@ -438,6 +438,13 @@ def test_run_skips_a_run_another_process_trains(tmp_path):
     assert "skipped: split_mnist-class bnn seed 0: another process is training it" in proc.stdout, proc.stdout
     assert f"bnn/seed_0 is being trained by process {os.getpid()}" in proc.stderr  # the child's line
     assert not (out / "bnn" / "seed_0").exists() and (out / "bnn" / "seed_1" / "result.json").exists()
+    # Every seed asked for skipped: the summary keeps the method's finished run from before
+    with RunLock(str(out / "bnn" / "seed_0")):
+        again = run_script("run.py", "--scenario=split_mnist", "--setting=class", "--num_tasks=1", "--method=bnn",
+                           "--hidden=16", "--epochs=1", "--source=bundled", "--seeds=0", f"--outdir={tmp_path}/out",
+                           f"--logdir={tmp_path}/logs", "--verbose=0", timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "| bnn |" in again.stdout and json.load(open(out / "summary.json"))["methods"]["bnn"]["seeds"] == 1
 
 
 def test_ablation_splits_each_score_and_reuses_finished_runs(tmp_path):
