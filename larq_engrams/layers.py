@@ -432,7 +432,8 @@ class EngramDense(tf.keras.layers.Layer):
         if not 0 <= task < self.max_tasks:
             raise ValueError(
                 f"EngramDense {self.name!r}: task {task} is outside [0, max_tasks="
-                f"{self.max_tasks}). Build the layer with a larger `max_tasks`."
+                f"{self.max_tasks}); build the model with more, e.g. "
+                f"`engram_bnn(..., max_tasks={task + 1})` (or the layer, `EngramDense(..., max_tasks=...)`)."
             )
         self._check_built()
         return task

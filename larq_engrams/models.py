@@ -242,6 +242,12 @@ class EngramModel(tf.keras.Model):
                          f"M = {self.lda_features or int(np.prod(self.sample_shape))} exceeds "
                          f"{MAX_FEATURES}. Use fewer `lda_features` or 'excitation'.")
 
+    def _check_has_engrams(self):
+        """A one-line ValueError, eagerly, when "infer" has no engram to choose from."""
+        if not self.allocated_tasks:
+            raise ValueError("EngramModel: 'infer' chooses among the trained engrams and this model has none; "
+                             "call `model.begin_task(0)` and train (`fit`) the first task before inferring.")
+
     def set_inference(self, mode, task=None, confidence=None):
         """Selects how the model gates its units when not training.
 
@@ -255,6 +261,8 @@ class EngramModel(tf.keras.Model):
         if confidence is not None:
             confidence = check_choice("confidence", confidence, CONFIDENCE_MEASURES)
         self._check_confidence_available(confidence or (self.confidence if mode == "infer" else None))
+        if mode == "infer":
+            self._check_has_engrams()
         if confidence is not None:
             self.confidence = confidence
         if task is not None:
@@ -301,11 +309,15 @@ class EngramModel(tf.keras.Model):
     def make_test_function(self, force=False):
         if self.test_function is None or force:
             self._infer_tasks = tuple(self.allocated_tasks)  # e.g. after loading weights
+            if self._inference_mode == "infer":
+                self._check_has_engrams()  # before tracing: one line, not a graph traceback
         return super().make_test_function(force)
 
     def make_predict_function(self, force=False):
         if self.predict_function is None or force:
             self._infer_tasks = tuple(self.allocated_tasks)
+            if self._inference_mode == "infer":
+                self._check_has_engrams()
         return super().make_predict_function(force)
 
     def inference_tasks(self):
@@ -400,15 +412,32 @@ class EngramModel(tf.keras.Model):
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         self.observe_labels(y)
-        if self.execution != "sparse":
-            return super().train_step(data)
+        if self.execution != "sparse":  # Keras' step, with the metrics ranked as evaluated
+            with tf.GradientTape() as tape:
+                logits = self(x, training=True)
+                loss = self.compute_loss(x, y, logits, sample_weight)
+            self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+            return self.compute_metrics(x, y, self.logits_as_evaluated(logits), sample_weight)
         x, _ = split_task_inputs(x)  # training always gates by the active engram
 
         def loss_fn(logits):
             return self.compute_loss(x, y, logits, sample_weight)
 
         logits, _ = self.train_engram(x, loss_fn, self.optimizer)
-        return self.compute_metrics(x, y, logits, sample_weight)
+        return self.compute_metrics(x, y, self.logits_as_evaluated(logits), sample_weight)
+
+    def logits_as_evaluated(self, logits):
+        """Training logits as "infer" evaluation ranks them once it has picked the
+        active engram: with `restrict_to_engram_classes`, the classes outside the
+        engram's (`engram_classes`, recorded from its labels) at -1e9. Training
+        accuracy (`fit`'s metrics, `ContinualTrainer`'s progress) then measures what
+        evaluation does: in class-IL, the engram's choice among its own classes, not
+        among every class the output layer has. The loss is left as trained."""
+        if not self.restrict_to_engram_classes:
+            return logits
+        allowed = tf.gather(self.engram_classes, self.engram_layers[0].active_task) > 0.5
+        allowed = tf.logical_or(allowed, tf.logical_not(tf.reduce_any(allowed)))
+        return tf.where(allowed, logits, tf.constant(-1e9, logits.dtype))
 
     # ------------------------------------------- sparse training (`EngramSlots`)
     def train_engram(self, x, loss_fn, optimizer):
@@ -473,6 +502,20 @@ class EngramModel(tf.keras.Model):
         `Adam`, the same optimizer whose moments sparse execution can update by blocks."""
         super().compile(optimizer=as_readable_adam(tf.keras.optimizers.get(optimizer)), **kwargs)
 
+    def compile_from_config(self, config):
+        """Compiles a loaded model as it was saved (Keras calls this in `load_model`):
+        the loss, metrics and optimizer of `get_compile_config`. Keras' own version
+        declines for a model whose `compile` is overridden; this one is that override's
+        twin, so a loaded model evaluates and goes on training like the saved one.
+
+        The optimizer is built on every trainable variable, so that the saved slots (if
+        the optimizer kept any for all of them) load into it; a saved optimizer whose
+        moments were task-scoped (`build_task_optimizer`) had none for the engram
+        blocks, and their moments start at zero, as the next task's would anyway."""
+        self.compile(**tf.keras.saving.deserialize_keras_object(config))
+        if isinstance(self.optimizer, tf.keras.optimizers.Optimizer) and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def fit(self, *args, **kwargs):
         """`tf.keras.Model.fit`, with the optimizer moments of the active engram's
         blocks kept compact during each epoch (sparse execution; see
@@ -514,6 +557,12 @@ class EngramModel(tf.keras.Model):
         self.observe_task_data(x[:n], y[:n])
 
     # ------------------------------------------------------------------ forward
+    def __call__(self, *args, **kwargs):
+        # Checked here, not in `call`, whose errors Keras wraps in a many-line report.
+        if getattr(self, "_inference_mode", None) == "infer" and tf.executing_eagerly():
+            self._check_has_engrams()
+        return super().__call__(*args, **kwargs)
+
     def call(self, inputs, training=None):
         x, task_ids = split_task_inputs(inputs)
         training = bool(training) if training is not None else False

@@ -16,6 +16,7 @@ through these functions, so it never asks what class a model is.
 | `begin_epoch(optimizer)`, `end_epoch()` | around every epoch | nothing |
 | `end_task(task)` | after a task's last epoch | nothing |
 | `continual_train_step(x, y, loss_fn, optimizer, task_ids)` | every step; returns `(logits, loss)` | `gradient_step` |
+| `logits_as_evaluated(logits)` | on each training step's logits, for the training accuracy | the logits |
 | `takes_task_ids` | True: called with `(x, task_ids)` when the scenario gives ids | False: `x` |
 | `compiles_step` | False: XLA cannot compile its train step | True |
 | `set_inference(mode)`, `inference_mode` | evaluation without task ids | nothing |
@@ -36,7 +37,8 @@ import tensorflow as tf
 
 __all__ = [
     "begin_epoch", "begin_task", "build_task_optimizer", "check_scenario", "compiles_step", "end_epoch",
-    "end_task", "gradient_step", "has_networks_for", "infers_tasks", "model_inputs", "observe_task_data",
+    "end_task", "gradient_step", "has_networks_for", "infers_tasks", "logits_as_evaluated", "model_inputs",
+    "observe_task_data",
     "set_inference", "state_bytes", "stochastic_in_training", "train_on_batch", "variable_bytes",
 ]
 
@@ -77,6 +79,13 @@ def build_task_optimizer(model, optimizer):
         model.build_task_optimizer(optimizer)
     else:
         optimizer.build(model.trainable_variables)
+
+
+def logits_as_evaluated(model, logits):
+    """The training logits as evaluation ranks them, so the training accuracy measures
+    what evaluation does (an engram model ranks only its engram's classes)."""
+    hook = getattr(model, "logits_as_evaluated", None)
+    return logits if hook is None else hook(logits)
 
 
 def compiles_step(model):

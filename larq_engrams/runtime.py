@@ -52,6 +52,7 @@ FORMAT = "larq-engrams-packed"
 VERSION = 2  # 2: the router is optional (manifest "router": null)
 READABLE_VERSIONS = (1, 2)
 _EMPTY_GROUP = -1e9 / 2  # router groups without data score -1e9
+_REEXPORT = "; write it again from the Keras model with `larq_engrams.export.save_packed(model, path)`"
 
 
 class PackedFormatError(ValueError):
@@ -181,6 +182,10 @@ class PackedNetwork:
         if x.shape[1] != self.input_size:
             raise ValueError(f"runtime: inputs of {x.shape[1]} values per example, the network takes "
                              f"{self.input_size} (shape {tuple(self.manifest['input_shape'])}).")
+        bad = ~np.isfinite(x)
+        if bad.any():  # a NaN compares false with every threshold: the answer would be arbitrary
+            raise ValueError(f"runtime: NaN or Inf in {int(bad.any(axis=1).sum())} of {len(x)} examples "
+                             f"(the first: example {int(np.flatnonzero(bad.any(axis=1))[0])}); clean the inputs.")
         return x
 
     def _logits(self, h, layers, output_kernel):
@@ -283,16 +288,15 @@ def load(path):
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise PackedFormatError(f"{path} is not a packed larq-engrams network ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+                                f"{str(error).splitlines()[0] if str(error) else 'unreadable'}){_REEXPORT}") from None
     try:
         manifest = json.loads(arrays.pop("manifest").tobytes().decode())
     except (KeyError, ValueError, UnicodeDecodeError):
-        raise PackedFormatError(f"{path} has no readable manifest: it is not a packed larq-engrams network") from None
+        raise PackedFormatError(f"{path} has no readable manifest: it is not a packed larq-engrams network{_REEXPORT}") from None
     if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
         raise PackedFormatError(
             f"{path} is {manifest.get('format')!r} version {manifest.get('version')!r}; this runtime reads "
-            f"{FORMAT!r} versions {', '.join(map(str, READABLE_VERSIONS))}: export the model again with this "
-            "package's version")
+            f"{FORMAT!r} versions {', '.join(map(str, READABLE_VERSIONS))}{_REEXPORT}, with this package's version")
     if checksum(arrays) != manifest.get("checksum"):
-        raise PackedFormatError(f"{path} is corrupt: its arrays do not match the manifest's checksum")
+        raise PackedFormatError(f"{path} is corrupt: its arrays do not match the manifest's checksum{_REEXPORT}")
     return PackedNetwork(manifest, arrays)

@@ -409,7 +409,7 @@ def test_accuracy_vs_bytes_reads_the_recorded_bytes_of_every_class_il_run(tmp_pa
 def test_record_state_bytes_rebuilds_the_count_each_run_recorded(tmp_path):
     proc = run_script("run.py", "--scenario=split_mnist", "--setting=class", "--num_tasks=2", "--method=ewc,er@50",
                       "--hidden=16", "--epochs=1", "--batch_size=64", "--source=bundled", "--seeds=0",
-                      f"--outdir={tmp_path}", "--verbose=0", "--noisolate")
+                      f"--outdir={tmp_path}", f"--logdir={tmp_path}/logs", "--verbose=0", "--noisolate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     recorded = {}
     for method in ("ewc", "er@50"):

@@ -133,7 +133,7 @@ def test_packed_files_of_another_version_or_corrupt_fail_in_one_line(tmp_path):
     flipped = arrays["hidden_0/kernel_bits"].copy()
     flipped[0, 0] ^= 1
     cases = {
-        write("v3.npz", {"version": 3}): "version 3.*export the model again",
+        write("v3.npz", {"version": 3}): "version 3.*save_packed.*with this package's version",
         write("other.npz", {"format": "something-else"}): "something-else",
         write("flipped.npz", arrays_changes={"hidden_0/kernel_bits": flipped}): "corrupt",
     }
@@ -145,7 +145,25 @@ def test_packed_files_of_another_version_or_corrupt_fail_in_one_line(tmp_path):
         with pytest.raises(runtime.PackedFormatError, match=message) as error:
             runtime.load(target)
         assert "\n" not in str(error.value)
+        assert "save_packed(model, path)" in str(error.value)  # and says what to do
     assert runtime.load(path).predict(data[0][0]).shape == (100, 4)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_runtime_refuses_non_finite_inputs_in_one_line(tmp_path, bad):
+    data = _two_tasks(seed=4, n=60)
+    model = _engram_model(data)
+    save_packed(model, str(tmp_path / "engram.npz"))
+    net = runtime.load(str(tmp_path / "engram.npz"))
+    x = data[0][0][:5].copy()
+    x[3, 7] = bad
+    for call in (lambda: net.predict(x), lambda: net.predict(x, task=0), lambda: net.infer_tasks(x),
+                 lambda: net.predict(x[3])):
+        with pytest.raises(ValueError, match=r"NaN or Inf in 1 of \d examples") as error:
+            call()
+        assert "\n" not in str(error.value)
+    assert str(error.value).endswith("(the first: example 0); clean the inputs.")  # the single example
+    assert net.predict(np.nan_to_num(x, posinf=0.0, neginf=0.0)).shape == (5, 4)
 
 
 def test_importing_the_runtime_never_loads_tensorflow():

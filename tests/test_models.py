@@ -1,4 +1,5 @@
 """Model builders, EngramModel's task control and inference modes, and forgetting."""
+import json
 import subprocess
 import sys
 
@@ -277,6 +278,61 @@ def test_engram_model_save_load_round_trip(tmp_path):
         for name, mask in model.engram_masks(t).items():
             np.testing.assert_array_equal(restored.engram_masks(t)[name], mask)
     assert EngramModel.from_config(model.get_config()).get_config() == model.get_config()
+
+
+def test_infer_before_any_engram_fails_eagerly_in_one_line():
+    model = engram_bnn((8,), 4, hidden=(16,), max_tasks=2)
+    x = np.zeros((3, 8), np.float32)
+    with pytest.raises(ValueError, match=r"has none; call `model.begin_task\(0\)` and train") as error:
+        model.set_inference("infer")
+    assert "\n" not in str(error.value) and model.inference_mode == "task"
+    # Built in "infer" mode (as a loaded config may be): predict and call fail the same way, before tracing
+    loaded = EngramModel.from_config({**model.get_config(), "inference_mode": "infer"})
+    for call in (lambda: loaded.predict(x, verbose=0), lambda: loaded(x)):
+        with pytest.raises(ValueError, match="has none; call `model.begin_task") as error:
+            call()
+        assert "\n" not in str(error.value)
+
+
+def test_a_task_beyond_max_tasks_names_the_builder_argument():
+    model = engram_bnn((8,), 4, hidden=(16,), max_tasks=5)
+    with pytest.raises(ValueError, match=r"outside \[0, max_tasks=5\); .*`engram_bnn\(\.\.\., max_tasks=8\)`"):
+        model.begin_task(7)
+
+
+_EVALUATE_IN_FRESH_PROCESS = """
+import json, sys, numpy as np, larq_engrams, tensorflow as tf
+x, y = np.load(sys.argv[1]), np.load(sys.argv[2])
+model = tf.keras.models.load_model(sys.argv[3])  # no compile by the user
+loss, accuracy = model.evaluate(x, y, verbose=0)
+optimizer = model.optimizer
+print(json.dumps([loss, accuracy, type(optimizer).__name__, optimizer.get_config()["m"],
+                  int(optimizer.iterations.numpy())]))
+model.begin_task(2)  # and it goes on training, the next task
+model.fit(x, y, batch_size=50, epochs=1, verbose=0)
+print(model.allocated_tasks)
+"""
+
+
+def test_a_loaded_model_evaluates_and_trains_without_compile(tmp_path):
+    tasks = permuted_feature_tasks(seed=3)
+    model = _trained_engram_model(tasks, epochs=1, optimizer=lambda: MetaplasticAdam(0.005, m=1.3))
+    model.set_inference("infer")
+    x = np.concatenate([tasks[0][1][0], tasks[1][1][0]])
+    y = np.concatenate([tasks[0][1][1], tasks[1][1][1]])
+    np.save(tmp_path / "x.npy", x), np.save(tmp_path / "y.npy", y)
+    saved_loss, saved_accuracy = model.evaluate(x, y, verbose=0)
+    model.save(tmp_path / "m.keras")
+    env = {**__import__("os").environ, "LARQ_ENGRAMS_QUIET_STARTUP": "1"}
+    proc = subprocess.run([sys.executable, "-c", _EVALUATE_IN_FRESH_PROCESS, *(str(tmp_path / f) for f in
+                           ("x.npy", "y.npy", "m.keras"))], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compile()` was not called" not in proc.stderr
+    evaluated, trained = proc.stdout.splitlines()
+    loss, accuracy, optimizer, m, iterations = json.loads(evaluated)
+    assert loss == pytest.approx(saved_loss, rel=1e-6) and accuracy == pytest.approx(saved_accuracy)
+    assert (optimizer, m, iterations) == ("MetaplasticAdam", 1.3, int(model.optimizer.iterations.numpy()))
+    assert trained == "[0, 1, 2]"
 
 
 def test_infer_outputs_are_log_probabilities_with_the_engrams_argmax():

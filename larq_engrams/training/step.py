@@ -29,6 +29,7 @@ def train_step(model, optimizer, x, y, task_ids=None, class_mask_table=None):
     (`protocol.train_on_batch`): an `EngramModel` trains its active engram's
     sub-network, a `ClassStatisticsClassifier` (NCM, SLDA) adds the batch to its
     statistics, any other model takes a gradient step on every trainable variable.
+    `correct` ranks the logits as evaluation does (`protocol.logits_as_evaluated`).
     """
 
     def loss_of(logits):
@@ -39,6 +40,7 @@ def train_step(model, optimizer, x, y, task_ids=None, class_mask_table=None):
         return loss
 
     logits, loss = protocol.train_on_batch(model, x, y, loss_of, optimizer, task_ids)
-    predictions = tf.argmax(masked_logits(logits, task_ids, class_mask_table), axis=-1, output_type=tf.int32)
+    ranked = protocol.logits_as_evaluated(model, masked_logits(logits, task_ids, class_mask_table))
+    predictions = tf.argmax(ranked, axis=-1, output_type=tf.int32)
     correct = tf.reduce_sum(tf.cast(predictions == tf.cast(y, tf.int32), tf.float32))
     return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
