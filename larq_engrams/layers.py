@@ -306,7 +306,7 @@ class EngramDense(tf.keras.layers.Layer):
             Block(self.beta, units),
         ]
 
-    def call_engram(self, inputs, units, weights, training=False):
+    def call_engram(self, inputs, units, weights, training=False, frozen=None):
         r"""The layer computed on the engram's units only.
 
         `inputs` are the inputs this engram sees (for a layer after another
@@ -317,6 +317,10 @@ class EngramDense(tf.keras.layers.Layer):
         Training updates the moving statistics of `units` only, draws the reactivation
         g from the same stream as `call` and records the activation rate over all N
         units, so both paths leave the layer in the same state.
+
+        `frozen` (optional, (|units|,) 0/1): units that another engram uses and that
+        are protected (`EngramProtection`): while training they are normalized by their
+        moving statistics, as at inference, and those statistics are not updated.
         """
         training = _static_training_flag(training)
         kernel, gamma, beta = weights
@@ -329,8 +333,12 @@ class EngramDense(tf.keras.layers.Layer):
         if training:
             mean, variance = tf.nn.moments(z, axes=[0])
             index, n = units[:, None], tf.constant([self.units])
+            trained = tf.ones_like(mean) if frozen is None else 1.0 - frozen
             self._update_moving_statistics(tf.scatter_nd(index, mean, n), tf.scatter_nd(index, variance, n),
-                                           tf.scatter_nd(index, tf.ones_like(mean), n))
+                                           tf.scatter_nd(index, trained, n))
+            if frozen is not None:
+                mean = tf.where(frozen > 0.5, tf.gather(self.moving_mean, units), mean)
+                variance = tf.where(frozen > 0.5, tf.gather(self.moving_variance, units), variance)
         else:
             mean = tf.gather(self.moving_mean, units)
             variance = tf.gather(self.moving_variance, units)

@@ -96,6 +96,11 @@ class EngramModel(tf.keras.Model):
     Inputs may be `x` or `(x, task_ids)` with an int tensor of per-sample task ids;
     given ids override the mode (task-incremental evaluation on mixed batches).
 
+    `protect_engrams=True` freezes, while an engram trains, every weight, BatchNorm
+    parameter and statistic that another allocated engram uses
+    (`larq_engrams.protection.EngramProtection`): an engram then computes after later
+    tasks exactly what it computed when its task ended.
+
     `router=False` builds no router: for task-incremental use, where every input comes
     with its task id, "input_lda" is never asked for and its statistics (M x M floats)
     would be kept for nothing. Then "infer" works with the other confidence measures only.
@@ -128,6 +133,7 @@ class EngramModel(tf.keras.Model):
         inference_mode="task",
         inference_task=None,
         router=True,
+        protect_engrams=False,
         **kwargs,
     ):
         kwargs.setdefault("name", "engram_bnn")
@@ -139,6 +145,10 @@ class EngramModel(tf.keras.Model):
         self.confidence = check_choice("confidence", confidence, CONFIDENCE_MEASURES)
         self.restrict_to_engram_classes = bool(restrict_to_engram_classes)
         self.execution = check_choice("execution", execution, EXECUTION_MODES)
+        self.protect_engrams = bool(protect_engrams)
+        if self.protect_engrams and self.execution != "sparse":
+            raise ValueError("EngramModel: protect_engrams=True freezes blocks of the sparse step; "
+                             "use execution='sparse' (the default).")
         self._engram_args = dict(
             max_tasks=max_tasks,
             engram_fraction=engram_fraction,
@@ -631,6 +641,7 @@ class EngramModel(tf.keras.Model):
             "inference_mode": self._inference_mode,
             "inference_task": self._inference_task,
             "router": self.router,
+            "protect_engrams": self.protect_engrams,
             **self._engram_args,
         }
 

@@ -25,6 +25,7 @@ from larq_engrams.block_updates import (
     latent_variable,
     supports_block_updates,
 )
+from larq_engrams.protection import EngramProtection
 
 __all__ = ["EngramSlots", "EngramSubnetwork", "InferenceBlockCache", "StackedEngramSubnetworks"]
 
@@ -51,6 +52,8 @@ class EngramSubnetwork:
         engram's blocks, whose compact copies of the weight blocks are then read instead
         of gathering them."""
         self.model = model
+        self.task = tf.cast(task, tf.int32)
+        self._protection = None
         self.units = [layer.engram_units(task) for layer in model.engram_layers]
         blocks, rows = [], None
         for layer, units in zip(model.engram_layers, self.units):
@@ -76,11 +79,13 @@ class EngramSubnetwork:
         """Logits (and, with `with_excitation`, the excitation score per sample: the sum
         over layers of `EngramDense.engram_deviation`)."""
         model = self.model
+        protection = self.protection if training else None
         h = model.flatten(x)
         weights = iter(self.weights)
         excitation = 0.0
-        for layer, units in zip(model.engram_layers, self.units):
-            h, z = layer.call_engram(h, units, [next(weights) for _ in range(3)], training)
+        for i, (layer, units) in enumerate(zip(model.engram_layers, self.units)):
+            frozen = None if protection is None else protection.shared_units(i)
+            h, z = layer.call_engram(h, units, [next(weights) for _ in range(3)], training, frozen)
             if with_excitation:
                 excitation += layer.engram_deviation(z, units)
         kernel = next(weights)
@@ -89,8 +94,21 @@ class EngramSubnetwork:
             h = classifier.input_quantizer(h)
         if classifier.kernel_quantizer is not None:
             kernel = classifier.kernel_quantizer(kernel)
-        logits = model.classifier_norm(tf.matmul(h, kernel), training=training)
+        z = tf.matmul(h, kernel)
+        if protection is None:
+            logits = model.classifier_norm(z, training=training)
+        else:
+            logits = _protected_batchnorm(model.classifier_norm, z, protection.shared_classes())
         return (logits, excitation) if with_excitation else logits
+
+    @property
+    def protection(self):
+        """The `EngramProtection` of this engram's blocks, or None (`protect_engrams` off)."""
+        if not getattr(self.model, "protect_engrams", False):
+            return None
+        if self._protection is None:
+            self._protection = EngramProtection(self.model, self.task, self.units)
+        return self._protection
 
     def train_step(self, x, loss_fn, optimizer, cache=None):
         """One optimizer step on this sub-network: returns `(logits, loss)`.
@@ -105,6 +123,9 @@ class EngramSubnetwork:
             logits = self(x, training=True)
             loss = loss_fn(logits)
         gradients, extra = tape.gradient(loss, [self.weights, partial])
+        if self.protection is not None:  # what the other engrams use gets no gradient
+            gradients = [None if g is None else g * tf.cast(scale, g.dtype)
+                         for g, scale in zip(gradients, self.protection.gradient_scales())]
         apply_block_gradients(
             optimizer,
             gradients,
@@ -230,6 +251,19 @@ class StackedEngramSubnetworks:
             model.classifier_norm(tf.reshape(logits, [-1, shape[-1]]), training=False), shape
         )
         return (logits, excitation) if with_excitation else logits
+
+
+def _protected_batchnorm(norm, z, frozen):
+    """Keras' `BatchNormalization` in training on (batch, C) inputs, but the `frozen`
+    channels ((C,) 0/1) are normalized by their moving statistics and keep them (as
+    `EngramDense.call_engram` does for frozen units)."""
+    mean, variance = tf.nn.moments(z, axes=[0])
+    decay = (1.0 - norm.momentum) * (1.0 - frozen)
+    norm.moving_mean.assign_sub((norm.moving_mean - mean) * decay)
+    norm.moving_variance.assign_sub((norm.moving_variance - variance) * decay)
+    mean = tf.where(frozen > 0.5, norm.moving_mean, mean)
+    variance = tf.where(frozen > 0.5, norm.moving_variance, variance)
+    return tf.nn.batch_normalization(z, mean, variance, norm.beta, norm.gamma, norm.epsilon)
 
 
 def _quantize(quantizer, kernel):

@@ -12,13 +12,17 @@ import tensorflow as tf  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What installing and running pytest itself leave in a checkout: not the tests' doing.
 _TOOLING = {".git", ".venv", "__pycache__", ".pytest_cache", "build", "dist"}
+# Long experiment runs write results/ while a developer runs the suite beside them;
+# .ci/run's check of the whole tree after the suite covers it.
+_EXPERIMENTS = os.path.join(ROOT, "results")
 
 
 def checkout_files():
-    """Every file under the checkout, but the tooling's (a 10 ms walk)."""
+    """Every file under the checkout, but the tooling's and results/ (a 10 ms walk)."""
     found = set()
     for folder, subfolders, files in os.walk(ROOT):
-        subfolders[:] = [d for d in subfolders if d not in _TOOLING and not d.endswith(".egg-info")]
+        subfolders[:] = [d for d in subfolders if d not in _TOOLING and not d.endswith(".egg-info")
+                         and os.path.join(folder, d) != _EXPERIMENTS]
         found.update(os.path.relpath(os.path.join(folder, f), ROOT) for f in files)
     return found
 

@@ -57,6 +57,7 @@ class HyperParameters:
     engram_fraction: float = 0.2
     activation_probability: float = 0.9
     excitability: float = 6.0
+    protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
     lda_features: int = None  # engram task inference's random features; None: the model's default
     seed: int = 0
     backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
@@ -196,7 +197,8 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
 # What each family of methods reads (see `register`).
 _NETWORK = ("hidden", "learning_rate", "seed")
 _METAPLASTIC = ("m",)
-_ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features")
+_ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features",
+           "protect_engrams")
 _BACKBONE = (*_NETWORK, "backbone")
 _REPLAY = (*_NETWORK, "buffer_size")
 
@@ -215,6 +217,7 @@ def _engram_model(scenario, hp, **kwargs):
         engram_fraction=hp.engram_fraction,
         activation_probability=hp.activation_probability,
         excitability=hp.excitability,
+        protect_engrams=hp.protect_engrams,
         seed=hp.seed,
         router=not scenario.provides_task_id,  # task-IL gives the task id: nothing to route
     )
@@ -380,5 +383,5 @@ def _xdg(scenario, hp):
     # The engram machinery with its stochastic and excitability parts switched off:
     # uniform random, fixed, deterministic gates keeping 1 - gated of the units.
     model = _engram_model(scenario, hp, engram_fraction=1.0 - gated, activation_probability=1.0,
-                          excitability=0.0)
+                          excitability=0.0, protect_engrams=False)
     return _setup("xdg", model, _adam(hp), scenario)
