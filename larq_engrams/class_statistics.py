@@ -52,12 +52,15 @@ class ClassStatisticsClassifier(tf.keras.Model):
         shrinkage: SLDA's lambda in [0, 1] (0.1, as measured in the issue's anchors).
         features: None for the inputs themselves, or M fixed random ReLU features.
         seed: seeds the random features.
+        feature_map: "dense" (relu(x R) on the flat inputs) or "conv" (random filters
+            over image inputs; `task_inference.ConvGeometry`), `image_shape` saying how
+            flat inputs are images.
         task_groups: 1 (one group per class), or the number of tasks: one group per
             (task, class), the task set by `begin_task` (the continual protocol's hook).
     """
 
     def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, task_groups=1,
-                 **kwargs):
+                 feature_map="dense", image_shape=None, **kwargs):
         super().__init__(**kwargs)
         self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)
@@ -66,7 +69,11 @@ class ClassStatisticsClassifier(tf.keras.Model):
         self.task_groups = check_positive_int("task_groups", task_groups, owner="ClassStatisticsClassifier")
         self.discriminant = InputDiscriminant(
             self.task_groups, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
-            covariance="shared" if rule == "slda" else "identity", name="class_statistics")
+            covariance="shared" if rule == "slda" else "identity", feature_map=feature_map,
+            image_shape=(image_shape or self.sample_shape) if feature_map == "conv" else None,
+            name="class_statistics")
+        self.feature_map = feature_map
+        self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
         self.discriminant.build((None, int(np.prod(self.sample_shape))))
         # Set by `observe`, cleared by the refresh that the next call makes.
         self.stale = tf.Variable(False, trainable=False, name="stale",
@@ -132,4 +139,5 @@ class ClassStatisticsClassifier(tf.keras.Model):
     def get_config(self):
         return {"input_shape": self.sample_shape, "num_classes": self.num_classes, "rule": self.rule,
                 "shrinkage": self.shrinkage, "features": self.features, "seed": self.seed,
-                "task_groups": self.task_groups, "name": self.name}
+                "task_groups": self.task_groups, "feature_map": self.feature_map,
+                "image_shape": None if self.image_shape is None else list(self.image_shape), "name": self.name}

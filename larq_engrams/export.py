@@ -91,8 +91,10 @@ def _engram_arrays(model):
     arrays["output/kernel_bits"] = pack_signs(_latent(model.classifier.kernel))
     arrays["output/scale"], arrays["output/offset"] = _affine(
         (norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta, norm.epsilon))
+    conv = router is not None and router.conv_geometry is not None
     if router is not None:
-        arrays["router/projection_bits"] = sign_bytes(router.projection_bits.numpy(), router.num_features)
+        columns = router.conv_geometry.filters if conv else router.num_features
+        arrays["router/projection_bits"] = sign_bytes(router.projection_bits.numpy(), columns)
         arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
         arrays["router/bias"] = router.bias.numpy().astype(np.float32)
     arrays["engram_classes"] = (model.engram_classes.numpy() > 0).astype(np.uint8)
@@ -102,8 +104,11 @@ def _engram_arrays(model):
         "inference_mode": model.inference_mode, "inference_task": model.get_config()["inference_task"],
         "restrict_to_engram_classes": model.restrict_to_engram_classes, "lda_weight": model.lda_weight,
         "outside_mass": "1e-3 / num_classes",
-        "router": None if router is None else {"features": router.num_features,
-                                               "projection_scale": router.projection_scale, "inputs": inputs},
+        "router": None if router is None else {
+            "features": router.num_features, "projection_scale": router.projection_scale, "inputs": inputs,
+            "feature_map": router.feature_map,
+            **({"image_shape": list(router.conv_geometry.image_shape), "filters": router.conv_geometry.filters,
+                "kernel_size": router.conv_geometry.kernel_size, "pool": router.conv_geometry.pool} if conv else {})},
     }
     return arrays, manifest
 

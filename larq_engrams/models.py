@@ -19,6 +19,7 @@ from larq_engrams.subnetwork import EngramSlots, EngramSubnetwork, InferenceBloc
 from larq_engrams.task_inference import (
     DEFAULT_FEATURES,
     DEFAULT_SHRINKAGE,
+    FEATURE_MAPS,
     MAX_FEATURES,
     EngramTaskInference,
     InputDiscriminant,
@@ -101,6 +102,11 @@ class EngramModel(tf.keras.Model):
     (`larq_engrams.protection.EngramProtection`): an engram then computes after later
     tasks exactly what it computed when its task ended.
 
+    `router_features="conv"` gives the router random convolutional features of image
+    inputs (`task_inference.ConvGeometry`) instead of random projections of the flat
+    pixels; `image_shape` says how flat inputs are images (default: the input shape,
+    where it has 2 or 3 axes).
+
     `router=False` builds no router: for task-incremental use, where every input comes
     with its task id, "input_lda" is never asked for and its statistics (M x M floats)
     would be kept for nothing. Then "infer" works with the other confidence measures only.
@@ -134,6 +140,8 @@ class EngramModel(tf.keras.Model):
         inference_task=None,
         router=True,
         protect_engrams=False,
+        router_features="dense",
+        image_shape=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "engram_bnn")
@@ -184,6 +192,13 @@ class EngramModel(tf.keras.Model):
         self.engram_slots = EngramSlots(self)  # sparse training's optimizer-slot lifecycle
         self._inference_blocks = InferenceBlockCache()
         self.lda_features = None if lda_features is None else int(lda_features)
+        self.router_features = check_choice("router_features", router_features, FEATURE_MAPS)
+        if image_shape is None and len(self.sample_shape) in (2, 3):
+            image_shape = self.sample_shape
+        self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
+        if self.router_features == "conv" and self.image_shape is None:
+            raise ValueError("EngramModel: router_features='conv' needs image inputs; pass `image_shape=(H, W)` for "
+                             "flattened images (pixels in their places, not permuted), or use 'dense'.")
         self.lda_shrinkage = float(lda_shrinkage)
         if not float(lda_weight) >= 0.0:
             raise ValueError(f"`lda_weight` must be >= 0, got {lda_weight!r}.")
@@ -197,7 +212,8 @@ class EngramModel(tf.keras.Model):
         if self.router and ((self.lda_features or inputs) <= MAX_FEATURES or self.confidence == "input_lda"):
             self.task_discriminant = InputDiscriminant(
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
-                seed=self.seed, name="task_discriminant")
+                seed=self.seed, feature_map=self.router_features,
+                image_shape=self.image_shape if self.router_features == "conv" else None, name="task_discriminant")
             self.task_discriminant.build((None, inputs))
         if self._inference_mode == "infer":
             self._check_confidence_available(self.confidence)
@@ -642,6 +658,8 @@ class EngramModel(tf.keras.Model):
             "inference_task": self._inference_task,
             "router": self.router,
             "protect_engrams": self.protect_engrams,
+            "router_features": self.router_features,
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
             **self._engram_args,
         }
 

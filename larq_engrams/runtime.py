@@ -45,12 +45,13 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "floored_log_softmax",
+__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
+           "floored_log_softmax",
            "load", "pack_signs", "unpack_signs", "checksum"]
 
 FORMAT = "larq-engrams-packed"
-VERSION = 2  # 2: the router is optional (manifest "router": null)
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # 2: the router is optional (manifest "router": null); 3: its features may be convolutional
+READABLE_VERSIONS = (1, 2, 3)
 _EMPTY_GROUP = -1e9 / 2  # router groups without data score -1e9
 _REEXPORT = "; write it again from the Keras model with `larq_engrams.export.save_packed(model, path)`"
 
@@ -93,6 +94,22 @@ def floored_log_softmax(logits, allowed, outside_mass=None):
     inside = inside - np.log(np.exp(inside).sum(axis=-1, keepdims=True))
     outside_count = np.maximum((~allowed).sum(axis=-1, keepdims=True), 1).astype(np.float32)
     return np.where(allowed, inside + np.log(np.float32(1.0) - eps), np.log(eps / outside_count)).astype(np.float32)
+
+
+def conv_features(x, filters, image_shape, kernel_size, pool):
+    """NumPy twin of `larq_engrams.task_inference.ConvGeometry.features_of`: flat inputs
+    (batch, H W C), filters (k k C, F) -> avgpool_p(relu(conv_k(x))), flattened
+    (batch, gh gw F) in TensorFlow's order."""
+    shape = tuple(int(v) for v in image_shape)
+    height, width, channels = shape if len(shape) == 3 else (*shape, 1)
+    k, p, n = int(kernel_size), int(pool), len(x)
+    images = np.asarray(x, np.float32).reshape(n, height, width, channels)
+    windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))  # (n, oh, ow, C, k, k)
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n, height - k + 1, width - k + 1, k * k * channels)
+    grid_h, grid_w = (height - k + 1) // p, (width - k + 1) // p
+    z = np.maximum(patches[:, : grid_h * p, : grid_w * p] @ filters, 0)  # whole pooling windows only
+    pooled = z.reshape(n, grid_h, p, grid_w, p, -1).mean(axis=(2, 4), dtype=np.float32)
+    return pooled.reshape(n, -1)
 
 
 def _log_softmax(x):
@@ -159,8 +176,11 @@ class PackedNetwork:
             self.engram_classes = arrays["engram_classes"].astype(bool)
         self.has_router = self.kind == "engram" and manifest.get("router") is not None
         if self.has_router:
-            self.router_projection = unpack_signs(arrays["router/projection_bits"], int(manifest["router"]["features"]))
-            self.router_projection *= np.float32(manifest["router"]["projection_scale"])
+            router = manifest["router"]
+            self.router_conv = router if router.get("feature_map", "dense") == "conv" else None
+            columns = int(router["filters"] if self.router_conv else router["features"])
+            self.router_projection = unpack_signs(arrays["router/projection_bits"], columns)
+            self.router_projection *= np.float32(router["projection_scale"])
             self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
             self.router_bias = arrays["router/bias"]  # (tasks, classes)
 
@@ -220,7 +240,12 @@ class PackedNetwork:
     def router_scores(self, x):
         """(batch, tasks, classes) router scores g_{s,c}(x)."""
         self._require_router()
-        features = np.maximum(self._flat(x) @ self.router_projection, 0)
+        x = self._flat(x)
+        if self.router_conv is None:
+            features = np.maximum(x @ self.router_projection, 0)
+        else:
+            c = self.router_conv
+            features = conv_features(x, self.router_projection, c["image_shape"], c["kernel_size"], c["pool"])
         tasks, classes, width = self.router_kernel.shape
         scores = features @ self.router_kernel.reshape(tasks * classes, width).T  # BLAS, unlike einsum
         return scores.reshape(len(features), tasks, classes) + self.router_bias

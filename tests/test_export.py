@@ -133,7 +133,8 @@ def test_packed_files_of_another_version_or_corrupt_fail_in_one_line(tmp_path):
     flipped = arrays["hidden_0/kernel_bits"].copy()
     flipped[0, 0] ^= 1
     cases = {
-        write("v3.npz", {"version": 3}): "version 3.*save_packed.*with this package's version",
+        write("newer.npz", {"version": runtime.VERSION + 1}):
+            f"version {runtime.VERSION + 1}.*save_packed.*with this package's version",
         write("other.npz", {"format": "something-else"}): "something-else",
         write("flipped.npz", arrays_changes={"hidden_0/kernel_bits": flipped}): "corrupt",
     }

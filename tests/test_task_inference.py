@@ -294,6 +294,6 @@ def test_a_model_without_router_keeps_nothing_and_learns_task_il_exactly_as_with
     assert not restored.router and restored.task_discriminant is None
     with pytest.raises(ValueError, match="needs the router"):
         restored.set_inference("infer")
-    restored.set_inference("infer", confidence="excitation")  # the measures without statistics still work
+    model.set_inference("infer", confidence="excitation")  # the measures without statistics still work
     with pytest.raises(ValueError, match="needs the router"):
         le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, router=False, inference_mode="infer")

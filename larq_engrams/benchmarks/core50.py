@@ -76,4 +76,5 @@ def core50_ni(data_dir, labels="object", run=0, image_size=32, batch_size=100,
         source=f"local:{data_dir}",
         tasks=tasks,
         details={"batch_size": batch_size, "run": run, "labels": labels, "image_size": image_size},
+        image_shape=tuple(int(v) for v in x_test.shape[1:]),
     )

@@ -167,6 +167,7 @@ def split_dataset(data, name, setting, classes_per_task, class_order, seed, batc
         tasks=tasks,
         details={"class_order": [c for g in groups for c in g], "batch_size": batch_size, "seed": seed,
                  "normalize": bool(prep.normalize), "evaluated_on": evaluate_on},
+        image_shape=image_shape_of(data.x_train.shape[1:]),
     )
 
 
@@ -261,9 +262,16 @@ def tasks_from_arrays(tasks, setting="domain", seed=0, batch_size=100, eval_batc
         ))
     where = (source if evaluate_on == "test"
              else f"{source} validation[{validation_fraction:g} of each task's train, seed {seed} * 1000 + t]")
+    shape = shapes.pop()
     return Scenario(
-        name=name, setting=setting, num_classes=num_classes, input_shape=prep.output_shape(shapes.pop()),
-        source=where, tasks=out,
+        name=name, setting=setting, num_classes=num_classes, input_shape=prep.output_shape(shape),
+        source=where, tasks=out, image_shape=image_shape_of(shape),
         details={"batch_size": batch_size, "seed": seed, "normalize": normalization is not None,
                  "evaluated_on": evaluate_on},
     )
+
+
+def image_shape_of(example_shape):
+    """An example's shape as an image, (H, W) or (H, W, C), or None for a vector."""
+    shape = tuple(int(v) for v in example_shape)
+    return shape if len(shape) in (2, 3) else None

@@ -167,6 +167,9 @@ class Scenario:
         source: where the data came from (see `larq_engrams.benchmarks.sources`).
         tasks: the `Task`s in training order.
         details: scenario-specific facts (class order, permutation seed, ...), for results.
+        image_shape: (H, W) or (H, W, C) where the inputs are images (flattened or not)
+            whose pixels keep their places, so a feature map may use neighbourhoods (the
+            router's `router_features="conv"`); None otherwise (permuted pixels, vectors).
     """
 
     name: str
@@ -176,6 +179,7 @@ class Scenario:
     source: str
     tasks: Sequence
     details: dict = dataclasses.field(default_factory=dict)
+    image_shape: tuple = None
 
     @property
     def num_tasks(self):
@@ -220,6 +224,7 @@ class Scenario:
                  "num_test": t.num_test}
                 for t in self.tasks
             ],
+            **({"image_shape": list(self.image_shape)} if self.image_shape else {}),
             **{k: v for k, v in self.details.items()},
         }
 

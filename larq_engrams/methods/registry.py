@@ -58,6 +58,7 @@ class HyperParameters:
     activation_probability: float = 0.9
     excitability: float = 6.0
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
+    router_features: str = "dense"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
     lda_features: int = None  # engram task inference's random features; None: the model's default
     seed: int = 0
     backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
@@ -198,7 +199,7 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
 _NETWORK = ("hidden", "learning_rate", "seed")
 _METAPLASTIC = ("m",)
 _ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features",
-           "protect_engrams")
+           "protect_engrams", "router_features")
 _BACKBONE = (*_NETWORK, "backbone")
 _REPLAY = (*_NETWORK, "buffer_size")
 
@@ -211,6 +212,18 @@ def _meta_adam(hp):
     return lambda: MetaplasticAdam(hp.learning_rate, m=hp.m)
 
 
+def _router_feature_map(scenario, hp):
+    """`router_features` and `image_shape` for the scenario: "auto" is "conv" where the
+    inputs are images with their pixels in place (`Scenario.image_shape`), else "dense"."""
+    choice = hp.router_features
+    if choice == "auto":
+        choice = "dense" if scenario.image_shape is None else "conv"
+    if choice == "conv" and scenario.image_shape is None:
+        raise ValueError(f"router_features='conv' needs image inputs; {scenario.name}'s are not images "
+                         "(permuted pixels, or vectors): use 'dense' or 'auto'.")
+    return {"router_features": choice, "image_shape": scenario.image_shape if choice == "conv" else None}
+
+
 def _engram_model(scenario, hp, **kwargs):
     args = dict(
         max_tasks=scenario.num_tasks,
@@ -218,6 +231,7 @@ def _engram_model(scenario, hp, **kwargs):
         activation_probability=hp.activation_probability,
         excitability=hp.excitability,
         protect_engrams=hp.protect_engrams,
+        **_router_feature_map(scenario, hp),
         seed=hp.seed,
         router=not scenario.provides_task_id,  # task-IL gives the task id: nothing to route
     )
@@ -331,18 +345,20 @@ def _router_alone(name, rule, scenario, hp):
     features = DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features
     model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule=rule,
                                       shrinkage=DEFAULT_SHRINKAGE, features=features, seed=hp.seed,
-                                      task_groups=scenario.num_tasks if scenario.setting == "domain" else 1)
+                                      task_groups=scenario.num_tasks if scenario.setting == "domain" else 1,
+                                      **{{"router_features": "feature_map"}.get(k, k): v
+                                         for k, v in _router_feature_map(scenario, hp).items()})
     return _setup(name, model, _adam(hp), scenario)
 
 
 @register("ncm_rf", "nearest class mean on the engram router's random features (the router alone, no network)",
-          reads=("lda_features", "seed"))
+          reads=("lda_features", "router_features", "seed"))
 def _ncm_rf(scenario, hp):
     return _router_alone("ncm_rf", "ncm", scenario, hp)
 
 
 @register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)",
-          reads=("lda_features", "seed"))
+          reads=("lda_features", "router_features", "seed"))
 def _slda_rf(scenario, hp):
     return _router_alone("slda_rf", "slda", scenario, hp)
 
