@@ -4,9 +4,33 @@ TensorFlow and tf-keras must share one minor version: TensorFlow's `tf.keras` is
 redirected to `tf_keras` (Keras 2), which Larq requires. `tensorflow-cpu` must not be
 installed beside `tensorflow` (both wheels unpack into the same folder).
 """
-from setuptools import find_namespace_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
+from setuptools.command.build_ext import build_ext
 
 TF_MINOR = "2.21"
+
+
+class OptionalBuildExt(build_ext):
+    """Builds the runtime's bit kernels (larq_engrams/csrc/engram_bits.c, loaded with
+    ctypes) where a C compiler exists; without one the install goes on and the runtime
+    uses its NumPy path, and says so in one line."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as error:  # no compiler, or it failed: the NumPy path still works
+            print(f"larq-engrams: the C bit kernels were not built ({type(error).__name__}); "
+                  "the runtime uses its NumPy path.")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as error:
+            print(f"larq-engrams: the C bit kernels were not built ({type(error).__name__}); "
+                  "the runtime uses its NumPy path.")
+
+    def get_export_symbols(self, ext):
+        return []  # a plain C library for ctypes, not a Python module (no PyInit_ symbol)
 
 setup(
     name="larq-engrams",
@@ -23,7 +47,11 @@ setup(
     # own, which setuptools wants for package data (otherwise one warning per file).
     packages=find_namespace_packages(include=["larq_engrams", "larq_engrams.*"], exclude=["*.__pycache__"]),
     # The real MNIST test set ships with the package: the offline default data source.
-    package_data={"larq_engrams.data.mnist": ["*.gz", "README.md"]},
+    package_data={"larq_engrams.data.mnist": ["*.gz", "README.md"], "larq_engrams.csrc": ["*.c"]},
+    # The runtime's XNOR-popcount kernels, a C99 library it loads with ctypes if it was built.
+    ext_modules=[Extension("larq_engrams._engram_bits", ["larq_engrams/csrc/engram_bits.c"],
+                           extra_compile_args=["-O3", "-std=c99"])],
+    cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
         f"tensorflow=={TF_MINOR}.*",
         f"tf-keras=={TF_MINOR}.*",

@@ -39,15 +39,18 @@ The maths (docs/method.md, sections 1, 3 and 4; the packed format in docs/deploy
   the NumPy twin of `larq_engrams.task_inference.floored_log_softmax`; the tests check
   that both agree).
 """
+import ctypes
+import glob
 import hashlib
 import json
+import os
 import zipfile
 
 import numpy as np
 
-__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
+__all__ = ["FORMAT", "KERNELS", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
            "floored_log_softmax",
-           "load", "pack_signs", "unpack_signs", "checksum"]
+           "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "threshold_words", "xnor_dot"]
 
 FORMAT = "larq-engrams-packed"
 VERSION = 3  # 2: the router is optional (manifest "router": null); 3: its features may be convolutional
@@ -59,6 +62,63 @@ _REEXPORT = "; write it again from the Keras model with `larq_engrams.export.sav
 class PackedFormatError(ValueError):
     """A packed file that this runtime cannot load: another format or version, or
     corrupt (its one-line message says which)."""
+
+
+def _load_bit_kernels():
+    """The C XNOR-popcount kernels (`csrc/engram_bits.c`, built at install into
+    `_engram_bits*.so` beside this file), or None: then the NumPy path runs.
+    `LARQ_ENGRAMS_KERNELS=numpy` asks for the NumPy path."""
+    if os.environ.get("LARQ_ENGRAMS_KERNELS", "").lower() == "numpy":
+        return None
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_engram_bits*.so"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        words, ints, i32 = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int32), ctypes.c_int32
+        lib.le_xnor_dot.argtypes = [words, words, i32, i32, i32, i32, ints]
+        lib.le_threshold_bits.argtypes = [ints, ints, ctypes.POINTER(ctypes.c_int8), i32, i32, i32, words]
+        return lib
+    return None
+
+
+_KERNELS = _load_bit_kernels()
+KERNELS = "c" if _KERNELS is not None else "numpy"  # which path binary layers take in this process
+
+
+def _pointer(array, ctype):
+    return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+def sign_words(negative):
+    """(rows, n) booleans (True: sign -1) as (rows, ceil(n / 64)) uint64 words, bit i in
+    bit i % 64 of word i / 64, padding 0: the C kernels' operands."""
+    negative = np.asarray(negative, bool)
+    rows, n = negative.shape
+    packed = np.packbits(negative, axis=1, bitorder="little")
+    padded = np.zeros((rows, 8 * (-(-n // 64))), np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view("<u8")
+
+
+def xnor_dot(x_words, w_words, n):
+    """Integer z = x . w for the +-1 vectors of `sign_words`: (batch, units) int32, by
+    z = n - 2 popcount(x XOR w) in the C kernel."""
+    batch, units = len(x_words), len(w_words)
+    z = np.empty((batch, units), np.int32)
+    _KERNELS.le_xnor_dot(_pointer(x_words, ctypes.c_uint64), _pointer(w_words, ctypes.c_uint64), batch, units,
+                         x_words.shape[1], n, _pointer(z, ctypes.c_int32))
+    return z
+
+
+def threshold_words(z, threshold, direction):
+    """The next layer's input words: +1 iff direction z >= direction threshold (C kernel)."""
+    batch, units = z.shape
+    out = np.empty((batch, -(-units // 64)), np.uint64)
+    _KERNELS.le_threshold_bits(_pointer(z, ctypes.c_int32), _pointer(threshold, ctypes.c_int32),
+                               _pointer(direction, ctypes.c_int8), batch, units, out.shape[1],
+                               _pointer(out, ctypes.c_uint64))
+    return out
 
 
 def pack_signs(weights):
@@ -124,6 +184,19 @@ class _Layer:
         self.kernel = kernel  # (inputs, units) +-1 float32
         self.scale, self.offset = scale, offset  # float layer
         self.threshold, self.direction = threshold, direction  # integer layer
+        self._words = None
+
+    def bit_operands(self):
+        """(weight words (units, words of inputs), int32 thresholds, int8 directions)
+        for the C kernels, made once."""
+        if self._words is None:
+            self._words = (sign_words(self.kernel.T < 0), np.ascontiguousarray(self.threshold, np.int32),
+                           np.ascontiguousarray(self.direction, np.int8))
+        return self._words
+
+    def positive(self, x):
+        """The float layer's outputs as booleans (True: +1)."""
+        return (x @ self.kernel) * self.scale + self.offset >= 0
 
     def columns(self, units):
         """The layer restricted to output units `units` (an engram's)."""
@@ -143,10 +216,29 @@ class _Layer:
         return np.where(positive, np.float32(1), np.float32(-1))
 
 
+class _Output:
+    """The output layer's +-1 kernel (inputs, classes), and its words for the C kernels."""
+
+    def __init__(self, kernel):
+        self.kernel, self._words = kernel, None
+
+    def words(self):
+        if self._words is None:
+            self._words = sign_words(self.kernel.T < 0)
+        return self._words
+
+
 class PackedNetwork:
     """A loaded packed network (see the module docstring); build it with `load`."""
 
-    def __init__(self, manifest, arrays):
+    def __init__(self, manifest, arrays, kernels=None):
+        if kernels not in (None, "c", "numpy"):
+            raise ValueError(f"runtime: kernels must be 'c', 'numpy' or None, got {kernels!r}.")
+        if kernels == "c" and _KERNELS is None:
+            raise ValueError("runtime: the C bit kernels are not built here (no C compiler at install?); "
+                             "use kernels='numpy'.")
+        # "c": hidden and output layers on bits (XNOR-popcount); "numpy": +-1 float products.
+        self.kernels = kernels or KERNELS
         self.manifest = manifest
         self.kind = manifest["kind"]
         self.num_classes = int(manifest["num_classes"])
@@ -165,6 +257,7 @@ class PackedNetwork:
                 raise PackedFormatError(f"runtime: hidden_{i} holds a {kernel.shape} kernel, the manifest says "
                                         f"{(widths[i], units)}")
         self.output_kernel = unpack_signs(arrays["output/kernel_bits"], self.num_classes)
+        self._plain_output = _Output(self.output_kernel)
         self.output_scale, self.output_offset = arrays["output/scale"], arrays["output/offset"]
         self.allocated_tasks = list(manifest.get("allocated_tasks", []))
         self._engrams, self._masks = {}, None
@@ -192,7 +285,7 @@ class PackedNetwork:
             restricted = layer.columns(units)
             layers.append(restricted if previous is None else restricted.rows(previous))
             previous = units
-        return layers, self.output_kernel[previous]
+        return layers, _Output(self.output_kernel[previous])
 
     def _flat(self, x):
         x = np.asarray(x, np.float32)
@@ -208,10 +301,17 @@ class PackedNetwork:
                              f"(the first: example {int(np.flatnonzero(bad.any(axis=1))[0])}); clean the inputs.")
         return x
 
-    def _logits(self, h, layers, output_kernel):
+    def _logits(self, h, layers, output):
+        if self.kernels == "c":  # on the bits after the first layer
+            words = sign_words(~layers[0].positive(h))
+            for layer in layers[1:]:
+                weights, threshold, direction = layer.bit_operands()
+                words = threshold_words(xnor_dot(words, weights, layer.kernel.shape[0]), threshold, direction)
+            z = xnor_dot(words, output.words(), output.kernel.shape[0])
+            return z.astype(np.float32) * self.output_scale + self.output_offset
         for layer in layers:
             h = layer(h)
-        return (h @ output_kernel) * self.output_scale + self.output_offset
+        return (h @ output.kernel) * self.output_scale + self.output_offset
 
     def hidden_outputs(self, x, task=None):
         """Each hidden layer's outputs (+-1, 0 outside the engram) for inputs `x`: the
@@ -262,7 +362,7 @@ class PackedNetwork:
         mode)."""
         x = self._flat(x)
         if self.kind != "engram":
-            return self._logits(x, self.layers, self.output_kernel)
+            return self._logits(x, self.layers, self._plain_output)
         if task is None:
             return self._infer(x)[0]
         return self._task_logits(x, task)
@@ -305,9 +405,10 @@ class PackedNetwork:
         return floored_log_softmax(log_probs, known), chosen_tasks
 
 
-def load(path):
+def load(path, kernels=None):
     """A `PackedNetwork` from a file written by `larq_engrams.export.save_packed`;
-    `PackedFormatError` (one line) for another format or version, or a corrupt file."""
+    `PackedFormatError` (one line) for another format or version, or a corrupt file.
+    `kernels`: "c" (the XNOR-popcount kernels), "numpy", or None (C where built)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
@@ -324,4 +425,4 @@ def load(path):
             f"{FORMAT!r} versions {', '.join(map(str, READABLE_VERSIONS))}{_REEXPORT}, with this package's version")
     if checksum(arrays) != manifest.get("checksum"):
         raise PackedFormatError(f"{path} is corrupt: its arrays do not match the manifest's checksum{_REEXPORT}")
-    return PackedNetwork(manifest, arrays)
+    return PackedNetwork(manifest, arrays, kernels)

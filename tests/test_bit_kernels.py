@@ -1,0 +1,48 @@
+"""The runtime's C XNOR-popcount kernels: the maths by hand, and the same answers as the
+NumPy path (skipped with a reason where no C compiler built them at install)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import larq_engrams as le
+from larq_engrams import runtime
+from larq_engrams.export import save_packed
+
+pytestmark = pytest.mark.skipif(runtime.KERNELS != "c", reason="the C bit kernels were not built (no C compiler "
+                                                               "at install): the runtime runs its NumPy path")
+
+
+def test_xnor_dot_and_thresholds_by_hand():
+    rng = np.random.default_rng(0)
+    x = rng.choice([-1, 1], size=(3, 70))  # 70 entries: two words, 58 padding bits
+    w = rng.choice([-1, 1], size=(5, 70))
+    z = runtime.xnor_dot(runtime.sign_words(x < 0), runtime.sign_words(w < 0), 70)
+    np.testing.assert_array_equal(z, x @ w.T)  # n - 2 popcount(x XOR w) is the integer dot product
+    threshold = np.array([0, 4, -70, 71, 2], np.int32)
+    direction = np.array([1, 1, 1, 1, -1], np.int8)
+    words = runtime.threshold_words(z, threshold, direction)
+    positive = np.where(direction > 0, z >= threshold, z <= threshold)
+    np.testing.assert_array_equal(words, runtime.sign_words(~positive))
+    assert (positive[:, 2]).all() and not positive[:, 3].any()  # thresholds outside [-n, n]
+
+
+def test_the_c_path_gives_the_numpy_paths_answers(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    y = (x[:, :4].argmax(axis=1)).astype(np.int32)
+    engram = le.engram_bnn((16,), 4, hidden=(100, 70), max_tasks=2, engram_fraction=0.6, lda_features=32)
+    for t in (0, 1):
+        engram.begin_task(t)
+        engram.compile(optimizer="adam", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        engram.fit(x + t, y, batch_size=50, epochs=1, verbose=0)
+    engram.set_inference("infer")
+    plain = le.bnn((16,), 4, hidden=(90, 130, 65))  # three hidden layers: two on bits
+    for name, model in (("engram", engram), ("plain", plain)):
+        path = str(tmp_path / f"{name}.npz")
+        save_packed(model, path)
+        on_bits, on_floats = runtime.load(path, kernels="c"), runtime.load(path, kernels="numpy")
+        assert on_bits.kernels == "c" and on_floats.kernels == "numpy"
+        np.testing.assert_array_equal(on_bits.predict(x), on_floats.predict(x))
+        if name == "engram":
+            for t in (0, 1):
+                np.testing.assert_array_equal(on_bits.predict(x, task=t), on_floats.predict(x, task=t))
