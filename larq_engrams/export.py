@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.runtime import FORMAT, VERSION, checksum, pack_signs
-from larq_engrams.task_inference import sign_bytes
+from larq_engrams.task_inference import sign_bytes, unpack_symmetric
 
 __all__ = ["save_packed", "packed_arrays"]
 
@@ -65,8 +65,11 @@ def _integer_thresholds(sign_of, inputs, units):
     return threshold, direction
 
 
-def _engram_arrays(model):
+def _engram_arrays(model, learning=False):
     router = model.task_discriminant
+    if learning and (router is None or router.scatter is None):
+        raise ValueError("save_packed: learning=True exports the router's statistics, and this model has no router "
+                         "with a shared covariance (router=False, or another confidence)")
     if router is not None and model.confidence != "input_lda":
         raise ValueError(f"save_packed: the runtime infers the task with the router (confidence 'input_lda'); "
                          f"this model uses {model.confidence!r}")
@@ -97,6 +100,12 @@ def _engram_arrays(model):
         arrays["router/projection_bits"] = sign_bytes(router.projection_bits.numpy(), columns)
         arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
         arrays["router/bias"] = router.bias.numpy().astype(np.float32)
+    if learning:  # what a device keeps to learn new classes (runtime.PackedNetwork.learn)
+        size = router.num_features
+        full = unpack_symmetric(router.scatter, size).numpy()
+        arrays["router/counts"] = router.counts.numpy().astype(np.float32)
+        arrays["router/sums"] = router.sums.numpy().astype(np.float32)
+        arrays["router/scatter_upper"] = full[np.triu_indices(size)].astype(np.float32)
     arrays["engram_classes"] = (model.engram_classes.numpy() > 0).astype(np.uint8)
     manifest = {
         "kind": "engram", "input_shape": list(model.sample_shape), "num_classes": model.num_classes,
@@ -106,7 +115,7 @@ def _engram_arrays(model):
         "outside_mass": "1e-3 / num_classes",
         "router": None if router is None else {
             "features": router.num_features, "projection_scale": router.projection_scale, "inputs": inputs,
-            "feature_map": router.feature_map,
+            "feature_map": router.feature_map, "shrinkage": router.shrinkage, "learning": bool(learning),
             **({"image_shape": list(router.conv_geometry.image_shape), "filters": router.conv_geometry.filters,
                 "kernel_size": router.conv_geometry.kernel_size, "pool": router.conv_geometry.pool} if conv else {})},
     }
@@ -141,18 +150,25 @@ def _sequential_arrays(model):
     return arrays, manifest
 
 
-def packed_arrays(model):
+def packed_arrays(model, learning=False):
     """`(arrays, manifest)` of `save_packed`, before they are written."""
-    arrays, manifest = _engram_arrays(model) if hasattr(model, "engram_layers") else _sequential_arrays(model)
+    if learning and not hasattr(model, "engram_layers"):
+        raise ValueError("save_packed: learning=True needs an engram model's router; a plain BNN has none")
+    arrays, manifest = (_engram_arrays(model, learning) if hasattr(model, "engram_layers")
+                        else _sequential_arrays(model))
     manifest.update({"format": FORMAT, "version": VERSION, "bit_order": "little",
                      "bits": "1 = weight -1, 0 = weight +1 (Larq's sign(0) = +1)", "checksum": checksum(arrays)})
     return arrays, manifest
 
 
-def save_packed(model, path):
+def save_packed(model, path, learning=False):
     """Writes `model` (a trained `EngramModel`, or a `bnn` / `mbnn`) to `path` (.npz)
-    for `larq_engrams.runtime.load`; returns the manifest."""
-    arrays, manifest = packed_arrays(model)
+    for `larq_engrams.runtime.load`; returns the manifest.
+
+    `learning=True` adds the router's statistics (counts, sums and the within-group
+    scatter, M (M + 1) / 2 floats: 8 MiB at M = 2048), so that the device can learn new
+    classes without TensorFlow (`runtime.PackedNetwork.learn`)."""
+    arrays, manifest = packed_arrays(model, learning)
     encoded = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
     with open(path, "wb") as f:  # a file object: numpy adds no ".npz" to the name
         np.savez_compressed(f, manifest=encoded, **arrays)

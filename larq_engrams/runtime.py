@@ -276,6 +276,11 @@ class PackedNetwork:
             self.router_projection *= np.float32(router["projection_scale"])
             self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
             self.router_bias = arrays["router/bias"]  # (tasks, classes)
+        self._learner = None
+        if self.has_router and router.get("learning"):
+            self._learner = _RouterLearner(arrays["router/counts"], arrays["router/sums"],
+                                           arrays["router/scatter_upper"], float(router["shrinkage"]))
+        self.router_tasks = []  # tasks learned here, by the router alone (no engram network)
 
     def _engram_network(self, masks):
         """The engram's sub-network: its layers restricted to its units."""
@@ -337,15 +342,20 @@ class PackedNetwork:
             raise ValueError("runtime: this network was exported without a router (a task-incremental model): "
                              "pass task= (one engram id, or one per example).")
 
-    def router_scores(self, x):
-        """(batch, tasks, classes) router scores g_{s,c}(x)."""
+    def router_features(self, x):
+        """f(x), the router's fixed random features (batch, M)."""
         self._require_router()
         x = self._flat(x)
         if self.router_conv is None:
-            features = np.maximum(x @ self.router_projection, 0)
-        else:
-            c = self.router_conv
-            features = conv_features(x, self.router_projection, c["image_shape"], c["kernel_size"], c["pool"])
+            return np.maximum(x @ self.router_projection, 0)
+        c = self.router_conv
+        return conv_features(x, self.router_projection, c["image_shape"], c["kernel_size"], c["pool"])
+
+    def router_scores(self, x):
+        """(batch, tasks, classes) router scores g_{s,c}(x)."""
+        features = self.router_features(x)
+        if self._learner is not None and self._learner.stale:
+            self.router_kernel, self.router_bias = self._learner.discriminant()
         tasks, classes, width = self.router_kernel.shape
         scores = features @ self.router_kernel.reshape(tasks * classes, width).T  # BLAS, unlike einsum
         return scores.reshape(len(features), tasks, classes) + self.router_bias
@@ -385,24 +395,139 @@ class PackedNetwork:
         self._require_router()
         if not self.allocated_tasks:
             raise ValueError("runtime: 'infer' needs at least one allocated engram.")
-        tasks = self.allocated_tasks
+        tasks = self.allocated_tasks + self.router_tasks
         groups = np.transpose(self.router_scores(x)[:, tasks], (1, 0, 2))  # (K, batch, C)
         best = groups.max(axis=-1).argmax(axis=0)
         rows = np.arange(len(x))
         chosen_tasks = np.asarray(tasks)[best]
+        by_router = best >= len(self.allocated_tasks)
+        if by_router.any():  # tasks learned here: the router's own class evidence decides
+            out = np.empty((len(x), self.num_classes), np.float32)
+            lda = groups[best[by_router], rows[by_router]]
+            out[by_router] = floored_log_softmax(lda, lda > _EMPTY_GROUP)
+            if not by_router.all():
+                out[~by_router] = self._engram_outputs(x[~by_router], chosen_tasks[~by_router],
+                                                        groups[best[~by_router], rows[~by_router]])
+            return out, chosen_tasks
+        return self._engram_outputs(x, chosen_tasks, groups[best, rows]), chosen_tasks
+
+    def _engram_outputs(self, x, chosen_tasks, lda):
+        """The "infer" outputs of samples routed to engrams `chosen_tasks`, with the
+        router's scores `lda` of their chosen engram's groups."""
         chosen = self._task_logits(x, chosen_tasks)  # each sample through its chosen engram only
         weight, restrict = float(self.manifest["lda_weight"]), bool(self.manifest["restrict_to_engram_classes"])
         if not (restrict or weight > 0):
-            return chosen, chosen_tasks
+            return chosen
         log_probs = _log_softmax(chosen)
         if weight > 0:
-            lda = groups[best, rows]
             log_probs = log_probs + np.float32(weight) * floored_log_softmax(lda, lda > _EMPTY_GROUP)
         if not restrict:
-            return _log_softmax(log_probs), chosen_tasks
+            return _log_softmax(log_probs)
         known = self.engram_classes[chosen_tasks]
         known = known | ~known.any(axis=-1, keepdims=True)
-        return floored_log_softmax(log_probs, known), chosen_tasks
+        return floored_log_softmax(log_probs, known)
+
+    # ------------------------------------------------------------- on-device learning
+    def add_task(self):
+        """Opens a task learned here, by the router alone: a new group of router
+        statistics (no engram network: its classes are predicted from the router's
+        class evidence until the model is trained again with TensorFlow). Returns its
+        id, for `learn`. Needs a file written with `save_packed(model, path,
+        learning=True)`."""
+        learner = self._require_learner()
+        task = max(self.allocated_tasks + self.router_tasks, default=-1) + 1  # after every task in use
+        learner.add_row(task)
+        self.router_tasks.append(task)
+        if task >= len(self.engram_classes):
+            self.engram_classes = np.concatenate([self.engram_classes, np.zeros((1, self.num_classes), bool)])
+        return task
+
+    def learn(self, x, y, task):
+        """Adds inputs `x` with labels `y` to task `task`'s router statistics (a batch
+        at a time, each example seen once; no input is stored). The discriminant is
+        recomputed at the next prediction (one M x M Cholesky solve)."""
+        learner = self._require_learner()
+        if task not in self.router_tasks:
+            raise ValueError(f"runtime: learn into a task opened by add_task() ({self.router_tasks}), not {task!r}.")
+        y = np.asarray(y).astype(np.int64).reshape(-1)
+        if len(y) != len(self._flat(x)) or (y < 0).any() or (y >= self.num_classes).any():
+            raise ValueError(f"runtime: learn needs one label in [0, {self.num_classes}) per example.")
+        learner.observe(self.router_features(x), y, task)
+        self.engram_classes[task, np.unique(y)] = True
+
+    def learning_bytes(self):
+        """The bytes the device keeps only to learn (counts, sums, the scatter as held)."""
+        return self._require_learner().nbytes()
+
+    def _require_learner(self):
+        if self._learner is None:
+            raise ValueError("runtime: this file holds no router statistics to learn with; write it with "
+                             "`larq_engrams.export.save_packed(model, path, learning=True)`.")
+        return self._learner
+
+
+class _RouterLearner:
+    """The router's streaming statistics, updated without TensorFlow: the NumPy twin of
+    `larq_engrams.task_inference.InputDiscriminant.observe` and `refresh` (the same
+    merge of batch statistics, float32 sums, a float64 solve)."""
+
+    def __init__(self, counts, sums, scatter_upper, shrinkage):
+        self.counts, self.sums = counts.astype(np.float32), sums.astype(np.float32)
+        size = sums.shape[-1]
+        self.scatter = np.zeros((size, size), np.float32)
+        self.scatter[np.triu_indices(size)] = scatter_upper
+        self.scatter = np.triu(self.scatter) + np.triu(self.scatter, 1).T
+        self.shrinkage = shrinkage
+        self.stale = False
+
+    def add_row(self, task):
+        """Makes room for task row `task` (the arrays grow past the model's max_tasks)."""
+        grow = task + 1 - len(self.counts)
+        if grow > 0:
+            self.counts = np.concatenate([self.counts, np.zeros((grow, self.counts.shape[1]), np.float32)])
+            self.sums = np.concatenate([self.sums, np.zeros((grow, *self.sums.shape[1:]), np.float32)])
+        self.stale = True  # the discriminant gets the task's (empty) row
+
+    def observe(self, f, y, task):
+        onehot = np.eye(self.counts.shape[1], dtype=np.float32)[y]
+        batch_counts = onehot.sum(axis=0)
+        batch_sums = onehot.T @ f
+        counts = self.counts[task]
+        means = self.sums[task] / np.maximum(counts, 1.0)[:, None]
+        batch_means = batch_sums / np.maximum(batch_counts, 1.0)[:, None]
+        centered = f - onehot @ batch_means
+        weight = counts * batch_counts / np.maximum(counts + batch_counts, 1.0)
+        shift = (means - batch_means) * np.sqrt(weight)[:, None]
+        self.scatter += centered.T @ centered + shift.T @ shift
+        self.counts[task] += batch_counts
+        self.sums[task] += batch_sums
+        self.stale = True
+
+    def discriminant(self):
+        """(kernel (tasks, classes, M), bias (tasks, classes)) float32: mu^T P and
+        -mu^T P mu / 2 per group, P the inverse of the shrunk shared covariance."""
+        tasks, classes, size = self.sums.shape
+        counts = self.counts.reshape(-1).astype(np.float64)
+        total = max(counts.sum(), 1.0)
+        means = self.sums.reshape(-1, size).astype(np.float64) / np.maximum(counts, 1.0)[:, None]
+        scatter = self.scatter.astype(np.float64)
+        variances = np.diag(scatter) / total
+        mean_variance = variances.sum() / size
+        ridge = self.shrinkage * mean_variance + 1e-9 * max(mean_variance, 1e-12)
+        covariance = scatter * ((1.0 - self.shrinkage) / total)
+        covariance[np.diag_indices(size)] = (1.0 - self.shrinkage) * variances + ridge
+        chol = np.linalg.cholesky(covariance)
+        kernel = np.linalg.solve(chol.T, np.linalg.solve(chol, means.T)).T
+        bias = np.where(counts > 0, -0.5 * (kernel * means).sum(axis=-1), _EMPTY_GROUP * 2)
+        kernel = np.where(counts[:, None] > 0, kernel, 0.0)
+        self.stale = False
+        return kernel.reshape(tasks, classes, size).astype(np.float32), bias.reshape(tasks, classes).astype(np.float32)
+
+    def nbytes(self):
+        """Counts, sums and the scatter's M (M + 1) / 2 floats, as stored (this NumPy
+        learner holds the scatter unpacked in memory: M^2 floats)."""
+        size = self.scatter.shape[0]
+        return int(self.counts.nbytes + self.sums.nbytes + 4 * size * (size + 1) // 2)
 
 
 def load(path, kernels=None):
