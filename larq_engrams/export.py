@@ -24,8 +24,9 @@ import tensorflow as tf
 
 from larq_engrams.runtime import FORMAT, VERSION, checksum, pack_signs
 from larq_engrams.task_inference import sign_bytes, unpack_symmetric
+from larq_engrams.c_export import save_c  # noqa: F401  (export.save_c, the C99 export)
 
-__all__ = ["save_packed", "packed_arrays"]
+__all__ = ["save_packed", "packed_arrays", "save_c"]
 
 
 def _latent(variable):
