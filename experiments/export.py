@@ -28,6 +28,7 @@ Prints the ratios and writes `export.json` and `export.md` to `--output`.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,12 @@ flags.DEFINE_integer("epochs", 1, "Epochs per task of the trained model.", lower
 flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (the best is kept).", lower_bound=1)
 flags.DEFINE_integer("rounds", 5, "Alternating measurement rounds; ratios are their median.", lower_bound=1)
 flags.DEFINE_string("output", "runs/export", "Where the artifact, the .keras file and the report go.")
+flags.DEFINE_enum("router_features", None, ["dense", "conv", "auto"], "The trained model's router features "
+                  "(default: the package's).")
+flags.DEFINE_bool("device_learning", True, "Also train on all tasks but the last, learn the last one's classes "
+                  "in a process without TensorFlow, and compare with slda_rf trained in TensorFlow.")
+flags.DEFINE_bool("c_export", True, "Also write the C99 export (save_c), build it with cc and check it against "
+                  "the runtime; with arm-none-eabi-gcc, report Cortex-M4 flash and RAM at two widths.")
 
 _MEASURE = """
 import json, sys, numpy as np
@@ -99,11 +106,120 @@ def _peak_rss(kind, x_path, model_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _trained_model(scenario):
-    hidden = tuple(int(h) for h in FLAGS.hidden)
-    setup = methods.build(FLAGS.method, scenario, methods.HyperParameters(hidden=hidden))
-    ContinualTrainer(setup.model, setup.optimizer, epochs=FLAGS.epochs, verbose=1, seed=0).fit(setup.scenario)
+def _hyperparameters(**changes):
+    hp = methods.HyperParameters(hidden=tuple(int(h) for h in FLAGS.hidden), **changes)
+    return hp if FLAGS.router_features is None else hp.replace(router_features=FLAGS.router_features)
+
+
+def _trained_model(scenario, tasks=None):
+    """The method built for `scenario` (its engram bank sized for every task), trained
+    on its first `tasks` tasks (default: all)."""
+    setup = methods.build(FLAGS.method, scenario, _hyperparameters())
+    trained = setup.scenario if tasks is None else setup.scenario.take(tasks)
+    ContinualTrainer(setup.model, setup.optimizer, epochs=FLAGS.epochs, verbose=1, seed=0).fit(trained)
     return setup.model
+
+
+_DEVICE = """
+import json, sys, numpy as np
+from larq_engrams import runtime
+net = runtime.load(sys.argv[1])
+x, y, x_test = np.load(sys.argv[2]), np.load(sys.argv[3]), np.load(sys.argv[4])
+task = net.add_task()
+for start in range(0, len(x), 100):
+    net.learn(x[start:start + 100], y[start:start + 100], task)
+np.save(sys.argv[5], net.predict(x_test).argmax(-1))
+print(json.dumps({"learning_bytes": net.learning_bytes(),
+                  "tensorflow_loaded": any(m.split(".")[0] == "tensorflow" for m in sys.modules)}))
+"""
+
+
+def _device_learning(scenario, folder):
+    """Trains on every task but the last, learns the last one's classes on the device
+    (a process without TensorFlow: the router alone), and scores its test examples
+    against slda_rf trained in TensorFlow on every task with the same features."""
+    last = scenario.tasks[-1]
+    model = _trained_model(scenario, tasks=scenario.num_tasks - 1)
+    model.set_inference("infer")
+    path = os.path.join(folder, "learning.npz")
+    export.save_packed(model, path, learning=True)
+    (x_new, y_new), (x_test, y_test) = (
+        [np.concatenate(a) for a in zip(*[(b[0].numpy(), b[1].numpy()) for b in data])]
+        for data in (last.train, last.test))
+    files = [os.path.join(folder, f"{name}.npy") for name in ("x", "y", "x_test", "out")]
+    for f, a in zip(files, (x_new, y_new, x_test)):
+        np.save(f, a)
+    proc = subprocess.run([sys.executable, "-c", _DEVICE, path, *files], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode:
+        raise RuntimeError(f"the device process failed: {proc.stderr[-2000:]}")
+    device = json.loads(proc.stdout.strip().splitlines()[-1])
+    device_accuracy = float((np.load(files[3]) == y_test).mean())
+    slda = methods.build("slda_rf", scenario, _hyperparameters())
+    ContinualTrainer(slda.model, slda.optimizer, epochs=1, verbose=0, seed=0).fit(slda.scenario)
+    slda_accuracy = float((slda.model.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
+    return {"task": last.task_id, "classes": list(last.classes), "device_accuracy": device_accuracy,
+            "slda_rf_accuracy": slda_accuracy, **device}
+
+
+_C_MAIN = r"""
+#include <stdio.h>
+#include "engram_model.h"
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    FILE *in = fopen(argv[1], "rb");
+    float x[LE_INPUTS], scores[LE_CLASSES];
+    int32_t task;
+    while (fread(x, sizeof(float), LE_INPUTS, in) == LE_INPUTS) {
+        int32_t label = le_infer(x, scores, &task);
+        printf("%d %d\n", label, task);
+    }
+    return 0;
+}
+"""
+
+
+def _c_export(model, net, x, folder):
+    """save_c, built with cc, run on every test example: its class and engram against
+    the runtime's."""
+    source = os.path.join(folder, "c")
+    sizes = export.save_c(model, source)
+    with open(os.path.join(source, "main.c"), "w") as f:
+        f.write(_C_MAIN)
+    binary = os.path.join(source, "predict")
+    subprocess.run(["cc", "-std=c99", "-O2", "-o", binary, os.path.join(source, "main.c"),
+                    os.path.join(source, "engram_model.c"), "-lm"], check=True, capture_output=True)
+    x.astype(np.float32).tofile(os.path.join(folder, "x.bin"))
+    started = time.perf_counter()
+    out = subprocess.run([binary, os.path.join(folder, "x.bin")], check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    rows = np.array([line.split() for line in out.stdout.splitlines()], np.int64)
+    return {"class_agreement": float((rows[:, 0] == net.predict(x).argmax(-1)).mean()),
+            "engram_agreement": float((rows[:, 1] == net.infer_tasks(x)).mean()),
+            "examples": len(rows), "host_seconds_per_example": seconds / max(len(rows), 1), **sizes}
+
+
+def _cortex_m4_sizes(scenario, folder):
+    """Flash and RAM of the C export for a Cortex-M4 (arm-none-eabi-gcc, -Os, hard float)
+    at 784-512-512-10 and 784-2048-2048-10 with 5 engrams (allocated, not trained: the
+    sizes do not depend on the weights). None where the cross-compiler is missing."""
+    if shutil.which("arm-none-eabi-gcc") is None:
+        return None
+    sizes = {}
+    for hidden in ((512, 512), (2048, 2048)):
+        setup = methods.build("engram_bnn", scenario, _hyperparameters().replace(hidden=hidden))
+        for t in range(scenario.num_tasks):
+            setup.model.begin_task(t)
+        source = os.path.join(folder, f"m4_{hidden[0]}")
+        export.save_c(setup.model, source)
+        obj = os.path.join(source, "engram_model.o")
+        subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16",
+                        "-std=c99", "-Os", "-c", "-o", obj, os.path.join(source, "engram_model.c")], check=True,
+                       capture_output=True)
+        out = subprocess.run(["arm-none-eabi-size", obj], check=True, capture_output=True, text=True).stdout
+        text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+        sizes["-".join(map(str, hidden))] = {"flash_bytes": text + data, "ram_bytes": data + bss}
+    return sizes
 
 
 def _float32_mlp(input_shape, num_classes, hidden, folder):
@@ -199,8 +315,10 @@ def main(argv):
             interpreter.invoke()
             return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
+        net_numpy = runtime.load(packed_path, kernels="numpy")
         contenders = {
             "runtime": lambda xb: net.predict(xb),
+            "runtime_numpy": lambda xb: net_numpy.predict(xb),
             "keras_direct_call": lambda xb: model(xb, training=False),
             "keras_predict": lambda xb: model.predict(xb, batch_size=100, verbose=0),
             "mlp_tflite": tflite,
@@ -211,13 +329,18 @@ def main(argv):
             seconds = {(b, name): _best_seconds(lambda: fn(xb), FLAGS.repeats)
                        for b, xb in batches.items() for name, fn in contenders.items()}
             out = {f"batch_{b}/{name}": t for (b, name), t in seconds.items()}
-            for name in ("keras_direct_call", "mlp_tflite"):
+            for name in ("keras_direct_call", "mlp_tflite", "runtime_numpy"):
                 out[f"batch_1_latency_vs_{name}"] = seconds[1, "runtime"] / seconds[1, name]
-            for name in ("keras_direct_call", "keras_predict", "mlp_tflite"):
+            for name in ("keras_direct_call", "keras_predict", "mlp_tflite", "runtime_numpy"):
                 out[f"batch_100_throughput_vs_{name}"] = seconds[100, name] / seconds[100, "runtime"]
             return out
 
         timed = _rounds(one_latency_round, FLAGS.rounds)
+        if FLAGS.c_export and engram and net.has_router and shutil.which("cc"):
+            report["c_export"] = _c_export(model, net, x, folder)
+            report["cortex_m4"] = _cortex_m4_sizes(scenario, folder)
+        if FLAGS.device_learning and engram and not FLAGS.model:
+            report["device_learning"] = _device_learning(scenario, folder)
     latency = {f"batch_{b}": {name: timed[f"batch_{b}/{name}"]["median"] for name in contenders} for b in batches}
     report.update(sizes_bytes=sizes, memory=memory, latency_seconds=latency)
     report["ratio_ranges"] = {"runtime_peak_rss_vs_tensorflow_process": memory["ratio"],
@@ -247,10 +370,21 @@ def main(argv):
          ">= 1", ratios["batch_100_throughput_vs_keras_direct_call"] >= 1),
         ("argmax agreement with Keras (test set)", f"{100 * agreement['argmax']:.2f} %", ">= 99.9 %",
          agreement["argmax"] >= 0.999),
-        ("batch-1 latency / float32 MLP in TensorFlow Lite", ranged("batch_1_latency_vs_mlp_tflite", 2), "—", None),
+        ("batch-1 latency / float32 MLP in TensorFlow Lite", ranged("batch_1_latency_vs_mlp_tflite", 2), "<= 0.25",
+         ratios["batch_1_latency_vs_mlp_tflite"] <= 0.25),
         ("batch-100 throughput / float32 MLP in TensorFlow Lite", ranged("batch_100_throughput_vs_mlp_tflite", 2),
-         "—", None),
+         ">= 4", ratios["batch_100_throughput_vs_mlp_tflite"] >= 4),
     ]
+    if "c_export" in report:
+        c = report["c_export"]
+        targets.append(("C export = runtime (class and engram, every test example)",
+                        f"{100 * c['class_agreement']:.2f} / {100 * c['engram_agreement']:.2f} %", "100 %",
+                        c["class_agreement"] == 1.0 and c["engram_agreement"] == 1.0))
+    if "device_learning" in report:
+        d = report["device_learning"]
+        targets.append((f"classes {d['classes']} learned on the device (no TensorFlow) / slda_rf in TensorFlow",
+                        f"{100 * d['device_accuracy']:.1f} / {100 * d['slda_rf_accuracy']:.1f} %", "within 1 point",
+                        abs(d["device_accuracy"] - d["slda_rf_accuracy"]) <= 0.01 and not d["tensorflow_loaded"]))
     lines = [f"Export of {report['model']} on {report['scenario']} ({report['source']}, {len(x)} test examples)", "",
              f"Ratios: the median of {FLAGS.rounds} alternating rounds (min-max across rounds in brackets); a "
              "target is met when the median meets it.", "",
@@ -263,6 +397,19 @@ def main(argv):
     lines += [f"| size: {k} | {v / 2**20:.2f} MiB |" for k, v in sizes.items()]
     lines += [f"| peak RSS: {k} process (median) | {memory[k]['median'] / 2**20:.0f} MiB |"
               for k in ("runtime", "tensorflow")]
+    lines += ["| runtime kernels | c (XNOR-popcount after the first layer) |" if net.kernels == "c"
+              else "| runtime kernels | numpy (+-1 float products; no C kernels built) |"]
+    if "c_export" in report:
+        c = report["c_export"]
+        lines += [f"| C export: const arrays | {c['const_bytes'] / 2**20:.2f} MiB |",
+                  f"| C export: static buffers | {c['buffer_bytes']} bytes |",
+                  f"| C export: host, per example (one core, -O2, \"infer\") | {1000 * c['host_seconds_per_example']:.3f} ms |"]
+    for width, size in (report.get("cortex_m4") or {}).items():
+        lines += [f"| Cortex-M4 (arm-none-eabi-gcc -Os), {width}, 5 engrams: flash / RAM | "
+                  f"{size['flash_bytes'] / 2**10:.0f} KiB / {size['ram_bytes'] / 2**10:.1f} KiB |"]
+    if "device_learning" in report:
+        d = report["device_learning"]
+        lines += [f"| device learning: bytes kept to learn (router statistics) | {d['learning_bytes'] / 2**20:.2f} MiB |"]
     lines += [f"| latency {b}: {k} | {1000 * s:.3f} ms |" for b, row in latency.items() for k, s in row.items()]
     lines += [f"| ratio: {k} | {v:.3f} |" for k, v in ratios.items()]
     env = report["environment"]
