@@ -50,7 +50,7 @@ flags.DEFINE_string("m", "1.3", "Metaplasticity: a float, or per layer 'hidden_0
 flags.DEFINE_float("engram_fraction", 0.2, "rho: expected fraction of units per engram.")
 flags.DEFINE_float("activation_probability", 0.9, "q: stochastic reactivation probability.")
 flags.DEFINE_float("excitability", 6.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
-flags.DEFINE_enum("router_features", "dense", ["dense", "conv", "auto"], "The router's random features (engram "
+flags.DEFINE_enum("router_features", "auto", ["dense", "conv", "auto"], "The router's random features (engram "
                   "methods, slda_rf, ncm_rf): of the flat pixels, convolutional over images, or auto (conv where images).")
 flags.DEFINE_bool("protect_engrams", False, "Engram methods: freeze what earlier engrams use while a later one trains.")
 flags.DEFINE_enum("inference", "infer", ["infer", "union"], "Engram inference without task id.")

@@ -173,10 +173,16 @@ def _settings_of_result(result):
             "larq_engrams": result.environment.get("larq_engrams")}
 
 
+# Hyperparameters whose default changed after runs that did not record them: such a run
+# ran with the old value.
+_BEFORE_RECORDED = {"router_features": "dense"}
+
+
 def _comparable(saved, wanted):
     """`saved` with its hyperparameters cut to those `wanted` records (runs saved before
     hyperparameters were per method recorded all of them), a missing one at its default."""
     defaults = json.loads(json.dumps(dataclasses.asdict(methods.HyperParameters()), default=str))
+    defaults.update(_BEFORE_RECORDED)
     hparams = saved.get("hparams") or {}
     return {**saved, "hparams": {k: hparams.get(k, defaults.get(k)) for k in wanted.get("hparams", {})}}
 

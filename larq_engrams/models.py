@@ -105,7 +105,9 @@ class EngramModel(tf.keras.Model):
     `router_features="conv"` gives the router random convolutional features of image
     inputs (`task_inference.ConvGeometry`) instead of random projections of the flat
     pixels; `image_shape` says how flat inputs are images (default: the input shape,
-    where it has 2 or 3 axes).
+    where it has 2 or 3 axes). The default, "auto", is "conv" where there is an image
+    shape and "dense" elsewhere (on validation data the router alone gained 3.2 points
+    on Split MNIST and 0.9 on Split Fashion-MNIST class-IL; docs/task_inference.md).
 
     `router=False` builds no router: for task-incremental use, where every input comes
     with its task id, "input_lda" is never asked for and its statistics (M x M floats)
@@ -140,7 +142,7 @@ class EngramModel(tf.keras.Model):
         inference_task=None,
         router=True,
         protect_engrams=False,
-        router_features="dense",
+        router_features="auto",
         image_shape=None,
         **kwargs,
     ):
@@ -192,10 +194,12 @@ class EngramModel(tf.keras.Model):
         self.engram_slots = EngramSlots(self)  # sparse training's optimizer-slot lifecycle
         self._inference_blocks = InferenceBlockCache()
         self.lda_features = None if lda_features is None else int(lda_features)
-        self.router_features = check_choice("router_features", router_features, FEATURE_MAPS)
         if image_shape is None and len(self.sample_shape) in (2, 3):
             image_shape = self.sample_shape
         self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
+        if router_features == "auto":  # convolutional where the inputs are images
+            router_features = "dense" if self.image_shape is None else "conv"
+        self.router_features = check_choice("router_features", router_features, FEATURE_MAPS)
         if self.router_features == "conv" and self.image_shape is None:
             raise ValueError("EngramModel: router_features='conv' needs image inputs; pass `image_shape=(H, W)` for "
                              "flattened images (pixels in their places, not permuted), or use 'dense'.")
@@ -665,7 +669,8 @@ class EngramModel(tf.keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # Saved before the router could see images: its features were dense.
+        return cls(**{"router_features": "dense", **config})
 
 
 class _EngramSlotEpochs(tf.keras.callbacks.Callback):

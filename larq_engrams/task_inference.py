@@ -338,10 +338,15 @@ class ConvGeometry:
         self.features = self.filters * self.grid[0] * self.grid[1]
 
     @classmethod
-    def for_budget(cls, image_shape, features, kernel_size=5, pool=4):
-        """As many filters as fit in `features` (at least one)."""
-        probe = cls(image_shape, 1, kernel_size, pool)
-        return cls(image_shape, max(1, int(features) // probe.features), kernel_size, pool)
+    def for_budget(cls, image_shape, features, kernel_size=5, pool=4, min_filters=32):
+        """As many filters as fit in `features`; on large images the pooling doubles
+        until at least `min_filters` fit (or one pooled position is left), so that a
+        budget is not spent on a few filters at many positions."""
+        while True:
+            positions = cls(image_shape, 1, kernel_size, pool).features
+            if int(features) // positions >= min_filters or positions == 1:
+                return cls(image_shape, max(1, int(features) // positions), kernel_size, pool)
+            pool *= 2
 
     def features_of(self, x, filters):
         """f(x) for flat inputs `x` (batch, H W C) and `filters` (k k C, F)."""

@@ -368,7 +368,7 @@ def test_claims_compares_engram_bnn_with_the_baselines_per_claim(tmp_path):
 
 
 def test_export_script_checks_agreement_and_reports_the_targets(tmp_path):
-    proc = run_script("export.py", "--hidden=32,32", "--repeats=2", "--rounds=3", f"--output={tmp_path}",
+    proc = run_script("export.py", "--hidden=32,32", "--repeats=1", "--rounds=3", f"--output={tmp_path}",
                       timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.load(open(tmp_path / "export.json"))
@@ -378,6 +378,10 @@ def test_export_script_checks_agreement_and_reports_the_targets(tmp_path):
     assert report["ratios"]["runtime_peak_rss_vs_tensorflow_process"] == rss["median"]
     assert "| artifact size |" in open(tmp_path / "export.md").read()
     assert "median of 3 alternating rounds" in open(tmp_path / "export.md").read()
+    learned = report["device_learning"]  # the last task's classes, on the device, against slda_rf in TensorFlow
+    assert not learned["tensorflow_loaded"] and abs(learned["device_accuracy"] - learned["slda_rf_accuracy"]) <= 0.01
+    if shutil.which("cc"):
+        assert report["c_export"]["class_agreement"] == report["c_export"]["engram_agreement"] == 1.0
 
 
 def test_router_statistics_script_compares_float32_with_float64(tmp_path):

@@ -58,7 +58,7 @@ class HyperParameters:
     activation_probability: float = 0.9
     excitability: float = 6.0
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
-    router_features: str = "dense"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
+    router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
     lda_features: int = None  # engram task inference's random features; None: the model's default
     seed: int = 0
     backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
