@@ -35,7 +35,7 @@ from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomi
 
 __all__ = [
     "ChildRunError", "ExperimentConfig", "RunInProgressError", "SCENARIOS", "StaleRunError", "collect_results",
-    "data_source", "finished_run",
+    "data_source", "evaluation_schedule", "finished_run",
     "make_scenario", "rebuilt_state_bytes", "run_child", "run_experiment", "run_in_fresh_process", "run_settings",
     "set_log_level",
     "summarize",
@@ -67,6 +67,9 @@ class ExperimentConfig:
     # "batch": BatchNorm normalizes each mixed-task test batch by its own statistics
     # (Laborieux et al.'s evaluation; `TaskEvaluator`); "moving": the standard one.
     batchnorm_evaluation: str = "moving"
+    # The accuracy matrix's schedule (`evaluation_schedule`): None picks by the length.
+    evaluate_every: int = None
+    past_tasks: int = None
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
@@ -143,7 +146,16 @@ class StaleRunError(ValueError):
 # with that default) stay reusable instead of turning stale. (Hyperparameters need no such
 # list: a run records those its method reads, and a field a saved run lacks is compared
 # at its default: `_comparable`.)
-_LATER_SETTINGS = {"batchnorm_evaluation": "moving"}
+_LATER_SETTINGS = {"batchnorm_evaluation": "moving", "evaluate_every": None, "past_tasks": None}
+
+
+def evaluation_schedule(num_tasks, evaluate_every=None, past_tasks=None):
+    """`(evaluate_every, past_tasks)` for `ContinualTrainer`; None picks by the sequence's
+    length: the full accuracy matrix up to 50 tasks (every row, every past task), and
+    beyond, about 20 scheduled rows of 20 sampled past tasks each (the last row whole)."""
+    long = num_tasks > 50
+    every = evaluate_every or (max(1, num_tasks // 20) if long else 1)
+    return every, past_tasks if past_tasks is not None else (20 if long else None)
 
 
 def run_settings(config, method, seed, source):
@@ -304,6 +316,8 @@ def _train(config, method, seed, run_dir, settings, logdir, resume, verbose, com
         setup.model, setup.optimizer, epochs=config.epochs, engram_inference=config.engram_inference,
         callbacks=callbacks, checkpoint_dir=os.path.join(run_dir, "checkpoints") if resume else None,
         jit_compile=config.jit_compile, seed=seed, verbose=verbose, batchnorm_evaluation=config.batchnorm_evaluation,
+        **dict(zip(("evaluate_every", "past_tasks"),
+                   evaluation_schedule(setup.scenario.num_tasks, config.evaluate_every, config.past_tasks))),
     )
     global _RUNS_IN_THIS_PROCESS
     runs_before, _RUNS_IN_THIS_PROCESS = _RUNS_IN_THIS_PROCESS, _RUNS_IN_THIS_PROCESS + 1

@@ -12,6 +12,8 @@ __all__ = [
     "forgetting",
     "forward_transfer",
     "average_incremental_accuracy",
+    "estimated_metrics",
+    "is_complete",
     "learning_accuracy",
     "mean_and_sem",
     "summarize",
@@ -19,12 +21,30 @@ __all__ = [
 
 
 def _matrix(R):
+    """R as floats. Its diagonal and last row must be measured; rows in between may be
+    sampled (NaN where not measured: `ContinualTrainer(evaluate_every=..., past_tasks=...)`),
+    and then the metrics that read them are estimates (`estimated_metrics`)."""
     R = np.asarray(R, np.float64)
     if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] < 1:
         raise ValueError(f"R must be a square T x T matrix, got shape {R.shape}.")
-    if np.isnan(R[np.tril_indices(len(R))]).any():
-        raise ValueError("R has missing entries on or below the diagonal.")
+    if np.isnan(np.diag(R)).any() or np.isnan(R[-1]).any():
+        raise ValueError("R has missing entries on its diagonal or in its last row.")
     return R
+
+
+def is_complete(R):
+    """Whether every entry on and below R's diagonal was measured."""
+    R = np.asarray(R, np.float64)
+    return not np.isnan(R[np.tril_indices(len(R))]).any()
+
+
+def estimated_metrics(R):
+    """The metrics of `summarize` that are estimates on R: none for a complete R;
+    forgetting (its max over the measured rows only) and the average incremental
+    accuracy (over the measured entries) when rows were sampled. ACC, BWT, FWT and the
+    learning accuracy read only the diagonal, the last row and R[t][t + 1], which are
+    always measured, so they stay exact."""
+    return [] if is_complete(R) else ["forgetting", "avg_incremental_acc"]
 
 
 def average_accuracy(R):
@@ -84,9 +104,10 @@ def learning_accuracy(R):
 
 
 def average_incremental_accuracy(R):
-    """(1/T) sum_t mean_{k<=t} R[t][k]  (Rebuffi et al. 2017)."""
+    """(1/T) sum_t mean_{k<=t} R[t][k]  (Rebuffi et al. 2017). With sampled rows, the
+    mean over each row's measured entries (an estimate)."""
     R = _matrix(R)
-    return float(np.mean([R[t, : t + 1].mean() for t in range(len(R))]))
+    return float(np.mean([np.nanmean(R[t, : t + 1]) for t in range(len(R))]))
 
 
 def mean_and_sem(values):
@@ -119,4 +140,4 @@ def summarize(R, baseline=None):
     }
     if baseline is not None:
         out["fwt"] = forward_transfer(R, baseline)
-    return out
+    return out  # `estimated_metrics(R)` names the estimates

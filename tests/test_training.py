@@ -234,3 +234,35 @@ def test_logits_as_evaluated_by_hand():
     free.begin_task(0)
     free.observe_labels(tf.constant([1]))
     np.testing.assert_array_equal(free.logits_as_evaluated(logits).numpy(), logits.numpy())
+
+
+def test_a_sampled_evaluation_schedule_keeps_the_exact_metrics_exact():
+    """Rows between the scheduled ones measure only their own task and the next; the
+    scheduled ones a fixed sample of past tasks; the last row is whole. ACC, BWT, FWT
+    and the learning accuracy equal the full matrix's; the estimates are named."""
+    results = {}
+    for name, options in (("full", {}), ("sampled", {"evaluate_every": 2, "past_tasks": 1})):
+        scenario = B.permuted_mnist(num_tasks=5, source="bundled", batch_size=256)  # the same data orders
+        tf.keras.utils.set_random_seed(0)  # the same initial weights
+        model = le.bnn(scenario.input_shape, scenario.num_classes, hidden=(32,))
+        results[name] = ContinualTrainer(model, "adam", epochs=1, verbose=0, seed=3, **options).fit(scenario)
+    full, sampled = results["full"].R, results["sampled"].R
+    measured = ~np.isnan(sampled)
+    np.testing.assert_array_equal(measured[0], [True, True, False, False, False])  # task 0 and the next
+    assert measured[1].all()  # scheduled (every 2nd task): its one past task, itself and the tasks ahead
+    np.testing.assert_array_equal(measured[2], [False, False, True, True, False])
+    assert measured[3, :3].sum() == 1 and measured[3, 3:].all()  # scheduled: one sampled past task of three
+    assert measured[4].all()  # the last row is whole
+    np.testing.assert_allclose(sampled[measured], full[measured])  # the same runs, the same values
+    for key in ("acc", "bwt", "fwt", "learning_acc"):
+        assert results["sampled"].metrics[key] == pytest.approx(results["full"].metrics[key])
+    assert results["sampled"].config["trainer"]["evaluation"] == {
+        "evaluate_every": 2, "past_tasks": 1, "estimated": ["forgetting", "avg_incremental_acc"]}
+    assert results["full"].config["trainer"]["evaluation"]["estimated"] == []
+
+
+def test_the_default_schedule_is_the_full_matrix_up_to_50_tasks():
+    from larq_engrams.experiment import evaluation_schedule
+    assert evaluation_schedule(10) == evaluation_schedule(50) == (1, None)
+    assert evaluation_schedule(200) == (10, 20) and evaluation_schedule(100) == (5, 20)
+    assert evaluation_schedule(200, evaluate_every=1, past_tasks=5) == (1, 5)

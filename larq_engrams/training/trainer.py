@@ -6,7 +6,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from larq_engrams import protocol
+from larq_engrams import metrics as metrics_module, protocol
 from larq_engrams.arguments import check_choice, check_positive_int
 from larq_engrams.benchmarks.scenario import Scenario
 from larq_engrams.callbacks.base import ContinualCallback
@@ -68,6 +68,17 @@ class ContinualTrainer:
             same either way; forgetting's max then runs over the rows from t = k - 1
             on, so it differs only where task k scored higher before it was trained than
             at any time after.
+        evaluate_every: k: the past tasks are evaluated after every k-th task and after
+            the last (1, the default: after every task). In between, a row measures
+            only its own task (the learning accuracy) and the next one.
+        past_tasks: n: a scheduled row measures a fixed, seeded sample of n past tasks
+            (the same sample in every row) besides its own; None: all of them. The last
+            row is always complete. With either option, ACC, BWT, FWT and the learning
+            accuracy stay exact; forgetting and the average incremental accuracy are
+            estimated from the measured rows, and the result says so
+            (`config["trainer"]["evaluation"]`, `metrics.estimated_metrics`). At T = 200
+            the full matrix is 20,100 task evaluations; every 10 tasks with 20 past
+            tasks, about 1,000.
         callbacks: Keras callbacks; `ContinualCallback`s also get task hooks. A
             `PeakMemoryCallback` always runs first (its peaks go into the result).
         strategy: a `tf.distribute.Strategy`; the default strategy if None. With
@@ -103,6 +114,8 @@ class ContinualTrainer:
         batchnorm_evaluation="moving",
         eval_every_epoch=False,
         future_tasks="all",
+        evaluate_every=1,
+        past_tasks=None,
         callbacks=None,
         strategy=None,
         checkpoint_dir=None,
@@ -137,6 +150,8 @@ class ContinualTrainer:
                                                  owner="ContinualTrainer")
         self.eval_every_epoch = bool(eval_every_epoch)
         self.future_tasks = check_choice("future_tasks", future_tasks, ("all", "next"), owner="ContinualTrainer")
+        self.evaluate_every = check_positive_int("evaluate_every", evaluate_every, owner="ContinualTrainer")
+        self.past_tasks = check_positive_int("past_tasks", past_tasks, owner="ContinualTrainer", allow_none=True)
         self.memory = PeakMemoryCallback()
         self.user_callbacks = list(callbacks or [])
         self.checkpoint_dir = checkpoint_dir
@@ -219,18 +234,19 @@ class ContinualTrainer:
                         epoch_accuracies.append({"task": t, "epoch": epoch, "accuracies": evaluator.accuracies()})
                 protocol.end_task(self.model, t)
                 task_seconds.append(time.perf_counter() - started)
-                measured = T if self.future_tasks == "all" else min(t + 2, T)
-                R[t, :measured] = evaluator.accuracies(scenario.tasks[:measured])
+                measured = self._row_tasks(t, T)
+                R[t, measured] = evaluator.accuracies([scenario.tasks[k] for k in measured])
                 logs = {**logs, "accuracies": R[t].tolist(), "accuracy_matrix": R[: t + 1].tolist()}
                 self.memory.on_task_end(t, logs)
                 for cb in self.user_callbacks:
                     if isinstance(cb, ContinualCallback):
                         cb.on_task_end(t, logs)
                 if self.verbose:
-                    seen = np.mean(R[t, : t + 1])
+                    seen = np.nanmean(R[t, : t + 1])
                     print(f"task {t} ({t + 1} of {T}) done in {task_seconds[-1]:.1f}s; accuracy % "
                           f"on tasks 0..{t}: "
-                          + " ".join(f"{100 * a:.1f}" for a in R[t, : t + 1]) + f" (mean {100 * seen:.1f}%)")
+                          + " ".join("·" if np.isnan(a) else f"{100 * a:.1f}" for a in R[t, : t + 1])
+                          + f" (mean {100 * seen:.1f}%)")
                 self._checkpoint(scenario, t, R, baseline, task_seconds, epoch_accuracies)
         except BaseException:
             self.memory.abort()  # no sampler thread outlives a failed or interrupted run
@@ -249,6 +265,7 @@ class ContinualTrainer:
             environment=environment(),
             epoch_accuracies=epoch_accuracies,
         )
+        result.config["trainer"]["evaluation"]["estimated"] = metrics_module.estimated_metrics(R)
         if self.engram_inference == "infer":
             result.task_inference = evaluator.task_inference_accuracies()
             if result.task_inference is not None:
@@ -304,6 +321,7 @@ class ContinualTrainer:
                 "engram_inference": self.engram_inference,
                 "batchnorm_evaluation": self.batchnorm_evaluation,
                 "future_tasks": self.future_tasks,
+                "evaluation": {"evaluate_every": self.evaluate_every, "past_tasks": self.past_tasks},
                 "jit_compile": self.jit_compile,
                 "seed": self.seed,
                 "strategy": type(self.strategy).__name__,
@@ -312,6 +330,18 @@ class ContinualTrainer:
         }
 
     # ----------------------------------------------------------------- internals
+    def _row_tasks(self, t, T):
+        """The tasks row t of R measures (`evaluate_every`, `past_tasks`, `future_tasks`)."""
+        ahead = list(range(t + 1, T if self.future_tasks == "all" else min(t + 2, T)))
+        if t < T - 1 and (t + 1) % self.evaluate_every:
+            return [t, *ahead[:1]]  # the learning accuracy, and the next task for FWT
+        past = list(range(t))
+        if self.past_tasks is not None and t < T - 1 and t > self.past_tasks:
+            # A seeded sample: the first n past tasks in one fixed order of the sequence.
+            order = np.random.default_rng(self.seed or 0).permutation(T)
+            past = sorted(int(k) for k in order[order < t][: self.past_tasks])
+        return [*past, t, *ahead]
+
     def _prepare_optimizer(self, task):
         # A factory's optimizer starts every task fresh; resetting it gives the state a
         # new one would have (zero slots, step 0), without retracing the train step.
