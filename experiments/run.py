@@ -40,6 +40,8 @@ flags.DEFINE_enum("preset", None, list(PRESETS), "Named configuration (flags giv
 flags.DEFINE_enum("scenario", "split_mnist", list(experiment.SCENARIOS), "Benchmark.")
 flags.DEFINE_enum("setting", "class", list(benchmarks.SETTINGS), "Split benchmarks: class/domain/task incremental.")
 flags.DEFINE_integer("num_tasks", None, "Tasks (permuted MNIST: how many; others: the first N).", lower_bound=1)
+flags.DEFINE_enum("class_order", None, ["random"], "Split benchmarks: the classes in a random order (seeded by "
+                  "the run's seed) instead of 0..9.")
 flags.DEFINE_integer("evaluate_every", None, "Evaluate the past tasks after every k-th task (default: every task "
                      "up to 50 tasks, about 20 times beyond).", lower_bound=1)
 flags.DEFINE_integer("past_tasks", None, "Past tasks sampled per evaluation (default: all up to 50 tasks, 20 "
@@ -139,7 +141,7 @@ def main(argv):
         engram_inference=FLAGS.inference, evaluate_on=FLAGS.evaluate_on,
         batchnorm_evaluation=FLAGS.batchnorm_evaluation,
         validation_fraction=FLAGS.validation_fraction,
-        evaluate_every=FLAGS.evaluate_every, past_tasks=FLAGS.past_tasks,
+        evaluate_every=FLAGS.evaluate_every, past_tasks=FLAGS.past_tasks, class_order=FLAGS.class_order,
         hparams=methods.HyperParameters(
             hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
             activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,

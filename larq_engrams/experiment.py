@@ -70,6 +70,8 @@ class ExperimentConfig:
     # The accuracy matrix's schedule (`evaluation_schedule`): None picks by the length.
     evaluate_every: int = None
     past_tasks: int = None
+    # Split benchmarks: None (0..9 in order) or "random" (shuffled by the run's seed).
+    class_order: str = None
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
@@ -107,7 +109,8 @@ def make_scenario(config, seed):
         scenario = benchmarks.core50_ni(config.data_dir, **common)
     else:
         constructor = getattr(benchmarks, config.scenario)
-        scenario = constructor(config.setting, seed=seed, source=config.source, data_dir=config.data_dir, **common)
+        scenario = constructor(config.setting, class_order=config.class_order, seed=seed, source=config.source,
+                               data_dir=config.data_dir, **common)
     return scenario.take(config.num_tasks) if config.num_tasks else scenario
 
 
@@ -146,7 +149,7 @@ class StaleRunError(ValueError):
 # with that default) stay reusable instead of turning stale. (Hyperparameters need no such
 # list: a run records those its method reads, and a field a saved run lacks is compared
 # at its default: `_comparable`.)
-_LATER_SETTINGS = {"batchnorm_evaluation": "moving", "evaluate_every": None, "past_tasks": None}
+_LATER_SETTINGS = {"batchnorm_evaluation": "moving", "evaluate_every": None, "past_tasks": None, "class_order": None}
 
 
 def evaluation_schedule(num_tasks, evaluate_every=None, past_tasks=None):

@@ -432,6 +432,17 @@ def test_record_state_bytes_rebuilds_the_count_each_run_recorded(tmp_path):
     assert recorded["er@50"]["learn"] == 50 * (784 + 4) and recorded["ewc"]["learn"] > 0
 
 
+def test_run_takes_a_random_class_order_seeded_by_the_run(tmp_path):
+    proc = run_script("run.py", "--scenario=split_mnist", "--setting=class", "--num_tasks=2", "--method=slda_rf",
+                      "--class_order=random", "--source=bundled", "--seeds=3", f"--outdir={tmp_path}/out",
+                      f"--logdir={tmp_path}/logs", "--verbose=0", "--noisolate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(tmp_path / "out" / "split_mnist-class" / "slda_rf" / "seed_3" / "result.json"))
+    order = result["config"]["scenario"]["class_order"]
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    assert result["config"]["experiment"]["class_order"] == "random"
+
+
 def test_run_skips_a_run_another_process_trains(tmp_path):
     """In a fresh child process (the default) the lock is found there; the parent is told
     by the child's exit status, skips that run and goes on with the next."""
