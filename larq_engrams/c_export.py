@@ -97,7 +97,7 @@ def _write_source(net, folder):
     inputs, classes = net.input_size, net.num_classes
     widths_all, max_width, max_words = [], 1, 1
     for k, task in enumerate(tasks):
-        layers, output = net._engrams[task]
+        layers, output = net.engram_network(task)
         first = layers[0]
         n1 = first.kernel.shape[1]
         widths = [n1] + [layer.kernel.shape[1] for layer in layers[1:]]
@@ -154,7 +154,7 @@ def _write_source(net, folder):
     source = _SOURCE.format(
         conv_defines=conv_defines, arrays="\n".join(w.lines), engrams=entries,
         projection_scale=_float(scale), lda_weight=_float(net.manifest["lda_weight"]),
-        restrict=int(bool(net.manifest["restrict_to_engram_classes"])), empty=_float(runtime._EMPTY_GROUP))
+        restrict=int(bool(net.manifest["restrict_to_engram_classes"])), empty=_float(runtime.HAS_DATA_ABOVE))
     with open(os.path.join(folder, "engram_model.h"), "w") as f:
         f.write(header)
     with open(os.path.join(folder, "engram_model.c"), "w") as f:

@@ -48,14 +48,15 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["FORMAT", "KERNELS", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
+__all__ = ["EMPTY_GROUP_SCORE", "FORMAT", "HAS_DATA_ABOVE", "KERNELS", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
            "floored_log_softmax",
            "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "threshold_words", "xnor_dot"]
 
 FORMAT = "larq-engrams-packed"
 VERSION = 3  # 2: the router is optional (manifest "router": null); 3: its features may be convolutional
 READABLE_VERSIONS = (1, 2, 3)
-_EMPTY_GROUP = -1e9 / 2  # router groups without data score -1e9
+EMPTY_GROUP_SCORE = -1e9  # the router's score of a group without data
+HAS_DATA_ABOVE = EMPTY_GROUP_SCORE / 2  # a group scoring above this one has data
 _REEXPORT = "; write it again from the Keras model with `larq_engrams.export.save_packed(model, path)`"
 
 
@@ -292,6 +293,12 @@ class PackedNetwork:
             previous = units
         return layers, _Output(self.output_kernel[previous])
 
+    def engram_network(self, task):
+        """Engram `task`'s sub-network: `(layers, output)`, the hidden layers restricted
+        to its units (the first a float layer, the others integer ones) and the output
+        layer's rows of its last units."""
+        return self._engrams[self._task(task)]
+
     def _flat(self, x):
         x = np.asarray(x, np.float32)
         if x.shape == tuple(self.manifest["input_shape"]):  # one example
@@ -404,7 +411,7 @@ class PackedNetwork:
         if by_router.any():  # tasks learned here: the router's own class evidence decides
             out = np.empty((len(x), self.num_classes), np.float32)
             lda = groups[best[by_router], rows[by_router]]
-            out[by_router] = floored_log_softmax(lda, lda > _EMPTY_GROUP)
+            out[by_router] = floored_log_softmax(lda, lda > HAS_DATA_ABOVE)
             if not by_router.all():
                 out[~by_router] = self._engram_outputs(x[~by_router], chosen_tasks[~by_router],
                                                         groups[best[~by_router], rows[~by_router]])
@@ -420,7 +427,7 @@ class PackedNetwork:
             return chosen
         log_probs = _log_softmax(chosen)
         if weight > 0:
-            log_probs = log_probs + np.float32(weight) * floored_log_softmax(lda, lda > _EMPTY_GROUP)
+            log_probs = log_probs + np.float32(weight) * floored_log_softmax(lda, lda > HAS_DATA_ABOVE)
         if not restrict:
             return _log_softmax(log_probs)
         known = self.engram_classes[chosen_tasks]
@@ -518,7 +525,7 @@ class _RouterLearner:
         covariance[np.diag_indices(size)] = (1.0 - self.shrinkage) * variances + ridge
         chol = np.linalg.cholesky(covariance)
         kernel = np.linalg.solve(chol.T, np.linalg.solve(chol, means.T)).T
-        bias = np.where(counts > 0, -0.5 * (kernel * means).sum(axis=-1), _EMPTY_GROUP * 2)
+        bias = np.where(counts > 0, -0.5 * (kernel * means).sum(axis=-1), EMPTY_GROUP_SCORE)
         kernel = np.where(counts[:, None] > 0, kernel, 0.0)
         self.stale = False
         return kernel.reshape(tasks, classes, size).astype(np.float32), bias.reshape(tasks, classes).astype(np.float32)
