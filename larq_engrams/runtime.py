@@ -76,9 +76,9 @@ def _load_bit_kernels():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        words, ints, i32 = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int32), ctypes.c_int32
-        lib.le_xnor_dot.argtypes = [words, words, i32, i32, i32, i32, ints]
-        lib.le_threshold_bits.argtypes = [ints, ints, ctypes.POINTER(ctypes.c_int8), i32, i32, i32, words]
+        address, i32 = ctypes.c_void_p, ctypes.c_int32  # arrays by address: data_as costs more than the call
+        lib.le_xnor_dot.argtypes = [address, address, i32, i32, i32, i32, address]
+        lib.le_threshold_bits.argtypes = [address, address, address, i32, i32, i32, address]
         return lib
     return None
 
@@ -87,8 +87,11 @@ _KERNELS = _load_bit_kernels()
 KERNELS = "c" if _KERNELS is not None else "numpy"  # which path binary layers take in this process
 
 
-def _pointer(array, ctype):
-    return array.ctypes.data_as(ctypes.POINTER(ctype))
+def _address(array, dtype):
+    """A C-contiguous array's data address, for the kernels (which keep no reference)."""
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        raise TypeError(f"runtime: the C kernels take C-contiguous {np.dtype(dtype)} arrays, got {array.dtype}.")
+    return array.ctypes.data
 
 
 def sign_words(negative):
@@ -107,8 +110,8 @@ def xnor_dot(x_words, w_words, n):
     z = n - 2 popcount(x XOR w) in the C kernel."""
     batch, units = len(x_words), len(w_words)
     z = np.empty((batch, units), np.int32)
-    _KERNELS.le_xnor_dot(_pointer(x_words, ctypes.c_uint64), _pointer(w_words, ctypes.c_uint64), batch, units,
-                         x_words.shape[1], n, _pointer(z, ctypes.c_int32))
+    _KERNELS.le_xnor_dot(_address(x_words, np.uint64), _address(w_words, np.uint64), batch, units, x_words.shape[1],
+                         n, _address(z, np.int32))
     return z
 
 
@@ -116,9 +119,8 @@ def threshold_words(z, threshold, direction):
     """The next layer's input words: +1 iff direction z >= direction threshold (C kernel)."""
     batch, units = z.shape
     out = np.empty((batch, -(-units // 64)), np.uint64)
-    _KERNELS.le_threshold_bits(_pointer(z, ctypes.c_int32), _pointer(threshold, ctypes.c_int32),
-                               _pointer(direction, ctypes.c_int8), batch, units, out.shape[1],
-                               _pointer(out, ctypes.c_uint64))
+    _KERNELS.le_threshold_bits(_address(z, np.int32), _address(threshold, np.int32), _address(direction, np.int8),
+                               batch, units, out.shape[1], _address(out, np.uint64))
     return out
 
 
