@@ -163,6 +163,10 @@ def conv_features(x, filters, image_shape, kernel_size, pool):
     """NumPy twin of `larq_engrams.task_inference.ConvGeometry.features_of`: flat inputs
     (batch, H W C), filters (k k C, F) -> avgpool_p(relu(conv_k(x))), flattened
     (batch, gh gw F) in TensorFlow's order."""
+    chunk = 32  # examples at a time: the patches and responses stay a few MiB (peak RSS)
+    if len(x) > chunk:
+        return np.concatenate([conv_features(x[i:i + chunk], filters, image_shape, kernel_size, pool)
+                               for i in range(0, len(x), chunk)])
     shape = tuple(int(v) for v in image_shape)
     height, width, channels = shape if len(shape) == 3 else (*shape, 1)
     k, p, n = int(kernel_size), int(pool), len(x)
