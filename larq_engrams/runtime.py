@@ -205,15 +205,6 @@ class _Layer:
         """The float layer's outputs as booleans (True: +1)."""
         return (x @ self.kernel) * self.scale + self.offset >= 0
 
-    def columns(self, units):
-        """The layer restricted to output units `units` (an engram's)."""
-        pick = lambda a: None if a is None else a[units]  # noqa: E731
-        return _Layer(self.kernel[:, units], pick(self.scale), pick(self.offset), pick(self.threshold),
-                      pick(self.direction))
-
-    def rows(self, units):
-        return _Layer(self.kernel[units], self.scale, self.offset, self.threshold, self.direction)
-
     def __call__(self, h):
         z = h @ self.kernel
         if self.threshold is None:
@@ -251,18 +242,8 @@ class PackedNetwork:
         self.num_classes = int(manifest["num_classes"])
         self.input_size = int(np.prod(manifest["input_shape"]))
         hidden = manifest["hidden"]
-        widths = [self.input_size, *hidden]
-        self.layers = []
-        for i, units in enumerate(hidden):
-            kernel = unpack_signs(arrays[f"hidden_{i}/kernel_bits"], units)
-            if i == 0:
-                self.layers.append(_Layer(kernel, arrays["hidden_0/scale"], arrays["hidden_0/offset"]))
-            else:
-                self.layers.append(_Layer(kernel, threshold=arrays[f"hidden_{i}/threshold"].astype(np.float32),
-                                          direction=arrays[f"hidden_{i}/direction"]))
-            if kernel.shape != (widths[i], units):
-                raise PackedFormatError(f"runtime: hidden_{i} holds a {kernel.shape} kernel, the manifest says "
-                                        f"{(widths[i], units)}")
+        self._layer_arrays = {name: value for name, value in arrays.items() if name.startswith("hidden_")}
+        self._layers = self._unpacked_layers() if self.kind != "engram" else None  # engrams: only if asked for
         self.output_kernel = unpack_signs(arrays["output/kernel_bits"], self.num_classes)
         self._plain_output = _Output(self.output_kernel)
         self.output_scale, self.output_offset = arrays["output/scale"], arrays["output/offset"]
@@ -290,14 +271,43 @@ class PackedNetwork:
         self.router_tasks = []  # tasks learned here, by the router alone (no engram network)
 
     def _engram_network(self, masks):
-        """The engram's sub-network: its layers restricted to its units."""
-        layers, previous = [], None
-        for layer, mask in zip(self.layers, masks):
+        """The engram's sub-network: its layers restricted to its units, unpacked from
+        the sign bits of its rows only (no whole float layer is made)."""
+        arrays, layers, previous = self._layer_arrays, [], None
+        for i, mask in enumerate(masks):
             units = np.flatnonzero(mask)
-            restricted = layer.columns(units)
-            layers.append(restricted if previous is None else restricted.rows(previous))
+            bits = arrays[f"hidden_{i}/kernel_bits"]
+            kernel = unpack_signs(bits if previous is None else bits[previous], mask.size)[:, units]
+            if i == 0:
+                layers.append(_Layer(kernel, arrays["hidden_0/scale"][units], arrays["hidden_0/offset"][units]))
+            else:
+                layers.append(_Layer(kernel, threshold=arrays[f"hidden_{i}/threshold"][units].astype(np.float32),
+                                     direction=arrays[f"hidden_{i}/direction"][units]))
             previous = units
         return layers, _Output(self.output_kernel[previous])
+
+    @property
+    def layers(self):
+        """The whole hidden layers, +-1 kernels unpacked from their sign bits (for an
+        engram network, only when asked for: its engrams keep their own blocks)."""
+        if self._layers is None:
+            self._layers = self._unpacked_layers()
+        return self._layers
+
+    def _unpacked_layers(self):
+        arrays, layers = self._layer_arrays, []
+        widths = [self.input_size, *self.manifest["hidden"]]
+        for i, units in enumerate(self.manifest["hidden"]):
+            kernel = unpack_signs(arrays[f"hidden_{i}/kernel_bits"], units)
+            if kernel.shape != (widths[i], units):
+                raise PackedFormatError(f"runtime: hidden_{i} holds a {kernel.shape} kernel, the manifest says "
+                                        f"{(widths[i], units)}")
+            if i == 0:
+                layers.append(_Layer(kernel, arrays["hidden_0/scale"], arrays["hidden_0/offset"]))
+            else:
+                layers.append(_Layer(kernel, threshold=arrays[f"hidden_{i}/threshold"].astype(np.float32),
+                                     direction=arrays[f"hidden_{i}/direction"]))
+        return layers
 
     def engram_network(self, task):
         """Engram `task`'s sub-network: `(layers, output)`, the hidden layers restricted
