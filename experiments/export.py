@@ -20,7 +20,7 @@ is measured in `--rounds` alternating rounds (each round times every contender, 
 and reported as the median over rounds with its range (min-max): a target is met when
 the median meets it, and the range says how far one run may stray.
 
-    python experiments/export.py                      # trains engram_bnn 2048-2048, ~1 minute on 2 cores, then measures (~2)
+    python experiments/export.py                      # trains engram_bnn 2048-2048 and measures: ~3 minutes on 2 cores
     python experiments/export.py --model=m.keras      # a model you saved
     python experiments/export.py --output=results/export
 
