@@ -15,19 +15,25 @@ class OptionalBuildExt(build_ext):
     ctypes) where a C compiler exists; without one the install goes on and the runtime
     uses its NumPy path, and says so in one line."""
 
+    said = False
+
+    def _say(self, error):
+        if not self.said:  # one line, however many steps fail after the compiler
+            print(f"larq-engrams: the C bit kernels were not built ({type(error).__name__}); "
+                  "the runtime uses its NumPy path.")
+            self.said = True
+
     def run(self):
         try:
             super().run()
         except Exception as error:  # no compiler, or it failed: the NumPy path still works
-            print(f"larq-engrams: the C bit kernels were not built ({type(error).__name__}); "
-                  "the runtime uses its NumPy path.")
+            self._say(error)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as error:
-            print(f"larq-engrams: the C bit kernels were not built ({type(error).__name__}); "
-                  "the runtime uses its NumPy path.")
+            self._say(error)
 
     def get_export_symbols(self, ext):
         return []  # a plain C library for ctypes, not a Python module (no PyInit_ symbol)
