@@ -118,12 +118,17 @@ def _small_scenario():
     ("er", 50 * 784 + 50 * 4, 0),  # uint8 images, int32 labels
     ("derpp", 50 * 784 + 50 * 4 + 50 * 10 * 4, 0),  # + float32 logits
     # the router's statistics: counts, sums, packed scatter of 16 features; to predict: kernel, bias, R's bits
+    # (dense: 784 rows of one int32 word; conv: 16 filters of 5 x 5, 25 rows of one word)
     ("slda_rf", 4 * (10 + 10 * 16 + 17 * 8), 4 * (10 * 16 + 10) + 784 * 4),
     ("engram_bnn", 4 * (2 * 10 + 2 * 10 * 16 + 17 * 8), 4 * (2 * 10 * 16 + 2 * 10) + 784 * 4),
+    ("slda_rf/conv", 4 * (10 + 10 * 16 + 17 * 8), 4 * (10 * 16 + 10) + 25 * 4),
+    ("engram_bnn/conv", 4 * (2 * 10 + 2 * 10 * 16 + 17 * 8), 4 * (2 * 10 * 16 + 2 * 10) + 25 * 4),
 ])
 def test_every_result_records_the_bytes_a_method_keeps_counted_by_hand(name, learn, predict):
     scenario = _small_scenario()
-    setup = methods.build(name, scenario, hidden=(4,), buffer_size=50, lda_features=16, fisher_samples=10)
+    name, features = (name.split("/") + ["dense"])[:2]
+    setup = methods.build(name, scenario, hidden=(4,), buffer_size=50, lda_features=16, fisher_samples=10,
+                          router_features=features)
     if name == "slda_rf":
         assert setup.model.discriminant.num_features == 16
     result = ContinualTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, epochs=1, seed=0,
@@ -134,11 +139,11 @@ def test_every_result_records_the_bytes_a_method_keeps_counted_by_hand(name, lea
 def test_replay_methods_take_a_buffer_size_in_their_name():
     scenario = B.split_mnist("class", source="bundled")
     assert methods.build("er@1000", scenario, hidden=(8,)).model.buffer.capacity == 1000
-    # engram_bnn's router statistics on Split MNIST: float32 counts (5 x 10), sums (5 x 10 x 2048) and the
-    # packed scatter (2049 x 1024): 8,802,504 bytes; an MNIST example in the buffer: 784 + 4 bytes (+ 40 for
-    # DER++'s logits).
-    assert methods.build("er@equal", scenario, hidden=(8,)).model.buffer.capacity == 8_802_504 // 788
-    assert methods.build("derpp@equal", scenario, hidden=(8,)).model.buffer.capacity == 8_802_504 // 828
+    # engram_bnn's router statistics on Split MNIST, convolutional features (56 filters x 36 positions =
+    # 2016): float32 counts (5 x 10), sums (5 x 10 x 2016) and the packed scatter (2017 x 1008): 8,535,944
+    # bytes; an MNIST example in the buffer: 784 + 4 bytes (+ 40 for DER++'s logits).
+    assert methods.build("er@equal", scenario, hidden=(8,)).model.buffer.capacity == 8_535_944 // 788
+    assert methods.build("derpp@equal", scenario, hidden=(8,)).model.buffer.capacity == 8_535_944 // 828
     setup = methods.build("er_bnn@200", scenario, hidden=(8,))
     assert setup.name == "er_bnn@200" and setup.description.endswith("buffer 200")
     for bad in ("bnn@200", "er@0", "er@lots"):

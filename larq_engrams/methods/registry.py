@@ -188,8 +188,10 @@ def known(name):
 def equal_bytes_buffer_size(scenario, hp, logits=False):
     """The replay buffer (uint8 inputs, int32 labels, float32 logits for DER++) that holds
     the bytes engram_bnn keeps only to learn further tasks in `scenario`."""
+    features = _router_feature_map(scenario, hp)  # the same router engram_bnn builds
     router = InputDiscriminant(scenario.num_tasks, scenario.num_classes,
-                               DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features)
+                               DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features,
+                               feature_map=features["router_features"], image_shape=features["image_shape"])
     router.build((None, int(np.prod(scenario.input_shape))))
     per_example = int(np.prod(scenario.input_shape)) + 4 + (4 * scenario.num_classes if logits else 0)
     return router.memory_bits()[1] // 8 // per_example
