@@ -55,23 +55,3 @@ void le_threshold_bits(const int32_t *z, const int32_t *threshold, const int8_t 
         }
     }
 }
-
-/* A chain of binary layers on bits: x (batch, words of n_0) through `layers` hidden layers
- * (weights w_l (n_l, words of n_{l-1}), thresholds, directions), then the output layer
- * w_out (classes, words of n_L) into integer z_out (batch, classes). `scratch` holds two
- * (batch, words of max n_l) buffers. */
-void le_binary_chain(const uint64_t *x, int32_t batch, int32_t layers, const int32_t *widths,
-                     const uint64_t *const *weights, const int32_t *const *thresholds,
-                     const int8_t *const *directions, const uint64_t *w_out, int32_t classes,
-                     int32_t *z_scratch, uint64_t *bits_scratch, int32_t max_words, int32_t *z_out) {
-    const uint64_t *in = x;
-    uint64_t *buffers[2] = {bits_scratch, bits_scratch + (int64_t)batch * max_words};
-    for (int32_t l = 0; l < layers; ++l) {
-        int32_t n_in = widths[l], n_out = widths[l + 1];
-        int32_t in_words = (n_in + 63) / 64, out_words = (n_out + 63) / 64;
-        le_xnor_dot(in, weights[l], batch, n_out, in_words, n_in, z_scratch);
-        le_threshold_bits(z_scratch, thresholds[l], directions[l], batch, n_out, out_words, buffers[l & 1]);
-        in = buffers[l & 1];
-    }
-    le_xnor_dot(in, w_out, batch, classes, (widths[layers] + 63) / 64, widths[layers], z_out);
-}
