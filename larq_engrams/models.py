@@ -19,10 +19,10 @@ from larq_engrams.subnetwork import EngramSlots, EngramSubnetwork, InferenceBloc
 from larq_engrams.task_inference import (
     DEFAULT_FEATURES,
     DEFAULT_SHRINKAGE,
-    FEATURE_MAPS,
     MAX_FEATURES,
     EngramTaskInference,
     InputDiscriminant,
+    resolve_feature_map,
 )
 from larq_engrams.layers import (
     EngramDense,
@@ -196,13 +196,7 @@ class EngramModel(tf.keras.Model):
         self.lda_features = None if lda_features is None else int(lda_features)
         if image_shape is None and len(self.sample_shape) in (2, 3):
             image_shape = self.sample_shape
-        self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
-        if router_features == "auto":  # convolutional where the inputs are images
-            router_features = "dense" if self.image_shape is None else "conv"
-        self.router_features = check_choice("router_features", router_features, FEATURE_MAPS)
-        if self.router_features == "conv" and self.image_shape is None:
-            raise ValueError("EngramModel: router_features='conv' needs image inputs; pass `image_shape=(H, W)` for "
-                             "flattened images (pixels in their places, not permuted), or use 'dense'.")
+        self.router_features, self.image_shape = resolve_feature_map(router_features, image_shape)
         self.lda_shrinkage = float(lda_shrinkage)
         if not float(lda_weight) >= 0.0:
             raise ValueError(f"`lda_weight` must be >= 0, got {lda_weight!r}.")
@@ -217,7 +211,7 @@ class EngramModel(tf.keras.Model):
             self.task_discriminant = InputDiscriminant(
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
                 seed=self.seed, feature_map=self.router_features,
-                image_shape=self.image_shape if self.router_features == "conv" else None, name="task_discriminant")
+                image_shape=self.image_shape, name="task_discriminant")
             self.task_discriminant.build((None, inputs))
         if self._inference_mode == "infer":
             self._check_confidence_available(self.confidence)

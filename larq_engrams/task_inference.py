@@ -42,7 +42,8 @@ from larq_engrams.protocol import variable_bytes
 from larq_engrams.subnetwork import StackedEngramSubnetworks
 from larq_engrams.task_inputs import split_task_inputs
 
-__all__ = ["ConvGeometry", "EngramTaskInference", "FEATURE_MAPS", "InputDiscriminant", "conv_image_shape", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
+__all__ = ["ConvGeometry", "EngramTaskInference", "FEATURE_MAPS", "InputDiscriminant", "conv_image_shape",
+           "resolve_feature_map", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
            "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "sign_bytes", "unpack_sign_bits",
            "unpack_symmetric"]
 
@@ -297,6 +298,19 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "shrinkage": self.shrinkage, "seed": self.seed, "covariance": self.covariance,
                 "feature_map": self.feature_map,
                 "image_shape": None if self.image_shape is None else list(self.image_shape)}
+
+
+def resolve_feature_map(choice, image_shape):
+    """`(feature_map, image_shape)` for a router: "auto" is "conv" where there is an image
+    shape (pixels in their places) and "dense" elsewhere; "conv" without one is a
+    one-line ValueError. The image shape is kept only for "conv"."""
+    choice = check_choice("router_features", choice, (*FEATURE_MAPS, "auto"))
+    if choice == "auto":
+        choice = "dense" if image_shape is None else "conv"
+    if choice == "conv" and image_shape is None:
+        raise ValueError("router_features='conv' needs image inputs: give their `image_shape` (H, W) for flattened "
+                         "images whose pixels keep their places (not permuted), or use 'dense' or 'auto'.")
+    return choice, (tuple(int(v) for v in image_shape) if choice == "conv" else None)
 
 
 def conv_image_shape(shape):

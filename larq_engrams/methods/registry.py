@@ -18,7 +18,7 @@ from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import Adam, MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
-from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant
+from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, resolve_feature_map
 
 __all__ = [
     "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
@@ -217,13 +217,8 @@ def _meta_adam(hp):
 def _router_feature_map(scenario, hp):
     """`router_features` and `image_shape` for the scenario: "auto" is "conv" where the
     inputs are images with their pixels in place (`Scenario.image_shape`), else "dense"."""
-    choice = hp.router_features
-    if choice == "auto":
-        choice = "dense" if scenario.image_shape is None else "conv"
-    if choice == "conv" and scenario.image_shape is None:
-        raise ValueError(f"router_features='conv' needs image inputs; {scenario.name}'s are not images "
-                         "(permuted pixels, or vectors): use 'dense' or 'auto'.")
-    return {"router_features": choice, "image_shape": scenario.image_shape if choice == "conv" else None}
+    choice, image_shape = resolve_feature_map(hp.router_features, scenario.image_shape)
+    return {"router_features": choice, "image_shape": image_shape}
 
 
 def _engram_model(scenario, hp, **kwargs):

@@ -71,9 +71,9 @@ class ContinualTrainer:
         evaluate_every: k: the past tasks are evaluated after every k-th task and after
             the last (1, the default: after every task). In between, a row measures
             only its own task (the learning accuracy) and the next one.
-        past_tasks: n: a scheduled row measures a fixed, seeded sample of n past tasks
-            (the same sample in every row) besides its own; None: all of them. The last
-            row is always complete. With either option, ACC, BWT, FWT and the learning
+        past_tasks: n: a scheduled row measures n of its past tasks besides its own, the
+            first n of them in one seeded order of the sequence; None: all of them. The
+            last row is always complete. With either option, ACC, BWT, FWT and the learning
             accuracy stay exact; forgetting and the average incremental accuracy are
             estimated from the measured rows, and the result says so
             (`config["trainer"]["evaluation"]`, `metrics.estimated_metrics`). At T = 200
