@@ -18,6 +18,7 @@ import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to K
 
 from larq_engrams import benchmarks, experiment, methods
 from larq_engrams.optimizers import parse_strength
+from larq_engrams.task_free import DEFAULTS as TASK_FREE_DEFAULTS
 from larq_engrams.training import CheckpointError
 
 # Named configurations. A preset sets defaults; flags given on the command line win.
@@ -59,6 +60,16 @@ flags.DEFINE_float("excitability", 6.0, "beta: allocation bias towards little-us
 flags.DEFINE_enum("router_features", "auto", ["dense", "conv", "auto"], "The router's random features (engram "
                   "methods, slda_rf, ncm_rf): of the flat pixels, convolutional over images, or auto (conv where images).")
 flags.DEFINE_bool("protect_engrams", False, "Engram methods: freeze what earlier engrams use while a later one trains.")
+flags.DEFINE_enum("boundaries", "given", ["given", "none", "fuzzy"], "given: tasks told, --epochs per task; none "
+                  "or fuzzy: one pass over a task-free stream (batches of --batch_size; the learner is told no task "
+                  "id and no boundary; fuzzy mixes --transition examples around each boundary).")
+flags.DEFINE_integer("transition", None, "--boundaries=fuzzy: examples mixed around each boundary (default: 10 % "
+                     "of a task).", lower_bound=2)
+flags.DEFINE_integer("max_engrams", None, "Engram methods: engrams the model holds (default: one per task; "
+                     "with --boundaries=none|fuzzy twice the tasks, room for the model's own boundaries).",
+                     lower_bound=1)
+flags.DEFINE_string("task_free", None, "Engram methods in a stream: the boundary test's settings, e.g. "
+                    "'alpha=1e-6,confirm=50' (larq_engrams.task_free.DEFAULTS; default: those).")
 flags.DEFINE_enum("inference", "infer", ["infer", "union"], "Engram inference without task id.")
 flags.DEFINE_enum("batchnorm_evaluation", "moving", ["moving", "batch"],
                   "BatchNorm at evaluation: its moving statistics, or each mixed-task test batch's own statistics "
@@ -124,16 +135,37 @@ def validate():
         errors.append(f"--data_dir {FLAGS.data_dir!r} is not a folder")
     if FLAGS.scenario in ("permuted_mnist", "core50_ni") and FLAGS["setting"].present and FLAGS.setting != "domain":
         errors.append(f"--setting: {FLAGS.scenario} is domain-incremental only")
+    if FLAGS.boundaries != "given" and FLAGS.epochs != 1:
+        errors.append(f"--boundaries={FLAGS.boundaries} is one pass over the stream: --epochs must be 1")
+    if FLAGS.boundaries != "given" and FLAGS.scenario.startswith("split") and FLAGS.setting == "task":
+        errors.append("--boundaries: a task-free stream gives no task id; use --setting=class or domain")
+    if FLAGS.transition is not None and FLAGS.boundaries != "fuzzy":
+        errors.append("--transition is for --boundaries=fuzzy")
+    task_free = None
+    if FLAGS.task_free:
+        try:
+            task_free = {k.strip(): float(v) for k, v in (item.split("=") for item in FLAGS.task_free.split(","))}
+            unknown = set(task_free) - set(TASK_FREE_DEFAULTS)
+            if unknown:
+                raise ValueError
+            task_free = {k: type(TASK_FREE_DEFAULTS[k])(v) for k, v in task_free.items()}
+        except ValueError:
+            errors.append(f"--task_free must be 'name=value,...' of {sorted(TASK_FREE_DEFAULTS)}, got {FLAGS.task_free!r}")
     if errors:
         raise app.UsageError("\n".join(errors))
-    return hidden, m, seeds
+    return hidden, m, seeds, task_free
+
+
+def _tasks_in(flags_):
+    """The scenario's task count, known before its data is read."""
+    return flags_.num_tasks or {"permuted_mnist": 10, "core50_ni": 8}.get(flags_.scenario, 5)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_preset()
-    hidden, m, seeds = validate()
+    hidden, m, seeds, task_free = validate()
     setting = FLAGS.setting if FLAGS.scenario.startswith("split") else "domain"
     config = experiment.ExperimentConfig(
         scenario=FLAGS.scenario, setting=setting, num_tasks=FLAGS.num_tasks, epochs=FLAGS.epochs,
@@ -142,10 +174,13 @@ def main(argv):
         batchnorm_evaluation=FLAGS.batchnorm_evaluation,
         validation_fraction=FLAGS.validation_fraction,
         evaluate_every=FLAGS.evaluate_every, past_tasks=FLAGS.past_tasks, class_order=FLAGS.class_order,
+        boundaries=FLAGS.boundaries, transition=FLAGS.transition,
         hparams=methods.HyperParameters(
             hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
             activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,
             protect_engrams=FLAGS.protect_engrams, router_features=FLAGS.router_features,
+            task_free=task_free,
+            max_engrams=FLAGS.max_engrams or (None if FLAGS.boundaries == "given" else 2 * _tasks_in(FLAGS)),
         ),
     )
     name = FLAGS.name or config.name

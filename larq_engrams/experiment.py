@@ -31,7 +31,7 @@ from larq_engrams import benchmarks, methods, protocol
 from larq_engrams.callbacks import EngramTensorBoard
 from larq_engrams.metrics import format_mean_and_sem, mean_and_sem
 from larq_engrams.run_lock import RunInProgressError, RunLock
-from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
+from larq_engrams.training import ContinualResult, ContinualTrainer, StreamTrainer, write_atomically
 
 __all__ = [
     "ChildRunError", "ExperimentConfig", "RunInProgressError", "SCENARIOS", "StaleRunError", "collect_results",
@@ -72,6 +72,11 @@ class ExperimentConfig:
     past_tasks: int = None
     # Split benchmarks: None (0..9 in order) or "random" (shuffled by the run's seed).
     class_order: str = None
+    # "given": tasks told, `epochs` per task (`ContinualTrainer`); "none" or "fuzzy": one
+    # pass over a task-free stream (`benchmarks.Stream`, `StreamTrainer`), `transition`
+    # examples mixed around each boundary with "fuzzy" (None: 10 % of a task).
+    boundaries: str = "given"
+    transition: int = None
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
@@ -80,6 +85,11 @@ class ExperimentConfig:
             raise ValueError(f"{self.scenario} is domain-incremental: use setting='domain'.")
         if self.evaluate_on not in benchmarks.EVALUATION_SPLITS:
             raise ValueError(f"`evaluate_on` must be one of {benchmarks.EVALUATION_SPLITS}, got {self.evaluate_on!r}.")
+        if self.boundaries not in benchmarks.BOUNDARIES:
+            raise ValueError(f"`boundaries` must be one of {benchmarks.BOUNDARIES}, got {self.boundaries!r}.")
+        if self.boundaries != "given" and (self.epochs != 1 or self.setting == "task"):
+            raise ValueError("a task-free stream (boundaries 'none' or 'fuzzy') is one pass (epochs=1) of a class- "
+                             "or domain-incremental scenario.")
         if self.evaluate_on == "validation" and self.scenario == "core50_ni":
             raise ValueError("core50_ni has no validation split yet: use evaluate_on='test'.")
 
@@ -95,7 +105,8 @@ class ExperimentConfig:
     @property
     def name(self):
         suffix = "-validation" if self.evaluate_on == "validation" else ""
-        return f"{self.scenario}-{self.setting}{suffix}"
+        stream = f"-stream-{self.boundaries}" if self.boundaries != "given" else ""
+        return f"{self.scenario}-{self.setting}{stream}{suffix}"
 
 
 def make_scenario(config, seed):
@@ -149,7 +160,8 @@ class StaleRunError(ValueError):
 # with that default) stay reusable instead of turning stale. (Hyperparameters need no such
 # list: a run records those its method reads, and a field a saved run lacks is compared
 # at its default: `_comparable`.)
-_LATER_SETTINGS = {"batchnorm_evaluation": "moving", "evaluate_every": None, "past_tasks": None, "class_order": None}
+_LATER_SETTINGS = {"batchnorm_evaluation": "moving", "evaluate_every": None, "past_tasks": None, "class_order": None,
+                   "boundaries": "given", "transition": None}
 
 
 def evaluation_schedule(num_tasks, evaluate_every=None, past_tasks=None):
@@ -315,6 +327,8 @@ def _train(config, method, seed, run_dir, settings, logdir, resume, verbose, com
     callbacks = list(setup.callbacks)
     if logdir is not None:
         callbacks.append(EngramTensorBoard(os.path.join(logdir, method, f"seed_{seed}")))
+    if config.boundaries != "given":
+        return _train_stream(config, method, seed, run_dir, settings, hp, setup, callbacks, verbose, command)
     trainer = ContinualTrainer(
         setup.model, setup.optimizer, epochs=config.epochs, engram_inference=config.engram_inference,
         callbacks=callbacks, checkpoint_dir=os.path.join(run_dir, "checkpoints") if resume else None,
@@ -322,10 +336,36 @@ def _train(config, method, seed, run_dir, settings, logdir, resume, verbose, com
         **dict(zip(("evaluate_every", "past_tasks"),
                    evaluation_schedule(setup.scenario.num_tasks, config.evaluate_every, config.past_tasks))),
     )
-    global _RUNS_IN_THIS_PROCESS
-    runs_before, _RUNS_IN_THIS_PROCESS = _RUNS_IN_THIS_PROCESS, _RUNS_IN_THIS_PROCESS + 1
+    runs_before = _count_run()
     started = time.perf_counter()
     result = trainer.fit(setup.scenario)
+    _finish(result, config, method, hp, setup, settings, started, runs_before, command, run_dir)
+    if not keep_checkpoints:
+        shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+    return result
+
+
+def _count_run():
+    """How many experiments this process ran before this one (and counts this one)."""
+    global _RUNS_IN_THIS_PROCESS
+    runs_before, _RUNS_IN_THIS_PROCESS = _RUNS_IN_THIS_PROCESS, _RUNS_IN_THIS_PROCESS + 1
+    return runs_before
+
+
+def _train_stream(config, method, seed, run_dir, settings, hp, setup, callbacks, verbose, command):
+    """A task-free stream's run: one pass of `StreamTrainer` (no per-task checkpoints:
+    an interrupted stream runs again whole)."""
+    runs_before = _count_run()
+    stream = benchmarks.Stream(setup.scenario, config.boundaries, config.batch_size, config.transition, seed=seed)
+    trainer = StreamTrainer(setup.model, setup.optimizer, engram_inference=config.engram_inference,
+                            callbacks=callbacks, jit_compile=config.jit_compile, seed=seed, verbose=verbose)
+    started = time.perf_counter()
+    result = trainer.fit(stream)
+    _finish(result, config, method, hp, setup, settings, started, runs_before, command, run_dir)
+    return result
+
+
+def _finish(result, config, method, hp, setup, settings, started, runs_before, command, run_dir):
     result.memory["runs_before_in_process"] = runs_before
     result.config["method"] = {"name": method, "description": setup.description,
                                "hparams": dataclasses.asdict(hp)}
@@ -334,9 +374,6 @@ def _train(config, method, seed, run_dir, settings, logdir, resume, verbose, com
     result.config["wall_seconds"] = time.perf_counter() - started
     result.config["command"] = command
     result.save(run_dir)
-    if not keep_checkpoints:
-        shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
-    return result
 
 
 # The child's exit status when another process holds the run's lock (EX_TEMPFAIL).

@@ -16,6 +16,7 @@ from larq_engrams.optimizers import as_readable_adam
 from larq_engrams.protocol import gradient_step, model_inputs
 from larq_engrams.task_inputs import split_task_inputs
 from larq_engrams.subnetwork import EngramSlots, EngramSubnetwork, InferenceBlockCache
+from larq_engrams.task_free import DEFAULTS as TASK_FREE_DEFAULTS, TaskFreeEngrams
 from larq_engrams.task_inference import (
     DEFAULT_FEATURES,
     DEFAULT_SHRINKAGE,
@@ -144,6 +145,7 @@ class EngramModel(tf.keras.Model):
         protect_engrams=False,
         router_features="auto",
         image_shape=None,
+        task_free=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "engram_bnn")
@@ -156,6 +158,11 @@ class EngramModel(tf.keras.Model):
         self.restrict_to_engram_classes = bool(restrict_to_engram_classes)
         self.execution = check_choice("execution", execution, EXECUTION_MODES)
         self.protect_engrams = bool(protect_engrams)
+        unknown = set(task_free or {}) - set(TASK_FREE_DEFAULTS)
+        if unknown:
+            raise ValueError(f"EngramModel: task_free takes {sorted(TASK_FREE_DEFAULTS)}, not {sorted(unknown)}.")
+        self.task_free = dict(task_free or {})
+        self._stream = None
         if self.protect_engrams and self.execution != "sparse":
             raise ValueError("EngramModel: protect_engrams=True freezes blocks of the sparse step; "
                              "use execution='sparse' (the default).")
@@ -379,7 +386,7 @@ class EngramModel(tf.keras.Model):
         # A whole-variable assignment (a sliced one would miss mirrored replicas).
         self.engram_classes.assign(tf.tensor_scatter_nd_update(self.engram_classes, [[task]], [row]))
 
-    def observe_task_data(self, data, y=None, batch_size=1000):
+    def observe_task_data(self, data, y=None, batch_size=1000, refresh=True):
         """Records the inputs of the active engram's task for task inference
         (`EngramTaskInference.observe`; `fit` and `ContinualTrainer` call it at the
         task's start). Data observed twice counts twice.
@@ -391,8 +398,41 @@ class EngramModel(tf.keras.Model):
             batch_size: the batches the router observes, of arrays and datasets alike
                 (a dataset is rebatched: each batch costs an M x M update, so the
                 router's pass is faster in large batches than in training batches).
+            refresh: recompute the discriminant afterwards (an M x M solve); False
+                leaves it to a later `task_discriminant.refresh()`.
         """
-        self.task_inference.observe(data, y, batch_size)
+        self.task_inference.observe(data, y, batch_size, refresh)
+
+    # ------------------------------------------------ task-free streams
+    # (`larq_engrams.task_free`: the model opens its engrams itself; `StreamTrainer`)
+    def begin_stream(self):
+        """Starts deciding its own task boundaries (`TaskFreeEngrams`, with the
+        `task_free` settings) from the active engram on."""
+        self._stream = TaskFreeEngrams(self, **self.task_free)
+
+    def _stream_policy(self):
+        if self._stream is None:
+            raise RuntimeError("EngramModel: call `begin_stream()` before routing stream batches.")
+        return self._stream
+
+    def route_stream_batch(self, x, y, told=None):
+        """The batches of a stream to train now on the active engram, and whether it
+        changed (`TaskFreeEngrams.route`). `told`: a task id the stream gives (its
+        engram is made active by `begin_task`): the batch is taken as it comes."""
+        policy = self._stream_policy()
+        if told is not None:
+            policy.tests.setdefault(self.active_task, policy.new_test())
+            return policy.take(x, y), False
+        return policy.route(x, y)
+
+    def end_stream_segment(self):
+        self._stream_policy().end_segment()
+
+    def finish_stream(self):
+        return self._stream_policy().finish()
+
+    def stream_report(self):
+        return self._stream_policy().report()
 
     # ------------------------------------------------ the continual protocol
     # (`larq_engrams.protocol`: what ContinualTrainer, its step and the evaluator call)
@@ -450,16 +490,17 @@ class EngramModel(tf.keras.Model):
         logits, _ = self.train_engram(x, loss_fn, self.optimizer)
         return self.compute_metrics(x, y, self.logits_as_evaluated(logits), sample_weight)
 
-    def logits_as_evaluated(self, logits):
+    def logits_as_evaluated(self, logits, task=None):
         """Training logits as "infer" evaluation ranks them once it has picked the
-        active engram: with `restrict_to_engram_classes`, the classes outside the
-        engram's (`engram_classes`, recorded from its labels) at -1e9. Training
-        accuracy (`fit`'s metrics, `ContinualTrainer`'s progress) then measures what
-        evaluation does: in class-IL, the engram's choice among its own classes, not
-        among every class the output layer has. The loss is left as trained."""
+        active engram (or engram `task`): with `restrict_to_engram_classes`, the
+        classes outside the engram's (`engram_classes`, recorded from its labels) at
+        -1e9. Training accuracy (`fit`'s metrics, `ContinualTrainer`'s progress) then
+        measures what evaluation does: in class-IL, the engram's choice among its own
+        classes, not among every class the output layer has. The loss is left as trained."""
         if not self.restrict_to_engram_classes:
             return logits
-        allowed = tf.gather(self.engram_classes, self.engram_layers[0].active_task) > 0.5
+        task = self.engram_layers[0].active_task if task is None else task
+        allowed = tf.gather(self.engram_classes, task) > 0.5
         allowed = tf.logical_or(allowed, tf.logical_not(tf.reduce_any(allowed)))
         return tf.where(allowed, logits, tf.constant(-1e9, logits.dtype))
 
@@ -658,6 +699,7 @@ class EngramModel(tf.keras.Model):
             "protect_engrams": self.protect_engrams,
             "router_features": self.router_features,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "task_free": dict(self.task_free) or None,
             **self._engram_args,
         }
 

@@ -24,6 +24,12 @@ through these functions, so it never asks what class a model is.
 | `infer_tasks(x)` | the task it infers per input (task-inference accuracy) | not measured |
 | `stochastic_in_training` | True: refuses evaluation in training mode (BatchNorm batch statistics) | False |
 | `state_bytes()` | after training, on the model and every callback: `(learn, predict)` bytes | (0, 0) |
+| `begin_stream()` | once, before a task-free stream (`StreamTrainer`) | nothing |
+| `route_stream_batch(x, y, told)` | each stream batch: `(batches to train now, started another network)` | `([(x, y)], False)` |
+| `after_stream_batch(x, y)` | after each trained stream batch (online replay fills its buffer) | nothing |
+| `end_stream_segment()` | before the stream is evaluated | nothing |
+| `finish_stream()` | at the stream's end: batches still to train | `[]` |
+| `stream_report()` | after the stream: what the model decided (its boundaries) | None |
 
 `state_bytes()` counts what a method keeps besides the network's trainable weights (and
 BatchNorm's statistics), as held in memory: `learn`, kept only to learn further tasks
@@ -37,7 +43,8 @@ import tensorflow as tf
 
 __all__ = [
     "begin_epoch", "begin_task", "build_task_optimizer", "check_scenario", "compiles_step", "end_epoch",
-    "end_task", "gradient_step", "has_networks_for", "infers_tasks", "logits_as_evaluated", "model_inputs",
+    "end_task", "gradient_step", "begin_stream", "route_stream_batch", "after_stream_batch", "end_stream_segment",
+    "finish_stream", "stream_report", "has_networks_for", "infers_tasks", "logits_as_evaluated", "model_inputs",
     "observe_task_data",
     "set_inference", "state_bytes", "stochastic_in_training", "train_on_batch", "variable_bytes",
 ]
@@ -62,6 +69,34 @@ def observe_task_data(model, dataset):
 
 def end_task(model, task):
     _call(model, "end_task", task)
+
+
+def begin_stream(model):
+    _call(model, "begin_stream")
+
+
+def route_stream_batch(model, x, y, told=None):
+    """`(batches, switched)`: what to train now on a stream batch (`told`: the task id,
+    only where the stream gives boundaries), and whether the model started another
+    network since (a fresh optimizer then). A model without the hook: the batch itself."""
+    hook = getattr(model, "route_stream_batch", None)
+    return ([(x, y)], False) if hook is None else hook(x, y, told)
+
+
+def after_stream_batch(model, x, y):
+    _call(model, "after_stream_batch", x, y)
+
+
+def end_stream_segment(model):
+    _call(model, "end_stream_segment")
+
+
+def finish_stream(model):
+    return _call(model, "finish_stream") or []
+
+
+def stream_report(model):
+    return _call(model, "stream_report")
 
 
 def begin_epoch(model, optimizer):

@@ -259,6 +259,13 @@ class ReplayModel(tf.keras.Model):
         if xs:
             self.buffer.add(np.concatenate(xs), np.concatenate(ys), np.concatenate(zs) if zs else None)
 
+    def after_stream_batch(self, x, y):
+        """The continual protocol's stream hook: online replay (Chaudhry et al. 2019;
+        Mammoth's online ER) puts every trained stream batch through the reservoir at
+        once (DER++: with the network's logits now), as no task end will come."""
+        logits = self.network(x, training=False).numpy() if self.buffer.logits is not None else None
+        self.buffer.add(np.asarray(x), np.asarray(y), logits)
+
     def state_bytes(self):
         """The continual protocol's `(learn, predict)` bytes: the buffer, kept to learn."""
         return self.buffer.bytes(), 0

@@ -466,11 +466,12 @@ class EngramTaskInference:
         self.model = model
         self._observe_step = None
 
-    def observe(self, data, y=None, batch_size=1000):
+    def observe(self, data, y=None, batch_size=1000, refresh=True):
         """Adds the inputs of the active engram's task to the router's statistics (its
-        class sums and the shared second moment), then refreshes the discriminant, in
-        batches of `batch_size`. The statistics depend on the inputs only, so any time
-        during the task will do."""
+        class sums and the shared second moment), in batches of `batch_size`, then
+        refreshes the discriminant (`refresh=False`: not yet, e.g. a stream that adds
+        small chunks and refreshes once before it is evaluated). The statistics depend
+        on the inputs only, so any time during the task will do."""
         model = self.model
         if model.task_discriminant is None:
             return
@@ -501,7 +502,8 @@ class EngramTaskInference:
             if y is None:
                 raise ValueError("observe_task_data: the dataset must yield labels.")
             self._observe_step(x, y)
-        model.task_discriminant.refresh()
+        if refresh:
+            model.task_discriminant.refresh()
 
     def __call__(self, x):
         """`(outputs, chosen engram per sample)` for a batch of inputs."""

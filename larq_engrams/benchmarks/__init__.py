@@ -33,9 +33,11 @@ from larq_engrams.benchmarks.sources import (
     resolve_source,
     validation_source,
 )
+from larq_engrams.benchmarks.stream import BOUNDARIES, Stream, StreamBatch, boundary_scores
 from larq_engrams.benchmarks.split import class_pairs, split_cifar10, split_fashion_mnist, split_mnist
 
 __all__ = [
+    "BOUNDARIES", "Stream", "StreamBatch", "boundary_scores",
     "DataFormatError", "DataNotFoundError", "DataSourceError", "DatasetArrays", "EVALUATION_SPLITS", "Preprocessing", "SETTINGS", "SOURCES",
     "Scenario", "ShuffleOrder", "Task", "class_groups", "class_pairs", "permuted_tasks", "split_by_classes",
     "tasks_from_arrays", "core50_ni", "hold_out_validation", "joint", "load_arrays",

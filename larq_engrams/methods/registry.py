@@ -59,6 +59,8 @@ class HyperParameters:
     excitability: float = 6.0
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
+    max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
+    task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
     lda_features: int = None  # engram task inference's random features; None: the model's default
     seed: int = 0
     backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
@@ -122,11 +124,13 @@ def register(name, description, reads):
 
 def hyperparameters_read(name):
     """The `HyperParameters` fields method `name` uses. A replay budget in the name
-    replaces `buffer_size` ("er@1000"); "er@equal" derives it from `lda_features`."""
+    replaces `buffer_size` ("er@1000"); "er@equal" derives it from `lda_features` and
+    `max_engrams` (the router engram_bnn would keep)."""
     reads = _REGISTRY[_check(name)][2]
     budget = name.partition("@")[2]
     if budget:
-        reads = tuple(f for f in reads if f != "buffer_size") + (("lda_features",) if budget == "equal" else ())
+        equal = ("lda_features", "max_engrams") if budget == "equal" else ()
+        reads = tuple(f for f in reads if f != "buffer_size") + equal
     return reads
 
 
@@ -189,7 +193,7 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
     """The replay buffer (uint8 inputs, int32 labels, float32 logits for DER++) that holds
     the bytes engram_bnn keeps only to learn further tasks in `scenario`."""
     features = _router_feature_map(scenario, hp)  # the same router engram_bnn builds
-    router = InputDiscriminant(scenario.num_tasks, scenario.num_classes,
+    router = InputDiscriminant(engram_capacity(scenario, hp), scenario.num_classes,
                                DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features,
                                feature_map=features["router_features"], image_shape=features["image_shape"])
     router.build((None, int(np.prod(scenario.input_shape))))
@@ -201,7 +205,7 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
 _NETWORK = ("hidden", "learning_rate", "seed")
 _METAPLASTIC = ("m",)
 _ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features",
-           "protect_engrams", "router_features")
+           "protect_engrams", "router_features", "max_engrams", "task_free")
 _BACKBONE = (*_NETWORK, "backbone")
 _REPLAY = (*_NETWORK, "buffer_size")
 
@@ -214,6 +218,11 @@ def _meta_adam(hp):
     return lambda: MetaplasticAdam(hp.learning_rate, m=hp.m)
 
 
+def engram_capacity(scenario, hp):
+    """The engrams an engram method's model holds: `max_engrams`, or one per task."""
+    return scenario.num_tasks if hp.max_engrams is None else int(hp.max_engrams)
+
+
 def _router_feature_map(scenario, hp):
     """`router_features` and `image_shape` for the scenario: "auto" is "conv" where the
     inputs are images with their pixels in place (`Scenario.image_shape`), else "dense"."""
@@ -223,7 +232,7 @@ def _router_feature_map(scenario, hp):
 
 def _engram_model(scenario, hp, **kwargs):
     args = dict(
-        max_tasks=scenario.num_tasks,
+        max_tasks=engram_capacity(scenario, hp),
         engram_fraction=hp.engram_fraction,
         activation_probability=hp.activation_probability,
         excitability=hp.excitability,
@@ -231,6 +240,7 @@ def _engram_model(scenario, hp, **kwargs):
         **_router_feature_map(scenario, hp),
         seed=hp.seed,
         router=not scenario.provides_task_id,  # task-IL gives the task id: nothing to route
+        task_free=hp.task_free,
     )
     if hp.lda_features is not None:
         args["lda_features"] = hp.lda_features

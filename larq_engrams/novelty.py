@@ -1,0 +1,107 @@
+r"""Is a batch new to the network that would train on it? A prequential binomial test.
+
+In a stream without task boundaries, the active engram predicts each incoming batch
+before it trains on it ("test, then train": its prequential errors). Within a task its
+error rate settles near some p; at a boundary it jumps (new classes are never
+predicted by an engram restricted to its own, and a new input distribution, such as a
+new pixel permutation, is near chance). For a batch with k errors among n examples:
+
+```
+p-value = P(K >= k),  K ~ Binomial(n, p~),   p~ = max(p^, p_min)
+novel   <=> p-value < alpha
+```
+
+with p^ the engram's running error rate: an exponential average over its examples with
+a horizon of H examples (each example's weight decays by 1 - 1/H per later example;
+a batch of n moves it by 1 - (1 - 1/H)^n towards the batch's rate), started once the
+engram has trained on `warmup / 2` examples and tested from `warmup` on (while it
+learns, its error is high and falling: no test). The floor p_min keeps one unlucky
+batch of a nearly perfect engram from counting as novel.
+
+Under the null hypothesis (the batch comes from the engram's task, errors independent
+with rate p <= p~) a batch is called novel with probability at most alpha; the learner
+(`larq_engrams.task_free`) also asks the novelty to persist over `confirm` examples
+before it opens an engram, so a false split needs several such batches in a row.
+"""
+import math
+
+from larq_engrams.arguments import check_positive_int
+
+__all__ = ["PrequentialNovelty", "binomial_tail"]
+
+
+def binomial_tail(k, n, p):
+    """P(K >= k) for K ~ Binomial(n, p), summed in log space (exact for the batch sizes
+    of a stream)."""
+    k, n, p = int(k), int(n), float(p)
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+class PrequentialNovelty:
+    """The test of the module docstring for one engram (`reset` when another starts).
+
+    Args:
+        alpha: the test's level (a batch is novel when its p-value is below it).
+        horizon: H, the running error rate's horizon in examples.
+        warmup: examples an engram trains on before its batches are tested.
+        floor: p_min.
+    """
+
+    def __init__(self, alpha=1e-3, horizon=200, warmup=100, floor=0.02):
+        if not 0.0 < float(alpha) < 1.0:
+            raise ValueError(f"PrequentialNovelty: alpha must be in (0, 1), got {alpha!r}.")
+        if not 0.0 < float(floor) < 1.0:
+            raise ValueError(f"PrequentialNovelty: floor must be in (0, 1), got {floor!r}.")
+        self.alpha, self.floor = float(alpha), float(floor)
+        self.horizon = check_positive_int("horizon", horizon, owner="PrequentialNovelty")
+        self.warmup = int(warmup)
+        if self.warmup < 0:
+            raise ValueError(f"PrequentialNovelty: warmup must be >= 0, got {warmup!r}.")
+        self.reset()
+
+    def reset(self):
+        """A new engram: no examples seen, no error rate yet."""
+        self.seen = 0
+        self.rate = None
+
+    @property
+    def testing(self):
+        return self.seen >= self.warmup and self.rate is not None
+
+    def p_value(self, errors, n):
+        """P(K >= errors) under the engram's running rate (1.0 while it warms up)."""
+        if not self.testing:
+            return 1.0
+        return binomial_tail(errors, n, max(self.rate, self.floor))
+
+    def is_novel(self, errors, n):
+        return self.p_value(errors, n) < self.alpha
+
+    def update(self, errors, n):
+        """The engram trained on a batch with `errors` of `n` wrong before its step."""
+        n = int(n)
+        if n <= 0:
+            return
+        self.seen += n
+        if self.seen >= self.warmup / 2:
+            observed = errors / n
+            if self.rate is None:
+                self.rate = observed
+            else:
+                keep = (1.0 - 1.0 / self.horizon) ** n
+                self.rate = keep * self.rate + (1.0 - keep) * observed
+
+    def get_config(self):
+        return {"alpha": self.alpha, "horizon": self.horizon, "warmup": self.warmup, "floor": self.floor}
