@@ -463,6 +463,8 @@ def summarize(results_by_method):
         entry = {key: mean_and_sem([r.metrics[key] for r in results]) for key in METRICS}
         if all("task_inference" in r.metrics for r in results):  # engram models, no task id
             entry["task_inference"] = mean_and_sem([r.metrics["task_inference"] for r in results])
+        if all("boundary_f1" in r.metrics for r in results):  # a stream's learner with its own boundaries
+            entry["boundary_f1"] = mean_and_sem([r.metrics["boundary_f1"] for r in results])
         entry["seeds"] = len(results)
         entry["peak_rss_bytes"] = max(r.memory.get("peak_rss_bytes") or 0 for r in results)
         # True: every seed ran in its own process; False: some shared one with earlier
@@ -493,13 +495,14 @@ def summary_table(summary, title):
     """A Markdown table of a `summarize` output."""
     any_entry = next(iter(summary.values()))
     seeds = any_entry["seeds"]
+    boundaries = any("boundary_f1" in s for s in summary.values())  # a stream: the learners' own boundaries
     lines = [
         f"{title}; data: {any_entry['source']}; "
         + (f"seeds: {seeds} (mean ± s.e.m.)" if seeds > 1 else "one seed (no spread measured)"),
         "",
-        "| method | ACC % | BWT % | forgetting % | task inference % | epochs | lr | hidden "
-        "| kept MiB (learn / predict) | peak RSS MiB (own process) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | ACC % | BWT % | forgetting % | task inference % | " + ("boundary F1 | " if boundaries else "")
+        + "epochs | lr | hidden | kept MiB (learn / predict) | peak RSS MiB (own process) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if boundaries else ""),
     ]
     for method, s in summary.items():
         fmt = lambda key: format_mean_and_sem(s[key], s["seeds"]) if key in s else "—"  # noqa: E731
@@ -509,7 +512,11 @@ def summary_table(summary, title):
             s.get("peak_rss_own_process")]
         kept = s.get("state_bytes")
         kept = "—" if kept is None else f"{kept['learn'] / 2**20:.2f} / {kept['predict'] / 2**20:.2f}"
-        lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | "
+        f1 = ""
+        if boundaries:
+            f1 = (f"{s['boundary_f1'][0]:.2f}" + (f" ± {s['boundary_f1'][1]:.2f}" if s["seeds"] > 1 else "")
+                  if "boundary_f1" in s else "—") + " | "
+        lines.append(f"| {method} | {fmt('acc')} | {fmt('bwt')} | {fmt('forgetting')} | {fmt('task_inference')} | {f1}"
                      f"{s.get('epochs') or '—'} | {s.get('learning_rate') or '—'} | {hidden} | {kept} | {rss} | "
                      f"{s['train_seconds']:.0f} |")
     return "\n".join(lines)
