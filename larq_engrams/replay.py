@@ -285,7 +285,10 @@ class ReplayModel(tf.keras.Model):
 class ReplayUpdate(TaskEndCallback):
     """Adds each task's training examples to a `ReplayModel`'s buffer when the task ends
     (trainer task hook, or each `model.fit` under the plain Keras path, with the
-    scenario's task data)."""
+    scenario's task data). In a task-free stream the model inserts every batch
+    instead (`ReplayModel.after_stream_batch`) and this callback is not called."""
+
+    in_streams = "skip"
 
     def __init__(self, replay_model, scenario=None):
         super().__init__()

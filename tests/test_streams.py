@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from larq_engrams import benchmarks as B, experiment, methods
 from larq_engrams.benchmarks.stream import Stream, boundary_scores
+from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.models import engram_bnn
 from larq_engrams.novelty import PrequentialNovelty, binomial_tail
 from larq_engrams.optimizers import Adam
@@ -156,3 +157,39 @@ def test_a_stream_is_one_pass_of_a_class_or_domain_scenario():
     with pytest.raises(ValueError, match="boundaries"):
         experiment.ExperimentConfig(boundaries="sometimes")
     assert experiment.ExperimentConfig(boundaries="fuzzy").name == "split_mnist-class-stream-fuzzy"
+
+
+def test_callbacks_that_learn_at_task_ends_are_refused_and_observers_hear_true_task_ends(toy):
+    setup = methods.build("ewc", toy, methods.HyperParameters(hidden=(16,)))
+    with pytest.raises(ValueError, match="learns at the end of each task"):
+        StreamTrainer(setup.model, setup.optimizer, callbacks=setup.callbacks, verbose=0)
+    class Rows(ContinualCallback):  # an observer
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def on_task_end(self, task, logs=None):
+            self.rows.append((task, len(logs["accuracy_matrix"])))
+
+    rows = Rows()
+    setup = methods.build("er", toy, methods.HyperParameters(hidden=(16,), buffer_size=20))
+    StreamTrainer(setup.model, setup.optimizer, callbacks=[*setup.callbacks, rows], verbose=0).fit(
+        Stream(toy, "none", batch_size=25))
+    assert rows.rows == [(0, 1), (1, 2)]  # the observer, not the replay update, heard the task ends
+
+
+def test_a_task_that_comes_back_returns_to_its_engram(toy):
+    tf.keras.utils.set_random_seed(0)
+    model = _engram_model(toy, task_free={"warmup": 40})
+    model.begin_task(0)
+    model.compile(optimizer=Adam(0.005), loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.begin_stream()
+    batches = [(b.x, b.y) for b in Stream(toy, "none", batch_size=10)]
+    first = int(np.ceil(toy[0].num_train / 10))
+    for x, y in batches + batches[:first]:  # task 0, task 1, then task 0 again
+        out, _ = model.route_stream_batch(x, y)
+        for bx, by in out:
+            model.train_on_batch(bx, by)
+    found = model.stream_report()["boundaries"]
+    assert [(b["engram"], b["new"]) for b in found] == [(1, True), (0, False)]
+    assert model.allocated_tasks == [0, 1]

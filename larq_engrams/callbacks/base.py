@@ -27,6 +27,10 @@ class ContinualCallback(tf.keras.callbacks.Callback):
 
     optimizer = None
     task_hooks = False
+    # In a task-free stream (`StreamTrainer`): "observe" hears the true task ends (logs
+    # and plots only: the learner is not told); "refuse" learns at task ends, which a
+    # stream does not give (the trainer raises); "skip": the model does its work online.
+    in_streams = "observe"
 
     def checkpoint_variables(self):
         """`{name: tf.Variable or list of them}` a resumed run needs (default: none)."""
@@ -51,6 +55,8 @@ class TaskEndCallback(ContinualCallback):
     `task_ended(task)` runs from `on_task_end` under `ContinualTrainer`, and at the end
     of each plain `model.fit` otherwise (the k-th fit is task k; the count is saved for
     resuming). Subclasses implement `task_ended`."""
+
+    in_streams = "refuse"  # it learns at task ends
 
     def __init__(self):
         super().__init__()

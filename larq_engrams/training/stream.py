@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from larq_engrams import metrics as metrics_module, protocol
 from larq_engrams.benchmarks.stream import Stream, boundary_scores
+from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.evaluation import TaskEvaluator
 from larq_engrams.results import ContinualResult, environment
 from larq_engrams.training.trainer import ContinualTrainer
@@ -34,6 +35,13 @@ class StreamTrainer(ContinualTrainer):
     detection matching within `tolerance` examples: default max(half the fuzzy window,
     100)).
 
+    Callbacks: a `ContinualCallback` that learns at task ends (`in_streams="refuse"`:
+    EWC's and SI's consolidation, LwF's teacher) is refused, since a stream tells no
+    task end; one that observes (`"observe"`: TensorBoard, the accuracy matrix) gets
+    `on_task_begin`/`on_task_end` at the true task ends with the row of R, as under
+    `ContinualTrainer`; `"skip"` (replay's task-end update: the model inserts online)
+    is not called.
+
     Args are `ContinualTrainer`'s (one pass: no `epochs`); `tolerance` as above.
     """
 
@@ -41,6 +49,13 @@ class StreamTrainer(ContinualTrainer):
         kwargs.pop("epochs", None)
         super().__init__(model, optimizer, epochs=1, **kwargs)
         self.tolerance = tolerance
+        refused = [type(cb).__name__ for cb in self.user_callbacks if getattr(cb, "in_streams", None) == "refuse"]
+        if refused:
+            raise ValueError(f"StreamTrainer: {', '.join(refused)} learns at the end of each task, which a task-free "
+                             "stream does not tell; use a method that learns online (engram_bnn, slda_rf, er, "
+                             "finetune).")
+        self._observers = [cb for cb in self.user_callbacks
+                           if isinstance(cb, ContinualCallback) and cb.in_streams == "observe"]
 
     def fit(self, stream):
         """One pass over `stream`; returns a `ContinualResult`."""
@@ -66,7 +81,12 @@ class StreamTrainer(ContinualTrainer):
         ends = {b: t for t, b in enumerate(stream.task_ends)}
         told_task, task_seconds, row = 0, [], 0
         progbar = tf.keras.utils.Progbar(len(stream), unit_name="batch") if self.verbose else None
-        self.memory.task_hooks = True
+        for cb in (self.memory, *self._observers):
+            cb.task_hooks = True
+            cb.set_model(self.model)
+        for cb in self._observers:
+            cb.on_train_begin()
+            cb.on_task_begin(0)
         self.memory.on_task_begin(0)
         train_seconds = 0.0
         protocol.begin_epoch(self.model, self.optimizer)
@@ -97,8 +117,13 @@ class StreamTrainer(ContinualTrainer):
                     self.memory.on_task_end(row, {})
                     R[row] = evaluator.accuracies()
                     task_seconds.append(train_seconds - sum(task_seconds))
+                    logs = {"accuracies": R[row].tolist(), "accuracy_matrix": R[: row + 1].tolist()}
+                    for cb in self._observers:
+                        cb.on_task_end(row, logs)
                     if row < T - 1:
                         self.memory.on_task_begin(row + 1)
+                        for cb in self._observers:
+                            cb.on_task_begin(row + 1)
                     protocol.begin_epoch(self.model, self.optimizer)
                     if self.verbose:
                         print(f"\ntrue task {row} ended (batch {b + 1} of {len(stream)}); accuracy % on tasks "
@@ -106,6 +131,8 @@ class StreamTrainer(ContinualTrainer):
                 if progbar is not None and (b + 1) % 50 == 0:
                     progbar.update(b + 1)
             protocol.end_epoch(self.model)
+            for cb in self._observers:
+                cb.on_train_end()
         except BaseException:
             self.memory.abort()
             raise
