@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_fraction, check_int
+from larq_engrams.capacity import add_engram_rows_weight, grow_rows, rows_of
 from larq_engrams.block_updates import Block
 
 __all__ = ["EngramDense"]
@@ -118,7 +119,7 @@ class EngramDense(tf.keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.units = check_int("units", units, 1, owner="EngramDense")
-        self.max_tasks = check_int("max_tasks", max_tasks, 1, owner="EngramDense")
+        self._max_tasks = check_int("max_tasks", max_tasks, 1, owner="EngramDense")
         self.engram_fraction = check_fraction("engram_fraction", engram_fraction, owner="EngramDense")
         self.activation_probability = check_fraction(
             "activation_probability", activation_probability, owner="EngramDense")
@@ -164,10 +165,9 @@ class EngramDense(tf.keras.layers.Layer):
             "moving_variance", (n,), initializer="ones", **stat
         )
         state = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.engram_masks = self.add_weight(
-            "engram_masks", (tasks, n), initializer="zeros", **state
-        )
-        self.allocated = self.add_weight("allocated", (tasks,), initializer="zeros", **state)
+        # One row per engram: the bank grows past `max_tasks` (`grow`).
+        self.engram_masks = add_engram_rows_weight(self, "engram_masks", tasks, (n,), **state)
+        self.allocated = add_engram_rows_weight(self, "allocated", tasks, (), **state)
         self.active_task = self.add_weight(
             "active_task", (), dtype=tf.int32, initializer="zeros", **state
         )
@@ -184,6 +184,22 @@ class EngramDense(tf.keras.layers.Layer):
         super().build(input_shape)
 
     # ----------------------------------------------------------------- engram bank
+    @property
+    def max_tasks(self):
+        """How many engrams the bank holds now (its rows; `grow` adds more). Read
+        eagerly from the weights (a restored checkpoint may hold more rows); while a
+        graph is traced, the last count read."""
+        if self.built and tf.executing_eagerly():
+            self._max_tasks = rows_of(self.allocated)
+        return self._max_tasks
+
+    def grow(self, max_tasks):
+        """Makes room for engrams up to `max_tasks` (new rows unallocated); allocation of
+        the engrams already there is unchanged."""
+        self._check_built()
+        grow_rows(self.engram_masks, int(max_tasks))
+        grow_rows(self.allocated, int(max_tasks))
+
     def allocate(self, task):
         """Draws the engram E_task by the excitability rule; returns it (bool array).
 
@@ -440,8 +456,8 @@ class EngramDense(tf.keras.layers.Layer):
         if not 0 <= task < self.max_tasks:
             raise ValueError(
                 f"EngramDense {self.name!r}: task {task} is outside [0, max_tasks="
-                f"{self.max_tasks}); build the model with more, e.g. "
-                f"`engram_bnn(..., max_tasks={task + 1})` (or the layer, `EngramDense(..., max_tasks=...)`)."
+                f"{self.max_tasks}); grow the bank first (`layer.grow({task + 1})`; an EngramModel's "
+                f"`begin_task` does it) or build it with more, `EngramDense(..., max_tasks={task + 1})`."
             )
         self._check_built()
         return task

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
+from larq_engrams.capacity import add_engram_rows_weight, grow_rows
 from larq_engrams.optimizers import as_readable_adam
 from larq_engrams.protocol import gradient_step, model_inputs
 from larq_engrams.task_inputs import split_task_inputs
@@ -153,7 +154,6 @@ class EngramModel(tf.keras.Model):
         self.sample_shape = check_positive_ints("input_shape", input_shape)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.hidden = check_positive_ints("hidden", hidden)
-        self.max_tasks = max_tasks
         self.confidence = check_choice("confidence", confidence, CONFIDENCE_MEASURES)
         self.restrict_to_engram_classes = bool(restrict_to_engram_classes)
         self.execution = check_choice("execution", execution, EXECUTION_MODES)
@@ -225,8 +225,8 @@ class EngramModel(tf.keras.Model):
         self.build((None, *self.sample_shape))
         # Which classes each engram was trained on (seen in its training labels): model
         # state, saved with it; "infer" restricts an engram's prediction to them.
-        self.engram_classes = self.add_weight(
-            "engram_classes", (max_tasks, self.num_classes), initializer="zeros", trainable=False,
+        self.engram_classes = add_engram_rows_weight(
+            self, "engram_classes", max_tasks, (self.num_classes,), trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         self._infer_tasks = ()
@@ -246,6 +246,29 @@ class EngramModel(tf.keras.Model):
         return self.engram_layers[0].allocated_tasks
 
     @property
+    def max_tasks(self):
+        """How many engrams the model holds now: `max_tasks` as built, more after
+        `grow_engrams` (which `begin_task` calls for a task beyond them)."""
+        return self.engram_layers[0].max_tasks
+
+    def grow_engrams(self, max_tasks):
+        """Room for engrams up to `max_tasks`: every layer's engram bank, the engrams'
+        class record and the router's groups get new, empty rows. What the model
+        computes for its engrams so far is unchanged; the router keeps its statistics
+        and its discriminant. Costs the rows' bytes: per engram, its masks (N floats per
+        layer), C floats, and the router's 2 C M + 2 C floats."""
+        max_tasks = int(max_tasks)
+        if max_tasks <= self.max_tasks:
+            return
+        log.info("EngramModel: %d -> %d engrams.", self.max_tasks, max_tasks)
+        for layer in self.engram_layers:
+            layer.grow(max_tasks)
+        grow_rows(self.engram_classes, max_tasks)
+        if self.task_discriminant is not None:
+            self.task_discriminant.grow(max_tasks)
+        self._reset_compiled_functions()
+
+    @property
     def inference_mode(self):
         return self._inference_mode
 
@@ -253,9 +276,12 @@ class EngramModel(tf.keras.Model):
         """Allocates engram `task` in every layer if it is new and makes it active.
 
         The active task is the one `fit` trains; "task" inference mode follows it
-        unless `set_inference("task", task=k)` fixed another one.
+        unless `set_inference("task", task=k)` fixed another one. A task at or beyond
+        `max_tasks` first grows the model to `task + 1` engrams (`grow_engrams`).
         """
         self.flush_engram_slots(end_of_task=True)
+        if isinstance(task, (int, np.integer)) and not isinstance(task, bool) and task >= self.max_tasks:
+            self.grow_engrams(task + 1)
         for layer in self.engram_layers:
             if not layer.is_allocated(task):
                 layer.allocate(task)
@@ -443,12 +469,6 @@ class EngramModel(tf.keras.Model):
     def compiles_step(self):
         """XLA cannot compile the sparse step: its shapes depend on the engram."""
         return self.execution != "sparse"
-
-    def check_scenario(self, scenario):
-        if self.max_tasks < scenario.num_tasks:
-            raise ValueError(
-                f"the engram model holds {self.max_tasks} engrams but the scenario has "
-                f"{scenario.num_tasks} tasks; build it with max_tasks >= {scenario.num_tasks}.")
 
     def begin_epoch(self, optimizer):
         self.load_engram_slots(optimizer)  # compact optimizer moments (a no-op if loaded)
@@ -701,6 +721,7 @@ class EngramModel(tf.keras.Model):
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "task_free": dict(self.task_free) or None,
             **self._engram_args,
+            "max_tasks": self.max_tasks,
         }
 
     @classmethod

@@ -46,7 +46,7 @@ class EngramProtection:
 
     def __init__(self, model, task, units):
         first = model.engram_layers[0]
-        others = first.allocated * (1.0 - tf.one_hot(task, first.max_tasks, dtype=first.allocated.dtype))
+        others = first.allocated * (1.0 - tf.one_hot(task, tf.shape(first.allocated)[0], dtype=first.allocated.dtype))
         self.others = others  # (T,) 1 for every allocated engram but `task`
         # Per layer, the (T, r_l) memberships of this engram's units in the other engrams.
         self._members = [tf.gather(layer.engram_masks, u, axis=1) * others[:, None]

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int
+from larq_engrams.capacity import add_engram_rows_weight, grow_rows, rows_of
 from larq_engrams.protocol import variable_bytes
 from larq_engrams.subnetwork import StackedEngramSubnetworks
 from larq_engrams.task_inputs import split_task_inputs
@@ -124,7 +125,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
         if self.feature_map == "conv" and (self.image_shape is None or features is None):
             raise ValueError("InputDiscriminant: feature_map='conv' needs the inputs' `image_shape` (H, W) or "
                              "(H, W, C) and a number of `features`.")
-        self.max_tasks = int(max_tasks)
+        self._max_tasks = int(max_tasks)
         self.num_classes = int(num_classes)
         self.features = check_positive_int("features", features, owner="InputDiscriminant", allow_none=True)
         if not 0.0 <= float(shrinkage) <= 1.0:
@@ -165,15 +166,30 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "projection_bits", (inputs, -(-features // 32)), dtype=tf.int32,
                 **{**state, "initializer": _RandomSignBits(self.seed, features)})
             self.projection_scale = 1.0 / inputs ** 0.5
-        self.counts = self.add_weight("counts", (tasks, classes), **state)
-        self.sums = self.add_weight("sums", (tasks, classes, features), **state)
+        # One row of groups per engram: they grow with the engram bank (`grow`).
+        self.counts = add_engram_rows_weight(self, "counts", tasks, (classes,), **state)
+        self.sums = add_engram_rows_weight(self, "sums", tasks, (classes, features), **state)
         self.scatter = None
         if self.covariance == "shared":
             self.scatter = self.add_weight("scatter", packed_symmetric_shape(features), **state)
-        self.kernel = self.add_weight("kernel", (tasks, classes, features), **state)
-        self.bias = self.add_weight(
-            "bias", (tasks, classes), **{**state, "initializer": tf.keras.initializers.Constant(EMPTY_GROUP_SCORE)})
+        self.kernel = add_engram_rows_weight(self, "kernel", tasks, (classes, features), **state)
+        self.bias = add_engram_rows_weight(
+            self, "bias", tasks, (classes,), **{**state, "initializer": tf.keras.initializers.Constant(EMPTY_GROUP_SCORE)})
         super().build(input_shape)
+
+    @property
+    def max_tasks(self):
+        """The engrams it has groups for (rows; `grow` adds more); while a graph is
+        traced, the last count read eagerly."""
+        if self.built and tf.executing_eagerly():
+            self._max_tasks = rows_of(self.counts)
+        return self._max_tasks
+
+    def grow(self, max_tasks):
+        """Groups for engrams up to `max_tasks`, empty (their score -1e9 until observed)."""
+        for variable in (self.counts, self.sums, self.kernel):
+            grow_rows(variable, int(max_tasks))
+        grow_rows(self.bias, int(max_tasks), fill=EMPTY_GROUP_SCORE)
 
     @property
     def num_features(self):
@@ -215,7 +231,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
         """
         x = self.transform(x)
         onehot = tf.one_hot(tf.cast(y, tf.int32), self.num_classes, dtype=x.dtype)
-        row = tf.one_hot(tf.cast(task, tf.int32), self.max_tasks, dtype=x.dtype)
+        row = tf.one_hot(tf.cast(task, tf.int32), tf.shape(self.counts)[0], dtype=x.dtype)
         batch_counts = tf.reduce_sum(onehot, axis=0)  # m_g
         batch_sums = tf.matmul(onehot, x, transpose_a=True)  # m_g nu_g
         if self.scatter is not None:
@@ -258,8 +274,8 @@ class InputDiscriminant(tf.keras.layers.Layer):
         bias = -0.5 * tf.reduce_sum(kernel * means, axis=-1)
         bias = tf.where(counts > 0, bias, tf.constant(EMPTY_GROUP_SCORE, tf.float64))
         kernel = tf.where(counts[:, None] > 0, kernel, tf.zeros_like(kernel))
-        self.kernel.assign(tf.cast(tf.reshape(kernel, self.kernel.shape), self.kernel.dtype))
-        self.bias.assign(tf.cast(tf.reshape(bias, self.bias.shape), self.bias.dtype))
+        self.kernel.assign(tf.cast(tf.reshape(kernel, tf.shape(self.kernel)), self.kernel.dtype))
+        self.bias.assign(tf.cast(tf.reshape(bias, tf.shape(self.bias)), self.bias.dtype))
 
     def group_scores(self, x):
         """(batch, max_tasks, classes) g_{s,c}(x); groups without data score -1e9."""

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from larq_engrams import EngramDense, EngramModel, MetaplasticAdam, bnn, engram_bnn, mlp
+from larq_engrams.optimizers import Adam
 
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -112,7 +113,7 @@ def test_engram_model_argument_errors():
     with pytest.raises(ValueError, match="no engram yet"):
         model.set_inference("task", task=1)
     with pytest.raises(ValueError, match="outside"):
-        model.begin_task(2)
+        model.begin_task(-1)
 
 
 def _trained_engram_model(tasks, epochs=3, optimizer=None, **kwargs):
@@ -294,10 +295,61 @@ def test_infer_before_any_engram_fails_eagerly_in_one_line():
         assert "\n" not in str(error.value)
 
 
-def test_a_task_beyond_max_tasks_names_the_builder_argument():
-    model = engram_bnn((8,), 4, hidden=(16,), max_tasks=5)
-    with pytest.raises(ValueError, match=r"outside \[0, max_tasks=5\); .*`engram_bnn\(\.\.\., max_tasks=8\)`"):
-        model.begin_task(7)
+def _train_tasks(model, tasks, x, y):
+    model.compile(optimizer=Adam(0.01), loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for t in tasks:
+        model.begin_task(t)
+        model.fit(x[t], y[t], epochs=1, batch_size=25, verbose=0)
+
+
+def test_a_model_grown_past_max_tasks_learns_as_one_built_with_room():
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 50, 8)).astype(np.float32)
+    y = rng.integers(0, 4, (4, 50))
+    tf.keras.utils.set_random_seed(1)
+    roomy = engram_bnn((8,), 4, hidden=(16, 16), max_tasks=4)
+    _train_tasks(roomy, range(4), x, y)
+    tf.keras.utils.set_random_seed(1)
+    grown = engram_bnn((8,), 4, hidden=(16, 16), max_tasks=2)
+    _train_tasks(grown, range(4), x, y)  # begin_task(2) and (3) grow it
+    assert grown.max_tasks == 4 and grown.get_config()["max_tasks"] == 4
+    assert grown.allocated_tasks == roomy.allocated_tasks == [0, 1, 2, 3]
+    for a, b in zip(roomy.get_weights(), grown.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for model in (roomy, grown):
+        model.set_inference("infer")
+    np.testing.assert_array_equal(roomy.predict(x[0], verbose=0), grown.predict(x[0], verbose=0))
+
+
+def test_growing_keeps_what_the_engrams_and_the_router_compute(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = rng.random((2, 40, 8)).astype(np.float32), rng.integers(0, 4, (2, 40))
+    model = engram_bnn((8,), 4, hidden=(16,), max_tasks=2)
+    _train_tasks(model, range(2), x, y)
+    before = [model((x[0], np.full(40, t)), training=False).numpy() for t in (0, 1)]
+    scores = model.task_discriminant.group_scores(x[0]).numpy()
+    model.grow_engrams(5)
+    assert model.max_tasks == 5 and model.allocated_tasks == [0, 1]
+    for t in (0, 1):
+        np.testing.assert_array_equal(model((x[0], np.full(40, t)), training=False).numpy(), before[t])
+    grown = model.task_discriminant.group_scores(x[0]).numpy()
+    np.testing.assert_array_equal(grown[:, :2], scores)
+    assert (grown[:, 2:] <= -1e8).all()  # new groups are empty
+    # a checkpoint of the grown model restores into one built with fewer rows
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    fresh = engram_bnn((8,), 4, hidden=(16,), max_tasks=2)
+    tf.train.Checkpoint(model=fresh).restore(path).expect_partial()
+    assert fresh.max_tasks == 5 and fresh.allocated_tasks == [0, 1]
+    np.testing.assert_array_equal(fresh((x[0], np.full(40, 1)), training=False).numpy(), before[1])
+
+
+def test_an_engram_layer_beyond_its_bank_says_how_to_grow_it():
+    layer = EngramDense(4, max_tasks=2)
+    layer.build((None, 3))
+    with pytest.raises(ValueError, match=r"outside \[0, max_tasks=2\); grow the bank first \(`layer.grow\(4\)`"):
+        layer.allocate(3)
+    layer.grow(4)
+    assert layer.max_tasks == 4 and layer.allocate(3).shape == (4,)
 
 
 _EVALUATE_IN_FRESH_PROCESS = """
