@@ -183,9 +183,14 @@ def test_resume_refuses_another_scenario(tmp_path):
                          checkpoint_dir=str(tmp_path), verbose=0).fit(other)
 
 
+def test_an_engram_model_built_for_fewer_tasks_grows_through_the_trainer(two_tasks):
+    model = small_engram_model(two_tasks, max_tasks=1)
+    result = ContinualTrainer(model, le.MetaplasticAdam(), verbose=0).fit(two_tasks)
+    assert model.max_tasks == 2 and model.allocated_tasks == [0, 1]
+    assert np.isfinite(result.accuracy_matrix[1]).all()
+
+
 def test_trainer_argument_errors(two_tasks):
-    with pytest.raises(ValueError, match="max_tasks"):
-        ContinualTrainer(small_engram_model(two_tasks, max_tasks=1), le.MetaplasticAdam(), verbose=0).fit(two_tasks)
     with pytest.raises(ValueError, match="epochs"):
         ContinualTrainer(small_engram_model(two_tasks), le.MetaplasticAdam(), epochs=0)
     with pytest.raises(ValueError, match="engram_inference"):
