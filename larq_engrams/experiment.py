@@ -87,6 +87,8 @@ class ExperimentConfig:
             raise ValueError(f"`evaluate_on` must be one of {benchmarks.EVALUATION_SPLITS}, got {self.evaluate_on!r}.")
         if self.boundaries not in benchmarks.BOUNDARIES:
             raise ValueError(f"`boundaries` must be one of {benchmarks.BOUNDARIES}, got {self.boundaries!r}.")
+        if self.transition is not None and self.boundaries != "fuzzy":
+            raise ValueError("`transition` is the mixed window of boundaries='fuzzy'.")
         if self.boundaries != "given" and (self.epochs != 1 or self.setting == "task"):
             raise ValueError("a task-free stream (boundaries 'none' or 'fuzzy') is one pass (epochs=1) of a class- "
                              "or domain-incremental scenario.")

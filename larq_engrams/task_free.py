@@ -99,8 +99,8 @@ class TaskFreeEngrams:
     def take(self, x, y):
         """A batch whose engram the stream told (`begin_task` made it active): no test,
         queued for the router. Returns `[(x, y)]`."""
-        self._router.append((np.asarray(x), np.asarray(y)))
         self.position += len(y)
+        self._queue_for_router([(x, y)])
         return [(x, y)]
 
     def _destination(self, batches, active):
@@ -127,10 +127,15 @@ class TaskFreeEngrams:
         test = self.tests[active]
         for i, (x, y) in enumerate(batches):
             test.update(errors[i] if errors is not None else self.errors(x, y, active), len(y))
-            self._router.append((x, y))
+        self._queue_for_router(batches)
+        return batches
+
+    def _queue_for_router(self, batches):
+        """The router takes trained batches under the active engram, `router_chunk`
+        examples at a time."""
+        self._router.extend((np.asarray(x), np.asarray(y)) for x, y in batches)
         if sum(len(b[1]) for b in self._router) >= self.router_chunk:
             self._flush_router()
-        return batches
 
     def errors(self, x, y, task):
         """How many of `x` engram `task` gets wrong, ranking its own classes only."""
@@ -165,9 +170,8 @@ class TaskFreeEngrams:
     def finish(self):
         """At the stream's end: held batches train the active engram (returned), as a
         novelty too short to confirm."""
-        batches = [(hx, hy) for hx, hy, _ in self.held]
-        self.held = []
-        return self._trained(batches) if batches else []
+        held, self.held = self.held, []
+        return self._trained([(hx, hy) for hx, hy, _ in held], [e for *_, e in held]) if held else []
 
     def report(self):
         """What the learner decided: its boundaries (example positions), the engrams it

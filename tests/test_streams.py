@@ -156,6 +156,8 @@ def test_a_stream_is_one_pass_of_a_class_or_domain_scenario():
         experiment.ExperimentConfig(boundaries="none", epochs=2)
     with pytest.raises(ValueError, match="boundaries"):
         experiment.ExperimentConfig(boundaries="sometimes")
+    with pytest.raises(ValueError, match="transition"):
+        experiment.ExperimentConfig(boundaries="none", transition=100)
     assert experiment.ExperimentConfig(boundaries="fuzzy").name == "split_mnist-class-stream-fuzzy"
 
 

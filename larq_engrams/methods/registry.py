@@ -22,7 +22,7 @@ from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE, Inp
 
 __all__ = [
     "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
-    "equal_bytes_buffer_size", "hyperparameters_read", "method_hyperparameters",
+    "equal_bytes_buffer_size", "engram_capacity", "hyperparameters_read", "method_hyperparameters",
 ]
 
 # Regularization strengths of the standard benchmark code (van de Ven, Tuytelaars &

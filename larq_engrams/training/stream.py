@@ -128,7 +128,7 @@ class StreamTrainer(ContinualTrainer):
                     if self.verbose:
                         print(f"\ntrue task {row} ended (batch {b + 1} of {len(stream)}); accuracy % on tasks "
                               f"0..{row}: " + " ".join(f"{100 * a:.1f}" for a in R[row, : row + 1]))
-                if progbar is not None and (b + 1) % 50 == 0:
+                if progbar is not None and ((b + 1) % 50 == 0 or b == len(stream) - 1):
                     progbar.update(b + 1)
             protocol.end_epoch(self.model)
             for cb in self._observers:
