@@ -412,7 +412,7 @@ class EngramModel(tf.keras.Model):
         # A whole-variable assignment (a sliced one would miss mirrored replicas).
         self.engram_classes.assign(tf.tensor_scatter_nd_update(self.engram_classes, [[task]], [row]))
 
-    def observe_task_data(self, data, y=None, batch_size=1000, refresh=True):
+    def observe_task_data(self, data, y=None, batch_size=1000, refresh=True, task=None):
         """Records the inputs of the active engram's task for task inference
         (`EngramTaskInference.observe`; `fit` and `ContinualTrainer` call it at the
         task's start). Data observed twice counts twice.
@@ -426,8 +426,9 @@ class EngramModel(tf.keras.Model):
                 router's pass is faster in large batches than in training batches).
             refresh: recompute the discriminant afterwards (an M x M solve); False
                 leaves it to a later `task_discriminant.refresh()`.
+            task: the engram whose groups take the data (default: the active one).
         """
-        self.task_inference.observe(data, y, batch_size, refresh)
+        self.task_inference.observe(data, y, batch_size, refresh, task)
 
     # ------------------------------------------------ task-free streams
     # (`larq_engrams.task_free`: the model opens its engrams itself; `StreamTrainer`)

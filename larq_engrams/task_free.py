@@ -1,36 +1,81 @@
 r"""An engram model's own task boundaries in a stream (no task id, no boundary given).
 
-For every incoming labelled batch (x, y) the active engram first predicts it, as "infer"
-evaluation would once it picked that engram (its classes only; `logits_as_evaluated`),
-and its errors k of n go to the engram's novelty test (`novelty.PrequentialNovelty`):
+Every incoming labelled batch (x, y) is first predicted by the active engram a, as
+"infer" evaluation would once it picked a (its classes only; `logits_as_evaluated`).
+Each example is then judged on its own, so that a task that arrives a few examples at
+a time (fuzzy boundaries) is caught before the engram has learned it:
 
-- not novel: the batch trains the active engram (with any batches held before it);
-- novel: the batch is held. Once the held batches reach `confirm` examples, all novel
-  in a row, a boundary is declared at the first of them. The held examples then go to
-  the allocated engram that explains them (the largest p-value of their pooled errors
-  under its own test, if that one is not novel: a task that comes back), else to a new
-  engram (`begin_task` with the next free id). They train it first.
-- a batch that is not novel while others are held releases them: all train the active
-  engram (a false alarm, no boundary).
+- **Test phase** (after the engram's warm-up): an example a predicts right trains a at
+  once; one it gets wrong is *held* (not trained). The held examples among the last
+  `window` examples of a are counted, k of m, and tested against a's own error rate
+  (`novelty.PrequentialNovelty`: a boundary is possible when
+  P(K >= k) < alpha, K ~ Binomial(m, max(p^, p_min)), and k >= `confirm`). p^ is
+  updated only with examples that leave the window, so a task that creeps in does not
+  raise the rate it is tested against. A held example that leaves the window without a
+  boundary trains a then (a hard example of a's own task, or a novelty too thin to
+  confirm).
+- **Boundary:** it is placed at the binomial change point of the window's held flags
+  (the start c that maximises (m - c) KL(q_c || p~), q_c the held share from c on). The
+  held examples from c on go to the allocated engram that explains them (the largest
+  p-value of their errors under its own test, if not novel: a task that comes back),
+  else to a new engram (`begin_task` with the next free id); they train it first. The
+  engram left, a, becomes the *previous* one.
+- **Transition:** while a previous engram p is kept, each example goes to whichever of
+  a and p gives its label the higher probability (ties: a), as a mixture of the two
+  experts would assign it. The examples p takes train nothing (p is not active) but
+  enter the router's statistics under p. p is dropped once it takes less than
+  `floor` of a window of examples. With sharp boundaries it takes almost nothing; with
+  fuzzy ones it takes the old task's tail instead of letting it into the new engram.
+  If it takes `confirm` examples in a row once a has warmed up, its task has come back
+  (a tail thins out instead): p is active again, and a is the previous engram.
+- **Warm-up** (the engram's first `warmup` examples): everything a takes trains it.
 
-So the decision costs one inference pass of the active engram per batch (and one per
-allocated engram at a boundary), and holding at most `confirm + batch` examples. The
-router's statistics take each trained batch under the engram that trains it, in chunks
-of `router_chunk` examples (an M x M update each), and its discriminant is solved when
-the stream is evaluated (`end_segment`). When every engram is in use (`max_tasks`), a
-confirmed boundary is still recorded but the examples keep training the active engram
-(`exhausted` counts such boundaries).
+Cost: one inference pass of the active engram per batch, a second one while a previous
+engram is kept, one per allocated engram at a boundary; at most `window` examples held.
+The router's statistics take each trained batch under the engram that trains it, in
+chunks of `router_chunk` examples (an M x M update each), and its discriminant is solved
+when the stream is evaluated (`end_segment`). When every engram is in use
+(`max_tasks`) a confirmed boundary is recorded, the held examples train the active
+engram and its test starts again (`exhausted` counts such boundaries).
 """
+import collections
+
 import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_positive_int
 from larq_engrams.novelty import PrequentialNovelty
 
-__all__ = ["TaskFreeEngrams", "DEFAULTS"]
+__all__ = ["TaskFreeEngrams", "DEFAULTS", "change_point"]
 
-# alpha, confirm, warmup, horizon, floor: chosen on validation data (results/issue47).
-DEFAULTS = {"alpha": 1e-3, "confirm": 30, "warmup": 100, "horizon": 200, "floor": 0.02, "router_chunk": 200}
+# Chosen on validation data (results/issue47).
+DEFAULTS = {"alpha": 1e-3, "confirm": 30, "warmup": 100, "horizon": 200, "floor": 0.02, "window": 500,
+            "router_chunk": 200}
+
+
+def change_point(flags, p):
+    r"""The index c that maximises the binomial log-likelihood ratio of "flags[c:] have
+    their own rate q_c" against "every flag has rate p": (m - c) KL(q_c || p), over the
+    c where a flag is set (the first of a run of novel examples). Returns 0 if none is."""
+    flags = np.asarray(flags, dtype=np.float64)
+    starts = np.flatnonzero(flags)
+    if starts.size == 0:
+        return 0
+    after = np.cumsum(flags[::-1])[::-1][starts]  # flags set from c on
+    length = flags.size - starts
+    q = np.clip(after / length, 1e-12, 1 - 1e-12)
+    kl = q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p))
+    return int(starts[np.argmax(np.where(q > p, length * kl, -np.inf))])
+
+
+class _Chunk:
+    """One batch's examples under test: their positions, which were held, and the held
+    examples themselves."""
+
+    __slots__ = ("positions", "held", "x", "y")
+
+    def __init__(self, positions, held, x, y):
+        self.positions, self.held, self.x, self.y = positions, held, x[held], y[held]
 
 
 class TaskFreeEngrams:
@@ -38,81 +83,158 @@ class TaskFreeEngrams:
 
     Args:
         model: the `EngramModel`, with its first engram active (`begin_task(0)`).
-        alpha, warmup, horizon, floor: the novelty test's (`PrequentialNovelty`).
-        confirm: examples a novelty must hold over before a boundary is declared.
+        alpha, warmup, horizon, floor: the novelty test's (`PrequentialNovelty`); `floor`
+            is also the share under which a previous engram is dropped.
+        confirm: held examples a boundary needs in the window.
+        window: examples of the active engram the test looks back over.
         router_chunk: examples the router takes at a time.
     """
 
     def __init__(self, model, alpha=DEFAULTS["alpha"], confirm=DEFAULTS["confirm"], warmup=DEFAULTS["warmup"],
-                 horizon=DEFAULTS["horizon"], floor=DEFAULTS["floor"], router_chunk=DEFAULTS["router_chunk"]):
+                 horizon=DEFAULTS["horizon"], floor=DEFAULTS["floor"], window=DEFAULTS["window"],
+                 router_chunk=DEFAULTS["router_chunk"]):
         if model.active_task is None:
             raise RuntimeError("TaskFreeEngrams: call `model.begin_task(0)` before the stream starts.")
         self.model = model
         self.test_args = {"alpha": alpha, "warmup": warmup, "horizon": horizon, "floor": floor}
         self.confirm = check_positive_int("confirm", confirm, owner="TaskFreeEngrams")
+        self.window = check_positive_int("window", window, owner="TaskFreeEngrams")
+        if self.window < self.confirm:
+            raise ValueError(f"TaskFreeEngrams: window ({window}) must be at least confirm ({confirm}).")
         self.router_chunk = check_positive_int("router_chunk", router_chunk, owner="TaskFreeEngrams")
         self.tests = {model.active_task: self.new_test()}
-        self.held = []  # [(x, y, errors under the active engram)]
-        self.position = 0  # examples routed so far (held ones included)
+        self.recent = collections.deque()  # _Chunk of the active engram, within the window
+        self.previous = None
+        self._shares = collections.deque()  # (examples, taken by the previous engram) per batch
+        self._run = (0, None)  # examples in a row the previous engram took, from position
+        self.position = 0  # examples routed so far
         self.boundaries = []  # [{"at": example position, "engram": id, "new": bool}]
         self.exhausted = 0
-        self._router = []  # [(x, y)] not yet in the router's statistics
-        self._errors_fn = None
+        self.to_previous = 0
+        self._router = []  # [(x, y, engram)] not yet in the router's statistics
+        self._scores_fn = None
+
+    def new_test(self):
+        return PrequentialNovelty(**self.test_args)
+
+    @property
+    def held(self):
+        """The held examples' chunks (those with any held example)."""
+        return [c for c in self.recent if c.held.any()]
 
     # ------------------------------------------------------------------ the policy
     def route(self, x, y):
         """The batches to train now on the active engram, and whether the active engram
         changed since the last call (the trainer then starts a fresh optimizer)."""
-        model = self.model
         x, y = np.asarray(x), np.asarray(y)
-        active = model.active_task
-        errors = self.errors(x, y, active)
+        positions = self.position + np.arange(len(y))
         self.position += len(y)
+        active = self.model.active_task
+        wrong, likelihood = self.scores(x, y, active)
         test = self.tests[active]
-        if not test.is_novel(errors, len(y)):
-            batches = [(hx, hy) for hx, hy, _ in self.held] + [(x, y)]
-            known = [e for *_, e in self.held] + [errors]  # all under the active engram
-            self.held = []
-            return self._trained(batches, known), False
-        self.held.append((x, y, errors))
-        held = sum(len(hy) for _, hy, _ in self.held)
-        if held < self.confirm:
+        if self.previous is not None:
+            x, y, positions, wrong = self._split_with_previous(x, y, positions, wrong, likelihood)
+            if self._run[0] >= self.confirm and test.testing:
+                return self._return_to_previous(), True
+        if not len(y):
             return [], False
-        batches = [(hx, hy) for hx, hy, _ in self.held]
-        self.held = []
-        start = self.position - held
-        target, new = self._destination(batches, active)
-        self.boundaries.append({"at": int(start), "engram": int(target), "new": bool(new)})
+        if not test.testing:
+            test.update(int(wrong.sum()), len(y))
+            return self._trained([(x, y)]), False
+        self.recent.append(_Chunk(positions, wrong, x, y))
+        batches = self._expire(test) + [(x[~wrong], y[~wrong])]
+        batches = [b for b in batches if len(b[1])]
+        held = np.concatenate([c.held for c in self.recent])
+        k, m = int(held.sum()), held.size
+        if k < self.confirm or not test.is_novel(k, m):
+            return self._trained(batches), False
+        return self._boundary(held, test, batches)
+
+    def _split_with_previous(self, x, y, positions, wrong, likelihood):
+        """Gives the previous engram the examples it explains better (their label more
+        probable under it); they enter the router under it. Returns the active's share."""
+        _, previous_likelihood = self.scores(x, y, self.previous)
+        mine = likelihood >= previous_likelihood
+        taken = int((~mine).sum())
+        # The run of examples in a row the previous engram took (and where it started).
+        if mine.all():
+            self._run = (0, None)
+        elif not mine.any():
+            self._run = (self._run[0] + len(y), positions[0] if self._run[1] is None else self._run[1])
+        else:
+            tail = len(y) - 1 - int(np.flatnonzero(mine)[-1])
+            self._run = (tail, positions[len(y) - tail] if tail else None)
+        if taken:
+            self._queue_for_router([(x[~mine], y[~mine])], self.previous)
+            self.to_previous += taken
+        self._shares.append((len(y), taken))
+        while sum(n for n, _ in self._shares) - self._shares[0][0] >= self.window:
+            self._shares.popleft()
+        seen, given = map(sum, zip(*self._shares))
+        if seen >= self.window and given < self.test_args["floor"] * seen:
+            self.previous, self._shares, self._run = None, collections.deque(), (0, None)
+        return x[mine], y[mine], positions[mine], wrong[mine]
+
+    def _return_to_previous(self):
+        """The previous engram took `confirm` examples in a row once the active one had
+        warmed up: its task came back (a transition's tail thins out instead). It
+        becomes active again; the active one becomes the previous one."""
+        active, previous = self.model.active_task, self.previous
+        self.boundaries.append({"at": int(self._run[1]), "engram": int(previous), "new": False})
+        self.recent = collections.deque()  # held under the active engram: neither's, untrained
+        self._flush_router()
+        self.model.begin_task(previous)
+        self.previous, self._shares, self._run = active, collections.deque(), (0, None)
+        return []
+
+    def _expire(self, test):
+        """Chunks that left the window: their errors update p^, their held examples are
+        released to the active engram."""
+        released = []
+        while self.recent and self.recent[0].positions[-1] < self.position - self.window:
+            chunk = self.recent.popleft()
+            test.update(int(chunk.held.sum()), chunk.held.size)
+            if len(chunk.y):
+                released.append((chunk.x, chunk.y))
+        return released
+
+    def _boundary(self, held, test, batches):
+        """A confirmed novelty: the held examples from the change point on go to their
+        engram; the active engram's batches of this call train nothing (it is left)."""
+        active = self.model.active_task
+        positions = np.concatenate([c.positions for c in self.recent])
+        start = int(positions[change_point(held, max(test.rate, test.floor))])
+        chunks, self.recent = list(self.recent), collections.deque()
+        x = np.concatenate([c.x[c.positions[c.held] >= start] for c in chunks])
+        y = np.concatenate([c.y[c.positions[c.held] >= start] for c in chunks])
+        target, new = self._destination(x, y, active)
+        self.boundaries.append({"at": start, "engram": int(target), "new": bool(new)})
         if target == active:  # no engram left: the active one goes on, its test starts again
             self.exhausted += 1
             self.tests[active] = self.new_test()
-            return self._trained(batches), False
+            return self._trained(batches + [(x, y)]), False
+        self._queue_for_router(batches, active)  # the left engram's last examples
         self._flush_router()
-        model.begin_task(target)
+        self.model.begin_task(target)
         if new:
             self.tests[target] = self.new_test()
-        return self._trained(batches), True
-
-    def new_test(self):
-        return PrequentialNovelty(**self.test_args)
+        self.previous, self._shares, self._run = active, collections.deque(), (0, None)
+        return self._trained([(x, y)]), True
 
     def take(self, x, y):
         """A batch whose engram the stream told (`begin_task` made it active): no test,
         queued for the router. Returns `[(x, y)]`."""
         self.position += len(y)
-        self._queue_for_router([(x, y)])
-        return [(x, y)]
+        return self._trained([(x, y)])
 
-    def _destination(self, batches, active):
+    def _destination(self, x, y, active):
         """(engram, is new) for the held examples: an allocated engram that explains
         them, else the next free one, else the active one (none free)."""
-        x = np.concatenate([b[0] for b in batches])
-        y = np.concatenate([b[1] for b in batches])
         best, best_p = None, -1.0
         for task, test in self.tests.items():
             if task == active or not test.testing:
                 continue
-            p = test.p_value(self.errors(x, y, task), len(y))
+            p = test.p_value(int(self.scores(x, y, task)[0].sum()), len(y))
             if p >= test.alpha and p > best_p:
                 best, best_p = task, p
         if best is not None:
@@ -120,61 +242,61 @@ class TaskFreeEngrams:
         free = [t for t in range(self.model.max_tasks) if t not in self.model.allocated_tasks]
         return (free[0], True) if free else (active, False)
 
-    def _trained(self, batches, errors=None):
-        """Counts `batches` in the active engram's test (their errors under it before
-        its step: `errors`, or measured now) and queues them for the router; returns them."""
-        active = self.model.active_task
-        test = self.tests[active]
-        for i, (x, y) in enumerate(batches):
-            test.update(errors[i] if errors is not None else self.errors(x, y, active), len(y))
-        self._queue_for_router(batches)
+    def _trained(self, batches):
+        """Queues `batches` for the router under the active engram; returns them."""
+        self._queue_for_router(batches, self.model.active_task)
         return batches
 
-    def _queue_for_router(self, batches):
-        """The router takes trained batches under the active engram, `router_chunk`
-        examples at a time."""
-        self._router.extend((np.asarray(x), np.asarray(y)) for x, y in batches)
+    def _queue_for_router(self, batches, engram):
+        """The router takes examples under their engram, `router_chunk` at a time."""
+        self._router.extend((np.asarray(x), np.asarray(y), int(engram)) for x, y in batches if len(y))
         if sum(len(b[1]) for b in self._router) >= self.router_chunk:
             self._flush_router()
 
-    def errors(self, x, y, task):
-        """How many of `x` engram `task` gets wrong, ranking its own classes only."""
-        if self._errors_fn is None:
+    def scores(self, x, y, task):
+        """For each example of `x`: whether engram `task` gets it wrong (ranking its own
+        classes only) and the log-probability it gives the label."""
+        if self._scores_fn is None:
             model = self.model
 
-            def count(x, y, task):
+            def score(x, y, task):
                 ids = tf.fill(tf.shape(y), task)
                 logits = model.logits_as_evaluated(model((x, ids), training=False), task)
                 wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
-                return tf.reduce_sum(tf.cast(wrong, tf.int32))
+                log_p = tf.gather(tf.nn.log_softmax(logits, axis=-1), y, batch_dims=1)
+                return wrong, log_p
 
-            self._errors_fn = tf.function(count, reduce_retracing=True)
-        return int(self._errors_fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32),
-                                   tf.constant(int(task), tf.int32)))
+            self._scores_fn = tf.function(score, reduce_retracing=True)
+        wrong, log_p = self._scores_fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32),
+                                       tf.constant(int(task), tf.int32))
+        return wrong.numpy(), log_p.numpy()
 
     # -------------------------------------------------------------- bookkeeping
     def _flush_router(self):
         if self._router and self.model.task_discriminant is not None:
-            x = np.concatenate([b[0] for b in self._router])
-            y = np.concatenate([b[1] for b in self._router])
-            self.model.observe_task_data(x, y, batch_size=max(len(y), 1), refresh=False)
+            for engram in sorted({b[2] for b in self._router}):
+                x = np.concatenate([b[0] for b in self._router if b[2] == engram])
+                y = np.concatenate([b[1] for b in self._router if b[2] == engram])
+                self.model.observe_task_data(x, y, batch_size=max(len(y), 1), refresh=False, task=engram)
         self._router = []
 
     def end_segment(self):
         """Before an evaluation: the router takes what it has not yet and solves its
-        discriminant (held batches stay held: the learner has not decided on them)."""
+        discriminant (held examples stay held: the learner has not decided on them)."""
         self._flush_router()
         if self.model.task_discriminant is not None:
             self.model.task_discriminant.refresh()
 
     def finish(self):
-        """At the stream's end: held batches train the active engram (returned), as a
+        """At the stream's end: the held examples train the active engram (returned), as a
         novelty too short to confirm."""
-        held, self.held = self.held, []
-        return self._trained([(hx, hy) for hx, hy, _ in held], [e for *_, e in held]) if held else []
+        chunks, self.recent = list(self.recent), collections.deque()
+        return self._trained([(c.x, c.y) for c in chunks if len(c.y)])
 
     def report(self):
         """What the learner decided: its boundaries (example positions), the engrams it
-        used, the boundaries it could not give an engram."""
+        used, the boundaries it could not give an engram, the examples a previous engram
+        took in transitions."""
         return {"boundaries": list(self.boundaries), "engrams": list(self.model.allocated_tasks),
-                "exhausted": self.exhausted, "settings": {**self.test_args, "confirm": self.confirm}}
+                "exhausted": self.exhausted, "to_previous": self.to_previous,
+                "settings": {**self.test_args, "confirm": self.confirm, "window": self.window}}

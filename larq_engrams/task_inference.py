@@ -482,17 +482,18 @@ class EngramTaskInference:
         self.model = model
         self._observe_step = None
 
-    def observe(self, data, y=None, batch_size=1000, refresh=True):
-        """Adds the inputs of the active engram's task to the router's statistics (its
-        class sums and the shared second moment), in batches of `batch_size`, then
-        refreshes the discriminant (`refresh=False`: not yet, e.g. a stream that adds
-        small chunks and refreshes once before it is evaluated). The statistics depend
-        on the inputs only, so any time during the task will do."""
+    def observe(self, data, y=None, batch_size=1000, refresh=True, task=None):
+        """Adds the inputs of the active engram's task (or of engram `task`'s) to the
+        router's statistics (its class sums and the shared second moment), in batches of
+        `batch_size`, then refreshes the discriminant (`refresh=False`: not yet, e.g. a
+        stream that adds small chunks and refreshes once before it is evaluated). The
+        statistics depend on the inputs only, so any time during the task will do."""
         model = self.model
         if model.task_discriminant is None:
             return
-        if model.active_task is None:
+        if task is None and model.active_task is None:
             raise RuntimeError("EngramModel: no active task. Call `model.begin_task(t)` first.")
+        task = model.engram_layers[0].active_task if task is None else tf.constant(int(task), tf.int32)
         if not isinstance(data, tf.data.Dataset):
             if y is None:
                 raise ValueError("observe_task_data: give `y` with array inputs.")
@@ -509,15 +510,15 @@ class EngramTaskInference:
             # M x M scatter update, which small training batches (e.g. 100) make slow.
             data = data.unbatch().batch(batch_size)
         if self._observe_step is None:
-            def observe(x, y):
+            def observe(x, y, task):
                 x, _ = split_task_inputs(x)
-                model.task_discriminant.observe(model.flatten(x), y, model.engram_layers[0].active_task)
+                model.task_discriminant.observe(model.flatten(x), y, task)
             self._observe_step = tf.function(observe, reduce_retracing=True)
         for batch in data:
             x, y, _ = tf.keras.utils.unpack_x_y_sample_weight(batch)
             if y is None:
                 raise ValueError("observe_task_data: the dataset must yield labels.")
-            self._observe_step(x, y)
+            self._observe_step(x, y, task)
         if refresh:
             model.task_discriminant.refresh()
 

@@ -9,6 +9,7 @@ from larq_engrams.benchmarks.stream import Stream, boundary_scores
 from larq_engrams.callbacks.base import ContinualCallback
 from larq_engrams.models import engram_bnn
 from larq_engrams.novelty import PrequentialNovelty, binomial_tail
+from larq_engrams.task_free import change_point
 from larq_engrams.optimizers import Adam
 from larq_engrams.replay import ReplayModel
 from larq_engrams.training import StreamTrainer
@@ -113,25 +114,36 @@ def test_engram_model_finds_the_one_boundary_and_beats_finetuning_in_the_same_st
 
 
 def test_a_short_novelty_is_held_then_released_without_a_boundary(toy):
-    model = _engram_model(toy, task_free={"confirm": 30, "warmup": 40})
+    model = _engram_model(toy, task_free={"confirm": 30, "warmup": 40, "window": 50})
     model.begin_task(0)
     model.compile(optimizer=Adam(0.005), loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.begin_stream()
     policy = model._stream
     batches = [b for b in Stream(toy, "none", batch_size=10)]
-    trained = 0
     for b in batches[:20]:  # task 0: learned
         out, switched = model.route_stream_batch(b.x, b.y)
         for x, y in out:
             model.train_on_batch(x, y)
-            trained += len(y)
         assert not switched
     assert policy.tests[0].testing
     wrong = batches[20]
-    out, _ = model.route_stream_batch(wrong.x, (wrong.y + 1) % 2)  # one batch of wrong labels: novel
-    assert out == [] and len(policy.held) == 1
-    out, switched = model.route_stream_batch(batches[21].x, batches[21].y)  # task 0 again: released
-    assert len(out) == 2 and not switched and policy.boundaries == []
+    out, _ = model.route_stream_batch(wrong.x, (wrong.y + 1) % 2)  # one batch of wrong labels: held
+    held = sum(int(c.held.sum()) for c in policy.held)
+    assert held >= 8 and sum(len(y) for _, y in out) == 10 - held
+    returned = []
+    for b in batches[21:27]:  # 60 more examples: the held ones leave the 50-example window
+        out, switched = model.route_stream_batch(b.x, b.y)
+        returned += [x for x, _ in out]
+        assert not switched
+    returned = np.concatenate(returned)
+    released = sum(bool((returned == row).all(axis=1).any()) for row in wrong.x.reshape(10, -1))
+    assert released >= held and policy.boundaries == [] and not policy.held
+
+
+def test_change_point_by_hand():
+    # a run of novel examples from index 6 on, one stray before it
+    assert change_point([0, 1, 0, 0, 0, 0, 1, 1, 1, 1], 0.05) == 6
+    assert change_point([0, 0, 0], 0.05) == 0
 
 
 def test_task_free_settings_are_checked_and_saved(toy):
