@@ -7,7 +7,7 @@ predicted by an engram restricted to its own, and a new input distribution, such
 new pixel permutation, is near chance). For a batch with k errors among n examples:
 
 ```
-p-value = P(K >= k),  K ~ Binomial(n, p~),   p~ = max(p^, p_min)
+p-value = P(K >= k),  K ~ Binomial(n, p0),   p0 = max(p^, p_min) + delta
 novel   <=> p-value < alpha
 ```
 
@@ -16,7 +16,11 @@ a horizon of H examples (each example's weight decays by 1 - 1/H per later examp
 a batch of n moves it by 1 - (1 - 1/H)^n towards the batch's rate), started once the
 engram has trained on `warmup / 2` examples and tested from `warmup` on (while it
 learns, its error is high and falling: no test). The floor p_min keeps one unlucky
-batch of a nearly perfect engram from counting as novel.
+batch of a nearly perfect engram from counting as novel, and the effect delta asks
+for a rise in the error rate, not only a significant one: a binarized network trained
+online drifts (its error over a few hundred examples can double), while a new task's
+examples are wrong far more often (new classes always, a new input distribution near
+chance).
 
 Under the null hypothesis (the batch comes from the engram's task, errors independent
 with rate p <= p~) a batch is called novel with probability at most alpha; the learner
@@ -57,14 +61,17 @@ class PrequentialNovelty:
         horizon: H, the running error rate's horizon in examples.
         warmup: examples an engram trains on before its batches are tested.
         floor: p_min.
+        effect: delta, the smallest rise of the error rate that counts as novelty.
     """
 
-    def __init__(self, alpha=1e-3, horizon=200, warmup=100, floor=0.02):
+    def __init__(self, alpha=1e-3, horizon=200, warmup=100, floor=0.02, effect=0.0):
         if not 0.0 < float(alpha) < 1.0:
             raise ValueError(f"PrequentialNovelty: alpha must be in (0, 1), got {alpha!r}.")
         if not 0.0 < float(floor) < 1.0:
             raise ValueError(f"PrequentialNovelty: floor must be in (0, 1), got {floor!r}.")
-        self.alpha, self.floor = float(alpha), float(floor)
+        if not 0.0 <= float(effect) < 1.0:
+            raise ValueError(f"PrequentialNovelty: effect must be in [0, 1), got {effect!r}.")
+        self.alpha, self.floor, self.effect = float(alpha), float(floor), float(effect)
         self.horizon = check_positive_int("horizon", horizon, owner="PrequentialNovelty")
         self.warmup = int(warmup)
         if self.warmup < 0:
@@ -84,7 +91,12 @@ class PrequentialNovelty:
         """P(K >= errors) under the engram's running rate (1.0 while it warms up)."""
         if not self.testing:
             return 1.0
-        return binomial_tail(errors, n, max(self.rate, self.floor))
+        return binomial_tail(errors, n, self.null_rate)
+
+    @property
+    def null_rate(self):
+        """p0 = max(p^, p_min) + delta (at most 1)."""
+        return min(max(self.rate, self.floor) + self.effect, 1.0)
 
     def is_novel(self, errors, n):
         return self.p_value(errors, n) < self.alpha
@@ -104,4 +116,5 @@ class PrequentialNovelty:
                 self.rate = keep * self.rate + (1.0 - keep) * observed
 
     def get_config(self):
-        return {"alpha": self.alpha, "horizon": self.horizon, "warmup": self.warmup, "floor": self.floor}
+        return {"alpha": self.alpha, "horizon": self.horizon, "warmup": self.warmup, "floor": self.floor,
+                "effect": self.effect}

@@ -6,28 +6,29 @@ Each example is then judged on its own, so that a task that arrives a few exampl
 a time (fuzzy boundaries) is caught before the engram has learned it:
 
 - **Test phase** (after the engram's warm-up): an example a predicts right trains a at
-  once; one it gets wrong is *held* (not trained). The held examples among the last
-  `window` examples of a are counted, k of m, and tested against a's own error rate
-  (`novelty.PrequentialNovelty`: a boundary is possible when
-  P(K >= k) < alpha, K ~ Binomial(m, max(p^, p_min)), and k >= `confirm`). p^ is
-  updated only with examples that leave the window, so a task that creeps in does not
-  raise the rate it is tested against. A held example that leaves the window without a
-  boundary trains a then (a hard example of a's own task, or a novelty too thin to
-  confirm).
-- **Boundary:** it is placed at the binomial change point of the window's held flags
-  (the start c that maximises (m - c) KL(q_c || p~), q_c the held share from c on). The
-  held examples from c on go to the allocated engram that explains them (the largest
-  p-value of their errors under its own test, if not novel: a task that comes back),
-  else to a new engram (`begin_task` with the next free id); they train it first. The
-  engram left, a, becomes the *previous* one.
+  once; one it gets wrong is *held* (not trained). Over the last `window` examples of a
+  the held ones are flagged; the binomial change point c of those flags (the start
+  that maximises (m - c) KL(q_c || p~), q_c the held share from c on, p~ = max(p^,
+  p_min)) splits off the recent run, whose k held of m are tested against a's own error
+  rate (`novelty.PrequentialNovelty`): a boundary when P(K >= k) < alpha, K ~
+  Binomial(m, p~ + delta), and k >= `confirm`. p^ is updated only with examples that
+  leave the window, so a task that creeps in does not raise the rate it is tested
+  against; delta asks for a rise of the error rate, not the drift of a network learning
+  online. A held example that leaves the window without a boundary trains a then (a
+  hard example of a's own task, or a novelty too thin to confirm).
+- **Boundary** at c: the held examples from c on go to the allocated engram that
+  explains them (the largest p-value of their errors under its own test, if not novel:
+  a task that comes back), else to a new engram (`begin_task` with the next free id);
+  they train it first. The engram left, a, becomes the *previous* one.
 - **Transition:** while a previous engram p is kept, each example goes to whichever of
   a and p gives its label the higher probability (ties: a), as a mixture of the two
   experts would assign it. The examples p takes train nothing (p is not active) but
   enter the router's statistics under p. p is dropped once it takes less than
   `floor` of a window of examples. With sharp boundaries it takes almost nothing; with
   fuzzy ones it takes the old task's tail instead of letting it into the new engram.
-  If it takes `confirm` examples in a row once a has warmed up, its task has come back
-  (a tail thins out instead): p is active again, and a is the previous engram.
+  If it takes 2 `confirm` examples in a row, its task has come back (a tail thins out
+  instead; and a split that should not have been is undone): p is active again, and a
+  is the previous one.
 - **Warm-up** (the engram's first `warmup` examples): everything a takes trains it.
 
 Cost: one inference pass of the active engram per batch, a second one while a previous
@@ -49,8 +50,8 @@ from larq_engrams.novelty import PrequentialNovelty
 __all__ = ["TaskFreeEngrams", "DEFAULTS", "change_point"]
 
 # Chosen on validation data (results/issue47).
-DEFAULTS = {"alpha": 1e-3, "confirm": 30, "warmup": 100, "horizon": 200, "floor": 0.02, "window": 500,
-            "router_chunk": 200}
+DEFAULTS = {"alpha": 1e-3, "confirm": 30, "warmup": 100, "horizon": 200, "floor": 0.02, "effect": 0.1,
+            "window": 500, "router_chunk": 200}
 
 
 def change_point(flags, p):
@@ -83,20 +84,20 @@ class TaskFreeEngrams:
 
     Args:
         model: the `EngramModel`, with its first engram active (`begin_task(0)`).
-        alpha, warmup, horizon, floor: the novelty test's (`PrequentialNovelty`); `floor`
-            is also the share under which a previous engram is dropped.
+        alpha, warmup, horizon, floor, effect: the novelty test's (`PrequentialNovelty`);
+            `floor` is also the share under which a previous engram is dropped.
         confirm: held examples a boundary needs in the window.
         window: examples of the active engram the test looks back over.
         router_chunk: examples the router takes at a time.
     """
 
     def __init__(self, model, alpha=DEFAULTS["alpha"], confirm=DEFAULTS["confirm"], warmup=DEFAULTS["warmup"],
-                 horizon=DEFAULTS["horizon"], floor=DEFAULTS["floor"], window=DEFAULTS["window"],
-                 router_chunk=DEFAULTS["router_chunk"]):
+                 horizon=DEFAULTS["horizon"], floor=DEFAULTS["floor"], effect=DEFAULTS["effect"],
+                 window=DEFAULTS["window"], router_chunk=DEFAULTS["router_chunk"]):
         if model.active_task is None:
             raise RuntimeError("TaskFreeEngrams: call `model.begin_task(0)` before the stream starts.")
         self.model = model
-        self.test_args = {"alpha": alpha, "warmup": warmup, "horizon": horizon, "floor": floor}
+        self.test_args = {"alpha": alpha, "warmup": warmup, "horizon": horizon, "floor": floor, "effect": effect}
         self.confirm = check_positive_int("confirm", confirm, owner="TaskFreeEngrams")
         self.window = check_positive_int("window", window, owner="TaskFreeEngrams")
         if self.window < self.confirm:
@@ -134,7 +135,7 @@ class TaskFreeEngrams:
         test = self.tests[active]
         if self.previous is not None:
             x, y, positions, wrong = self._split_with_previous(x, y, positions, wrong, likelihood)
-            if self._run[0] >= self.confirm and test.testing:
+            if self._run[0] >= 2 * self.confirm:
                 return self._return_to_previous(), True
         if not len(y):
             return [], False
@@ -145,10 +146,13 @@ class TaskFreeEngrams:
         batches = self._expire(test) + [(x[~wrong], y[~wrong])]
         batches = [b for b in batches if len(b[1])]
         held = np.concatenate([c.held for c in self.recent])
-        k, m = int(held.sum()), held.size
+        if held.sum() < self.confirm:
+            return self._trained(batches), False
+        start = change_point(held, max(test.rate, test.floor))
+        k, m = int(held[start:].sum()), held.size - start
         if k < self.confirm or not test.is_novel(k, m):
             return self._trained(batches), False
-        return self._boundary(held, test, batches)
+        return self._boundary(held, start, test, batches)
 
     def _split_with_previous(self, x, y, positions, wrong, likelihood):
         """Gives the previous engram the examples it explains better (their label more
@@ -176,9 +180,9 @@ class TaskFreeEngrams:
         return x[mine], y[mine], positions[mine], wrong[mine]
 
     def _return_to_previous(self):
-        """The previous engram took `confirm` examples in a row once the active one had
-        warmed up: its task came back (a transition's tail thins out instead). It
-        becomes active again; the active one becomes the previous one."""
+        """The previous engram took 2 `confirm` examples in a row: its task came back (a
+        transition's tail thins out instead). It becomes active again; the active one
+        becomes the previous one."""
         active, previous = self.model.active_task, self.previous
         self.boundaries.append({"at": int(self._run[1]), "engram": int(previous), "new": False})
         self.recent = collections.deque()  # held under the active engram: neither's, untrained
@@ -198,17 +202,19 @@ class TaskFreeEngrams:
                 released.append((chunk.x, chunk.y))
         return released
 
-    def _boundary(self, held, test, batches):
+    def _boundary(self, held, start, test, batches):
         """A confirmed novelty: the held examples from the change point on go to their
         engram; the active engram's batches of this call train nothing (it is left)."""
         active = self.model.active_task
         positions = np.concatenate([c.positions for c in self.recent])
-        start = int(positions[change_point(held, max(test.rate, test.floor))])
+        k, m = int(held[start:].sum()), held.size - start
+        start = int(positions[start])
         chunks, self.recent = list(self.recent), collections.deque()
         x = np.concatenate([c.x[c.positions[c.held] >= start] for c in chunks])
         y = np.concatenate([c.y[c.positions[c.held] >= start] for c in chunks])
         target, new = self._destination(x, y, active)
-        self.boundaries.append({"at": start, "engram": int(target), "new": bool(new)})
+        self.boundaries.append({"at": start, "engram": int(target), "new": bool(new), "held": k, "of": m,
+                                "null_rate": test.null_rate})
         if target == active:  # no engram left: the active one goes on, its test starts again
             self.exhausted += 1
             self.tests[active] = self.new_test()
