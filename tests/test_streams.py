@@ -207,3 +207,18 @@ def test_a_task_that_comes_back_returns_to_its_engram(toy):
     found = model.stream_report()["boundaries"]
     assert [(b["engram"], b["new"]) for b in found] == [(1, True), (0, False)]
     assert model.allocated_tasks == [0, 1]
+
+
+def test_fuzzy_boundaries_keep_each_engram_to_its_own_classes(toy):
+    # Over a 160-example transition the new task's examples come in a few at a time:
+    # held, not trained, until their run is confirmed; the old task's tail then goes
+    # to the previous engram. So neither engram learns the other's classes.
+    tf.keras.utils.set_random_seed(0)
+    stream = Stream(toy, "fuzzy", batch_size=10, transition=160, seed=0)
+    model = _engram_model(toy, task_free={"warmup": 40, "window": 100})
+    result = StreamTrainer(model, lambda: Adam(0.005), seed=0, verbose=0).fit(stream)
+    learner = result.config["stream"]["learner"]
+    assert [b["engram"] for b in learner["boundaries"]] == [1] and result.metrics["boundary_f1"] == 1.0
+    classes = model.engram_classes.numpy()[:2] > 0.5
+    assert classes.tolist() == [[True, True, False, False], [False, False, True, True]]
+    assert learner["to_previous"] > 0 and result.metrics["acc"] > 0.9
