@@ -51,7 +51,7 @@ __all__ = ["TaskFreeEngrams", "DEFAULTS", "change_point"]
 
 # Chosen on validation data (results/issue47).
 DEFAULTS = {"alpha": 1e-3, "confirm": 30, "warmup": 100, "horizon": 200, "floor": 0.02, "effect": 0.1,
-            "window": 500, "router_chunk": 200}
+            "unlikely": 0.05, "window": 500, "router_chunk": 200}
 
 
 def change_point(flags, p):
@@ -87,19 +87,25 @@ class TaskFreeEngrams:
         alpha, warmup, horizon, floor, effect: the novelty test's (`PrequentialNovelty`);
             `floor` is also the share under which a previous engram is dropped.
         confirm: held examples a boundary needs in the window.
+        unlikely: tau, the probability of its label under which the active engram holds
+            an example.
         window: examples of the active engram the test looks back over.
         router_chunk: examples the router takes at a time.
     """
 
     def __init__(self, model, alpha=DEFAULTS["alpha"], confirm=DEFAULTS["confirm"], warmup=DEFAULTS["warmup"],
                  horizon=DEFAULTS["horizon"], floor=DEFAULTS["floor"], effect=DEFAULTS["effect"],
-                 window=DEFAULTS["window"], router_chunk=DEFAULTS["router_chunk"]):
+                 unlikely=DEFAULTS["unlikely"], window=DEFAULTS["window"], router_chunk=DEFAULTS["router_chunk"]):
         if model.active_task is None:
             raise RuntimeError("TaskFreeEngrams: call `model.begin_task(0)` before the stream starts.")
         self.model = model
         self.test_args = {"alpha": alpha, "warmup": warmup, "horizon": horizon, "floor": floor, "effect": effect}
         self.confirm = check_positive_int("confirm", confirm, owner="TaskFreeEngrams")
         self.window = check_positive_int("window", window, owner="TaskFreeEngrams")
+        if not 0.0 < float(unlikely) < 1.0:
+            raise ValueError(f"TaskFreeEngrams: unlikely must be in (0, 1), got {unlikely!r}.")
+        self.unlikely = float(unlikely)
+        self._unlikely = float(np.log(unlikely))
         if self.window < self.confirm:
             raise ValueError(f"TaskFreeEngrams: window ({window}) must be at least confirm ({confirm}).")
         self.router_chunk = check_positive_int("router_chunk", router_chunk, owner="TaskFreeEngrams")
@@ -131,7 +137,8 @@ class TaskFreeEngrams:
         positions = self.position + np.arange(len(y))
         self.position += len(y)
         active = self.model.active_task
-        wrong, likelihood = self.scores(x, y, active)
+        likelihood = self.scores(x, y, active)
+        wrong = likelihood < self._unlikely  # held: a finds its label unlikely
         test = self.tests[active]
         if self.previous is not None:
             x, y, positions, wrong = self._split_with_previous(x, y, positions, wrong, likelihood)
@@ -157,7 +164,7 @@ class TaskFreeEngrams:
     def _split_with_previous(self, x, y, positions, wrong, likelihood):
         """Gives the previous engram the examples it explains better (their label more
         probable under it); they enter the router under it. Returns the active's share."""
-        _, previous_likelihood = self.scores(x, y, self.previous)
+        previous_likelihood = self.scores(x, y, self.previous)
         mine = likelihood >= previous_likelihood
         taken = int((~mine).sum())
         # The run of examples in a row the previous engram took (and where it started).
@@ -240,7 +247,7 @@ class TaskFreeEngrams:
         for task, test in self.tests.items():
             if task == active or not test.testing:
                 continue
-            p = test.p_value(int(self.scores(x, y, task)[0].sum()), len(y))
+            p = test.p_value(int((self.scores(x, y, task) < self._unlikely).sum()), len(y))
             if p >= test.alpha and p > best_p:
                 best, best_p = task, p
         if best is not None:
@@ -260,22 +267,19 @@ class TaskFreeEngrams:
             self._flush_router()
 
     def scores(self, x, y, task):
-        """For each example of `x`: whether engram `task` gets it wrong (ranking its own
-        classes only) and the log-probability it gives the label."""
+        """For each example of `x`, the log-probability engram `task` gives its label
+        (ranking its own classes only: 0 for a class it never trained on)."""
         if self._scores_fn is None:
             model = self.model
 
             def score(x, y, task):
                 ids = tf.fill(tf.shape(y), task)
                 logits = model.logits_as_evaluated(model((x, ids), training=False), task)
-                wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
-                log_p = tf.gather(tf.nn.log_softmax(logits, axis=-1), y, batch_dims=1)
-                return wrong, log_p
+                return tf.gather(tf.nn.log_softmax(logits, axis=-1), y, batch_dims=1)
 
             self._scores_fn = tf.function(score, reduce_retracing=True)
-        wrong, log_p = self._scores_fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32),
-                                       tf.constant(int(task), tf.int32))
-        return wrong.numpy(), log_p.numpy()
+        return self._scores_fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32),
+                               tf.constant(int(task), tf.int32)).numpy()
 
     # -------------------------------------------------------------- bookkeeping
     def _flush_router(self):
@@ -305,4 +309,5 @@ class TaskFreeEngrams:
         took in transitions."""
         return {"boundaries": list(self.boundaries), "engrams": list(self.model.allocated_tasks),
                 "exhausted": self.exhausted, "to_previous": self.to_previous,
-                "settings": {**self.test_args, "confirm": self.confirm, "window": self.window}}
+                "settings": {**self.test_args, "confirm": self.confirm, "window": self.window,
+                             "unlikely": self.unlikely}}
