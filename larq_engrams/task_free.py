@@ -2,11 +2,13 @@ r"""An engram model's own task boundaries in a stream (no task id, no boundary g
 
 Every incoming labelled batch (x, y) is first predicted by the active engram a, as
 "infer" evaluation would once it picked a (its classes only; `logits_as_evaluated`).
-Each example is then judged on its own, so that a task that arrives a few examples at
-a time (fuzzy boundaries) is caught before the engram has learned it:
+Each example is then judged on its own, by the probability a gives its label (0 for a
+class a never trained on), so that a task that arrives a few examples at a time (fuzzy
+boundaries) is caught before the engram has learned it:
 
-- **Test phase** (after the engram's warm-up): an example a predicts right trains a at
-  once; one it gets wrong is *held* (not trained). Over the last `window` examples of a
+- **Test phase** (after the engram's warm-up): an example whose label a finds likely
+  trains a at once; one whose label has a probability below `unlikely` (tau) is *held*
+  (not trained). Over the last `window` examples of a
   the held ones are flagged; the binomial change point c of those flags (the start
   that maximises (m - c) KL(q_c || p~), q_c the held share from c on, p~ = max(p^,
   p_min)) splits off the recent run, whose k held of m are tested against a's own error
