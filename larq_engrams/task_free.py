@@ -26,7 +26,7 @@ boundaries) is caught before the engram has learned it:
   a and p gives its label the higher probability (ties: a), as a mixture of the two
   experts would assign it. The examples p takes train nothing (p is not active) but
   enter the router's statistics under p. p is dropped once it takes less than
-  `floor` of a window of examples. With sharp boundaries it takes almost nothing; with
+  `floor` of a window of examples, or `warmup` + `window` examples after the switch. With sharp boundaries it takes almost nothing; with
   fuzzy ones it takes the old task's tail instead of letting it into the new engram.
   If it takes 2 `confirm` examples in a row, its task has come back (a tail thins out
   instead; and a split that should not have been is undone): p is active again, and a
@@ -116,6 +116,7 @@ class TaskFreeEngrams:
         self.previous = None
         self._shares = collections.deque()  # (examples, taken by the previous engram) per batch
         self._run = (0, None)  # examples in a row the previous engram took, from position
+        self._since_switch = 0
         self.position = 0  # examples routed so far
         self.boundaries = []  # [{"at": example position, "engram": id, "new": bool}]
         self.exhausted = 0
@@ -181,10 +182,14 @@ class TaskFreeEngrams:
             self._queue_for_router([(x[~mine], y[~mine])], self.previous)
             self.to_previous += taken
         self._shares.append((len(y), taken))
+        self._since_switch += len(y)
         while sum(n for n, _ in self._shares) - self._shares[0][0] >= self.window:
             self._shares.popleft()
         seen, given = map(sum, zip(*self._shares))
-        if seen >= self.window and given < self.test_args["floor"] * seen:
+        # A transition ends: the previous engram takes almost nothing any more, or the
+        # active one has had its warm-up and a window since (a fuzzy window is no longer).
+        if (seen >= self.window and given < self.test_args["floor"] * seen) or \
+                self._since_switch >= self.test_args["warmup"] + self.window:
             self.previous, self._shares, self._run = None, collections.deque(), (0, None)
         return x[mine], y[mine], positions[mine], wrong[mine]
 
@@ -198,6 +203,7 @@ class TaskFreeEngrams:
         self._flush_router()
         self.model.begin_task(previous)
         self.previous, self._shares, self._run = active, collections.deque(), (0, None)
+        self._since_switch = 0
         return []
 
     def _expire(self, test):
@@ -234,6 +240,7 @@ class TaskFreeEngrams:
         if new:
             self.tests[target] = self.new_test()
         self.previous, self._shares, self._run = active, collections.deque(), (0, None)
+        self._since_switch = 0
         return self._trained([(x, y)]), True
 
     def take(self, x, y):
