@@ -26,7 +26,7 @@ boundaries) is caught before the engram has learned it:
   a and p gives its label the higher probability (ties: a), as a mixture of the two
   experts would assign it. The examples p takes train nothing (p is not active) but
   enter the router's statistics under p. p is dropped once it takes less than
-  `floor` of a window of examples, or `warmup` + `window` examples after the switch. With sharp boundaries it takes almost nothing; with
+  `floor` of a window of examples, or `warmup` + 2 `window` examples after the switch. With sharp boundaries it takes almost nothing; with
   fuzzy ones it takes the old task's tail instead of letting it into the new engram.
   If it takes 2 `confirm` examples in a row, its task has come back (a tail thins out
   instead; and a split that should not have been is undone): p is active again, and a
@@ -187,9 +187,9 @@ class TaskFreeEngrams:
             self._shares.popleft()
         seen, given = map(sum, zip(*self._shares))
         # A transition ends: the previous engram takes almost nothing any more, or the
-        # active one has had its warm-up and a window since (a fuzzy window is no longer).
+        # active one has had its warm-up and two windows since (no fuzzy window is longer).
         if (seen >= self.window and given < self.test_args["floor"] * seen) or \
-                self._since_switch >= self.test_args["warmup"] + self.window:
+                self._since_switch >= self.test_args["warmup"] + 2 * self.window:
             self.previous, self._shares, self._run = None, collections.deque(), (0, None)
         return x[mine], y[mine], positions[mine], wrong[mine]
 
