@@ -26,8 +26,9 @@ boundaries) is caught before the engram has learned it:
   a and p gives its label the higher probability (ties: a), as a mixture of the two
   experts would assign it. The examples p takes train nothing (p is not active) but
   enter the router's statistics under p. p is dropped once it takes less than
-  `floor` of a window of examples, or `warmup` + 2 `window` examples after the switch. With sharp boundaries it takes almost nothing; with
-  fuzzy ones it takes the old task's tail instead of letting it into the new engram.
+  `floor` of a window of examples, or `warmup` + 2 `window` examples after the switch.
+  With sharp boundaries it takes almost nothing; with fuzzy ones it takes the old
+  task's tail instead of letting it into the new engram.
   If it takes 2 `confirm` examples in a row, its task has come back (a tail thins out
   instead; and a split that should not have been is undone): p is active again, and a
   is the previous one.
