@@ -19,8 +19,8 @@ boundaries) is caught before the engram has learned it:
   online. A held example that leaves the window without a boundary trains a then (a
   hard example of a's own task, or a novelty too thin to confirm).
 - **Boundary** at c: the held examples from c on go to the allocated engram that
-  explains them (the largest p-value of their errors under its own test, if not novel:
-  a task that comes back), else to a new engram (`begin_task` with the next free id);
+  explains them (the largest p-value of their held share under its own test without
+  delta, if not novel: a task that comes back), else to a new engram (`begin_task` with the next free id);
   they train it first. The engram left, a, becomes the *previous* one.
 - **Transition:** while a previous engram p is kept, each example goes to whichever of
   a and p gives its label the higher probability (ties: a), as a mixture of the two
@@ -257,7 +257,9 @@ class TaskFreeEngrams:
         for task, test in self.tests.items():
             if task == active or not test.testing:
                 continue
-            p = test.p_value(int((self.scores(x, y, task) < self._unlikely).sum()), len(y))
+            # Strict (no effect delta): an engram that spreads its probability over every
+            # class on inputs it never saw finds few labels unlikely, yet explains nothing.
+            p = test.p_value(int((self.scores(x, y, task) < self._unlikely).sum()), len(y), effect=False)
             if p >= test.alpha and p > best_p:
                 best, best_p = task, p
         if best is not None:
