@@ -22,16 +22,17 @@ boundaries) is caught before the engram has learned it:
   explains them (the largest p-value of their held share under its own test without
   delta, if not novel: a task that comes back), else to a new engram (`begin_task` with the next free id);
   they train it first. The engram left, a, becomes the *previous* one.
-- **Transition:** while a previous engram p is kept, each example goes to whichever of
-  a and p gives its label the higher probability (ties: a), as a mixture of the two
-  experts would assign it. The examples p takes train nothing (p is not active) but
-  enter the router's statistics under p. p is dropped once it takes less than
-  `floor` of a window of examples, or `warmup` + 2 `window` examples after the switch.
-  With sharp boundaries it takes almost nothing; with fuzzy ones it takes the old
-  task's tail instead of letting it into the new engram.
-  If it takes 2 `confirm` examples in a row, its task has come back (a tail thins out
-  instead; and a split that should not have been is undone): p is active again, and a
-  is the previous one.
+- **Transition:** while a previous engram p is kept, each example a would hold goes to
+  whichever of a and p gives its label the higher probability (ties: a), as a mixture
+  of the two experts would assign it; the others stay with a. The examples p takes
+  train nothing (p is not active) but enter the router's statistics under p, and still
+  count in a's rate (as examples a would hold: else a looks better than it is until p
+  goes). p is dropped once it takes less than `floor` of a window of examples, or
+  `warmup` + 2 `window` examples after the switch. With sharp boundaries it takes
+  little; with fuzzy ones it takes the old task's tail instead of letting it into the
+  new engram. If it takes 2 `confirm` examples in a row, its task has come back (a
+  tail thins out instead; and a split that should not have been is undone): p is
+  active again, and a is the previous one.
 - **Warm-up** (the engram's first `warmup` examples): everything a takes trains it.
 
 Cost: one inference pass of the active engram per batch, a second one while a previous
@@ -73,13 +74,15 @@ def change_point(flags, p):
 
 
 class _Chunk:
-    """One batch's examples under test: their positions, which were held, and the held
-    examples themselves."""
+    """One batch under test: the active engram's examples' positions, which were held,
+    the held examples themselves, the batch's last position, and (held, examples) of the
+    whole batch as the active engram saw it, for its rate."""
 
-    __slots__ = ("positions", "held", "x", "y")
+    __slots__ = ("positions", "held", "x", "y", "last", "seen")
 
-    def __init__(self, positions, held, x, y):
+    def __init__(self, positions, held, x, y, last, seen):
         self.positions, self.held, self.x, self.y = positions, held, x[held], y[held]
+        self.last, self.seen = last, seen
 
 
 class TaskFreeEngrams:
@@ -143,17 +146,18 @@ class TaskFreeEngrams:
         active = self.model.active_task
         likelihood = self.scores(x, y, active)
         wrong = likelihood < self._unlikely  # held: a finds its label unlikely
+        # a's rate counts every example it saw, those a previous engram takes too: they
+        # are ones a would hold, and leaving them out would make a look better than it is.
+        seen = (int(wrong.sum()), len(y))
         test = self.tests[active]
         if self.previous is not None:
             x, y, positions, wrong = self._split_with_previous(x, y, positions, wrong, likelihood)
             if self._run[0] >= 2 * self.confirm:
                 return self._return_to_previous(), True
-        if not len(y):
-            return [], False
         if not test.testing:
-            test.update(int(wrong.sum()), len(y))
-            return self._trained([(x, y)]), False
-        self.recent.append(_Chunk(positions, wrong, x, y))
+            test.update(*seen)
+            return (self._trained([(x, y)]) if len(y) else []), False
+        self.recent.append(_Chunk(positions, wrong, x, y, self.position - 1, seen))
         batches = self._expire(test) + [(x[~wrong], y[~wrong])]
         batches = [b for b in batches if len(b[1])]
         held = np.concatenate([c.held for c in self.recent])
@@ -166,10 +170,11 @@ class TaskFreeEngrams:
         return self._boundary(held, start, test, batches)
 
     def _split_with_previous(self, x, y, positions, wrong, likelihood):
-        """Gives the previous engram the examples it explains better (their label more
-        probable under it); they enter the router under it. Returns the active's share."""
+        """Gives the previous engram the examples the active one would hold and it
+        explains better (their label more probable under it); they enter the router
+        under it. Returns the active's share."""
         previous_likelihood = self.scores(x, y, self.previous)
-        mine = likelihood >= previous_likelihood
+        mine = ~wrong | (likelihood >= previous_likelihood)
         taken = int((~mine).sum())
         # The run of examples in a row the previous engram took (and where it started).
         if mine.all():
@@ -211,9 +216,9 @@ class TaskFreeEngrams:
         """Chunks that left the window: their errors update p^, their held examples are
         released to the active engram."""
         released = []
-        while self.recent and self.recent[0].positions[-1] < self.position - self.window:
+        while self.recent and self.recent[0].last < self.position - self.window:
             chunk = self.recent.popleft()
-            test.update(int(chunk.held.sum()), chunk.held.size)
+            test.update(*chunk.seen)
             if len(chunk.y):
                 released.append((chunk.x, chunk.y))
         return released
