@@ -22,9 +22,10 @@ boundaries) is caught before the engram has learned it:
   explains them (the largest p-value of their held share under its own test without
   delta, if not novel: a task that comes back), else to a new engram (`begin_task` with the next free id);
   they train it first. The engram left, a, becomes the *previous* one.
-- **Transition:** while a previous engram p is kept, each example a would hold goes to
-  whichever of a and p gives its label the higher probability (ties: a), as a mixture
-  of the two experts would assign it; the others stay with a. The examples p takes
+- **Transition:** while a previous engram p is kept, each example that a would hold,
+  or that p predicts (p(y | x) >= 1/2), goes to whichever of a and p gives its label the
+  higher probability (ties: a), as a mixture of the two experts would assign it; the
+  others stay with a (a new engram's own examples, which an old one scores near chance). The examples p takes
   train nothing (p is not active) but enter the router's statistics under p, and still
   count in a's rate (as examples a would hold: else a looks better than it is until p
   goes). p is dropped once it takes less than `floor` of a window of examples, or
@@ -170,11 +171,13 @@ class TaskFreeEngrams:
         return self._boundary(held, start, test, batches)
 
     def _split_with_previous(self, x, y, positions, wrong, likelihood):
-        """Gives the previous engram the examples the active one would hold and it
-        explains better (their label more probable under it); they enter the router
-        under it. Returns the active's share."""
+        """Gives the previous engram the examples it explains better (their label more
+        probable under it) where the active one would hold them or it predicts them (the
+        label's probability at least 1/2); they enter the router under it. Returns the
+        active's share."""
         previous_likelihood = self.scores(x, y, self.previous)
-        mine = ~wrong | (likelihood >= previous_likelihood)
+        confident = previous_likelihood >= np.log(0.5)  # p predicts the label
+        mine = (~wrong & ~confident) | (likelihood >= previous_likelihood)
         taken = int((~mine).sum())
         # The run of examples in a row the previous engram took (and where it started).
         if mine.all():
