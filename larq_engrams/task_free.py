@@ -18,10 +18,12 @@ boundaries) is caught before the engram has learned it:
   against; delta asks for a rise of the error rate, not the drift of a network learning
   online. A held example that leaves the window without a boundary trains a then (a
   hard example of a's own task, or a novelty too thin to confirm).
-- **Boundary** at c: the held examples from c on go to the allocated engram that
-  explains them (the largest p-value of their held share under its own test without
-  delta, if not novel: a task that comes back), else to a new engram (`begin_task` with the next free id);
-  they train it first. The engram left, a, becomes the *previous* one.
+- **Boundary** at c: the held examples from c on (only those with labels a never
+  trained on, if there are any: in class-IL the others are a's own hard examples) go
+  to the allocated engram that explains them (the largest p-value of their held share
+  under its own test without delta, if not novel: a task that comes back), else to a
+  new engram (`begin_task` with the next free id); they train it first. The engram
+  left, a, becomes the *previous* one.
 - **Transition:** while a previous engram p is kept, each example that a would hold,
   or that p predicts (p(y | x) >= 1/2), goes to whichever of a and p gives its label the
   higher probability (ties: a), as a mixture of the two experts would assign it; the
@@ -236,6 +238,11 @@ class TaskFreeEngrams:
         chunks, self.recent = list(self.recent), collections.deque()
         x = np.concatenate([c.x[c.positions[c.held] >= start] for c in chunks])
         y = np.concatenate([c.y[c.positions[c.held] >= start] for c in chunks])
+        # Where the run has labels a never trained on (classes arrive with tasks), those
+        # are the new task: the others are a's own hard examples and stay out of it.
+        new_labels = self.model.engram_classes.numpy()[active][y] < 0.5
+        if new_labels.any():
+            x, y = x[new_labels], y[new_labels]
         target, new = self._destination(x, y, active)
         self.boundaries.append({"at": start, "engram": int(target), "new": bool(new), "held": k, "of": m,
                                 "null_rate": test.null_rate})
