@@ -87,13 +87,11 @@ class PrequentialNovelty:
     def testing(self):
         return self.seen >= self.warmup and self.rate is not None
 
-    def p_value(self, errors, n, effect=True):
-        """P(K >= errors) under p0 (1.0 while it warms up); `effect=False`: under
-        max(p^, p_min), the stricter test of whether the engram explains a batch as well
-        as its own task."""
+    def p_value(self, errors, n):
+        """P(K >= errors) under p0 (1.0 while it warms up)."""
         if not self.testing:
             return 1.0
-        return binomial_tail(errors, n, self.null_rate if effect else max(self.rate, self.floor))
+        return binomial_tail(errors, n, self.null_rate)
 
     @property
     def null_rate(self):

@@ -20,9 +20,9 @@ boundaries) is caught before the engram has learned it:
   hard example of a's own task, or a novelty too thin to confirm).
 - **Boundary** at c: the held examples from c on (only those with labels a never
   trained on, if there are any: in class-IL the others are a's own hard examples) go
-  to the allocated engram that explains them (the largest p-value of their held share
-  under its own test without delta, if not novel: a task that comes back), else to a
-  new engram (`begin_task` with the next free id); they train it first. The engram
+  to the allocated engram that explains them (it predicts them, p(y | x) >= 1/2, about
+  as often as its own task's: the largest p-value of their misses under its own test,
+  if not novel: a task that comes back), else to a new engram (`begin_task` with the next free id); they train it first. The engram
   left, a, becomes the *previous* one.
 - **Transition:** while a previous engram p is kept, each example that a would hold,
   or that p predicts (p(y | x) >= 1/2), goes to whichever of a and p gives its label the
@@ -272,9 +272,10 @@ class TaskFreeEngrams:
         for task, test in self.tests.items():
             if task == active or not test.testing:
                 continue
-            # Strict (no effect delta): an engram that spreads its probability over every
-            # class on inputs it never saw finds few labels unlikely, yet explains nothing.
-            p = test.p_value(int((self.scores(x, y, task) < self._unlikely).sum()), len(y), effect=False)
+            # It must predict them (p(y | x) >= 1/2) about as often as its own task's: an
+            # engram that spreads its probability over every class on inputs it never saw
+            # finds few labels unlikely, yet explains nothing.
+            p = test.p_value(int((self.scores(x, y, task) < np.log(0.5)).sum()), len(y))
             if p >= test.alpha and p > best_p:
                 best, best_p = task, p
         if best is not None:
