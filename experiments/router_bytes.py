@@ -8,7 +8,7 @@ count follows the shapes alone, so no data is read.
 
     python experiments/router_bytes.py --tasks=10,50,100,200 --features=1024,1536,2048
 """
-from absl import app, flags
+from absl import flags
 
 import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to Keras 2)
 
