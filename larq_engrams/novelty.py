@@ -1,31 +1,31 @@
-r"""Is a batch new to the network that would train on it? A prequential binomial test.
+r"""Are these examples new to the network that would train on them? A prequential
+binomial test.
 
-In a stream without task boundaries, the active engram predicts each incoming batch
-before it trains on it ("test, then train": its prequential errors). Within a task its
-error rate settles near some p; at a boundary it jumps (new classes are never
-predicted by an engram restricted to its own, and a new input distribution, such as a
-new pixel permutation, is near chance). For a batch with k errors among n examples:
+In a stream without task boundaries, the active engram judges each incoming example
+before it trains on it ("test, then train"). A *miss* is an example it would not
+learn from as its own (`larq_engrams.task_free`: the probability it gives the label is
+below tau). Within a task its miss rate settles near some p; at a boundary it jumps (new
+classes always miss an engram restricted to its own, and a new input distribution, such
+as a new pixel permutation, mostly does). For k misses among n examples:
 
 ```
 p-value = P(K >= k),  K ~ Binomial(n, p0),   p0 = max(p^, p_min) + delta
 novel   <=> p-value < alpha
 ```
 
-with p^ the engram's running error rate: an exponential average over its examples with
+with p^ the engram's running miss rate: an exponential average over its examples with
 a horizon of H examples (each example's weight decays by 1 - 1/H per later example;
-a batch of n moves it by 1 - (1 - 1/H)^n towards the batch's rate), started once the
-engram has trained on `warmup / 2` examples and tested from `warmup` on (while it
-learns, its error is high and falling: no test). The floor p_min keeps one unlucky
-batch of a nearly perfect engram from counting as novel, and the effect delta asks
-for a rise in the error rate, not only a significant one: a binarized network trained
-online drifts (its error over a few hundred examples can double), while a new task's
-examples are wrong far more often (new classes always, a new input distribution near
-chance).
+n examples move it by 1 - (1 - 1/H)^n towards their rate), started once the engram has
+seen `warmup / 2` examples and tested from `warmup` on (while it learns, its rate is
+high and falling: no test). The floor p_min keeps a few unlucky examples of a nearly
+perfect engram from counting as novel, and the effect delta asks for a rise in the
+rate, not only a significant one: a binarized network trained online drifts (its rate
+over a few hundred examples can double), while a new task's examples miss far more
+often.
 
-Under the null hypothesis (the batch comes from the engram's task, errors independent
-with rate p <= p~) a batch is called novel with probability at most alpha; the learner
-(`larq_engrams.task_free`) also asks the novelty to persist over `confirm` examples
-before it opens an engram, so a false split needs several such batches in a row.
+Under the null hypothesis (the examples come from the engram's task, misses independent
+with rate p <= p0) they are called novel with probability at most alpha; the learner
+(`larq_engrams.task_free`) also asks for `confirm` misses in the run it tests.
 """
 import math
 
