@@ -56,6 +56,8 @@ from larq_engrams.novelty import PrequentialNovelty
 
 __all__ = ["TaskFreeEngrams", "DEFAULTS", "change_point"]
 
+_PREDICTS = float(np.log(0.5))  # an engram predicts a label it gives probability >= 1/2
+
 # Chosen on validation data (results/issue47).
 DEFAULTS = {"alpha": 1e-3, "confirm": 30, "warmup": 100, "horizon": 200, "floor": 0.02, "effect": 0.1,
             "unlikely": 0.05, "window": 500, "router_chunk": 200}
@@ -148,38 +150,38 @@ class TaskFreeEngrams:
         self.position += len(y)
         active = self.model.active_task
         likelihood = self.scores(x, y, active)
-        wrong = likelihood < self._unlikely  # held: a finds its label unlikely
+        unlikely = likelihood < self._unlikely  # held if a keeps it: a finds its label unlikely
         # a's rate counts every example it saw, those a previous engram takes too: they
         # are ones a would hold, and leaving them out would make a look better than it is.
-        seen = (int(wrong.sum()), len(y))
+        seen = (int(unlikely.sum()), len(y))
         test = self.tests[active]
         if self.previous is not None:
-            x, y, positions, wrong = self._split_with_previous(x, y, positions, wrong, likelihood)
+            x, y, positions, unlikely = self._split_with_previous(x, y, positions, unlikely, likelihood)
             if self._run[0] >= 2 * self.confirm:
                 return self._return_to_previous(), True
         if not test.testing:
             test.update(*seen)
             return (self._trained([(x, y)]) if len(y) else []), False
-        self.recent.append(_Chunk(positions, wrong, x, y, self.position - 1, seen))
-        batches = self._expire(test) + [(x[~wrong], y[~wrong])]
+        self.recent.append(_Chunk(positions, unlikely, x, y, self.position - 1, seen))
+        batches = self._expire(test) + [(x[~unlikely], y[~unlikely])]
         batches = [b for b in batches if len(b[1])]
         held = np.concatenate([c.held for c in self.recent])
         if held.sum() < self.confirm:
             return self._trained(batches), False
-        start = change_point(held, max(test.rate, test.floor))
-        k, m = int(held[start:].sum()), held.size - start
+        c = change_point(held, max(test.rate, test.floor))
+        k, m = int(held[c:].sum()), held.size - c
         if k < self.confirm or not test.is_novel(k, m):
             return self._trained(batches), False
-        return self._boundary(held, start, test, batches)
+        return self._boundary(held, c, test, batches)
 
-    def _split_with_previous(self, x, y, positions, wrong, likelihood):
+    def _split_with_previous(self, x, y, positions, unlikely, likelihood):
         """Gives the previous engram the examples it explains better (their label more
         probable under it) where the active one would hold them or it predicts them (the
         label's probability at least 1/2); they enter the router under it. Returns the
         active's share."""
         previous_likelihood = self.scores(x, y, self.previous)
-        confident = previous_likelihood >= np.log(0.5)  # p predicts the label
-        mine = (~wrong & ~confident) | (likelihood >= previous_likelihood)
+        confident = previous_likelihood >= _PREDICTS
+        mine = (~unlikely & ~confident) | (likelihood >= previous_likelihood)
         taken = int((~mine).sum())
         # The run of examples in a row the previous engram took (and where it started).
         if mine.all():
@@ -202,7 +204,7 @@ class TaskFreeEngrams:
         if (seen >= self.window and given < self.test_args["floor"] * seen) or \
                 self._since_switch >= self.test_args["warmup"] + 2 * self.window:
             self.previous, self._shares, self._run = None, collections.deque(), (0, None)
-        return x[mine], y[mine], positions[mine], wrong[mine]
+        return x[mine], y[mine], positions[mine], unlikely[mine]
 
     def _return_to_previous(self):
         """The previous engram took 2 `confirm` examples in a row: its task came back (a
@@ -218,7 +220,7 @@ class TaskFreeEngrams:
         return []
 
     def _expire(self, test):
-        """Chunks that left the window: their errors update p^, their held examples are
+        """Chunks that left the window: their held counts update p^, their held examples are
         released to the active engram."""
         released = []
         while self.recent and self.recent[0].last < self.position - self.window:
@@ -228,13 +230,13 @@ class TaskFreeEngrams:
                 released.append((chunk.x, chunk.y))
         return released
 
-    def _boundary(self, held, start, test, batches):
+    def _boundary(self, held, c, test, batches):
         """A confirmed novelty: the held examples from the change point on go to their
         engram; the active engram's batches of this call train nothing (it is left)."""
         active = self.model.active_task
         positions = np.concatenate([c.positions for c in self.recent])
-        k, m = int(held[start:].sum()), held.size - start
-        start = int(positions[start])
+        k, m = int(held[c:].sum()), held.size - c
+        start = int(positions[c])
         chunks, self.recent = list(self.recent), collections.deque()
         x = np.concatenate([c.x[c.positions[c.held] >= start] for c in chunks])
         y = np.concatenate([c.y[c.positions[c.held] >= start] for c in chunks])
@@ -275,7 +277,7 @@ class TaskFreeEngrams:
             # It must predict them (p(y | x) >= 1/2) about as often as its own task's: an
             # engram that spreads its probability over every class on inputs it never saw
             # finds few labels unlikely, yet explains nothing.
-            p = test.p_value(int((self.scores(x, y, task) < np.log(0.5)).sum()), len(y))
+            p = test.p_value(int((self.scores(x, y, task) < _PREDICTS).sum()), len(y))
             if p >= test.alpha and p > best_p:
                 best, best_p = task, p
         if best is not None:
