@@ -16,8 +16,9 @@ boundaries) is caught before the engram has learned it:
   Binomial(m, p~ + delta), and k >= `confirm`. p^ is updated only with examples that
   leave the window, so a task that creeps in does not raise the rate it is tested
   against; delta asks for a rise of the error rate, not the drift of a network learning
-  online. A held example that leaves the window without a boundary trains a then (a
-  hard example of a's own task, or a novelty too thin to confirm).
+  online. A held example that leaves the window without a boundary trains a then, in
+  the step of the batch that releases it (a hard example of a's own task, or a novelty
+  too thin to confirm).
 - **Boundary** at c: the held examples from c on (only those with labels a never
   trained on, if there are any: in class-IL the others are a's own hard examples) go
   to the allocated engram that explains them (it predicts them, p(y | x) >= 1/2, about
@@ -39,8 +40,8 @@ boundaries) is caught before the engram has learned it:
 - **Warm-up** (the engram's first `warmup` examples): everything a takes trains it.
 
 Cost: one inference pass of the active engram per batch, a second one while a previous
-engram is kept, one per allocated engram at a boundary; at most `window` examples held.
-The router's statistics take each trained batch under the engram that trains it, in
+engram is kept, one per allocated engram at a boundary; one train step per batch (the
+examples it releases join it); at most `window` examples held. The router's statistics take each trained batch under the engram that trains it, in
 chunks of `router_chunk` examples (an M x M update each), and its discriminant is solved
 when the stream is evaluated (`end_segment`). When every engram is in use
 (`max_tasks`) a confirmed boundary is recorded, the held examples train the active
@@ -76,6 +77,14 @@ def change_point(flags, p):
     q = np.clip(after / length, 1e-12, 1 - 1e-12)
     kl = q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p))
     return int(starts[np.argmax(np.where(q > p, length * kl, -np.inf))])
+
+
+def _merged(batches):
+    """The examples of `batches` as one batch, `[(x, y)]`, or `[]` if there are none."""
+    batches = [b for b in batches if len(b[1])]
+    if len(batches) < 2:
+        return batches
+    return [(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))]
 
 
 class _Chunk:
@@ -163,8 +172,9 @@ class TaskFreeEngrams:
             test.update(*seen)
             return (self._trained([(x, y)]) if len(y) else []), False
         self.recent.append(_Chunk(positions, unlikely, x, y, self.position - 1, seen))
-        batches = self._expire(test) + [(x[~unlikely], y[~unlikely])]
-        batches = [b for b in batches if len(b[1])]
+        # Released examples train in the step of the batch that releases them: a step of
+        # their own would cost a train step for one or two examples.
+        batches = _merged(self._expire(test) + [(x[~unlikely], y[~unlikely])])
         held = np.concatenate([c.held for c in self.recent])
         if held.sum() < self.confirm:
             return self._trained(batches), False
@@ -251,7 +261,7 @@ class TaskFreeEngrams:
         if target == active:  # no engram left: the active one goes on, its test starts again
             self.exhausted += 1
             self.tests[active] = self.new_test()
-            return self._trained(batches + [(x, y)]), False
+            return self._trained(_merged(batches + [(x, y)])), False
         self._queue_for_router(batches, active)  # the left engram's last examples
         self._flush_router()
         self.model.begin_task(target)
@@ -331,7 +341,7 @@ class TaskFreeEngrams:
         """At the stream's end: the held examples train the active engram (returned), as a
         novelty too short to confirm."""
         chunks, self.recent = list(self.recent), collections.deque()
-        return self._trained([(c.x, c.y) for c in chunks if len(c.y)])
+        return self._trained(_merged([(c.x, c.y) for c in chunks]))
 
     def report(self):
         """What the learner decided: its boundaries (example positions), the engrams it
