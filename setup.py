@@ -54,8 +54,8 @@ setup(
     packages=find_namespace_packages(include=["larq_engrams", "larq_engrams.*"], exclude=["*.__pycache__"]),
     # The real MNIST test set ships with the package: the offline default data source.
     package_data={"larq_engrams.data.mnist": ["*.gz", "README.md"], "larq_engrams.csrc": ["*.c"]},
-    # The runtime's XNOR-popcount kernels, a C99 library it loads with ctypes if it was built.
-    ext_modules=[Extension("larq_engrams._engram_bits", ["larq_engrams/csrc/engram_bits.c"],
+    # The runtime's kernels (XNOR-popcount, sign-selected sums), a C99 library it loads with ctypes if built.
+    ext_modules=[Extension("larq_engrams._engram_bits", ["larq_engrams/csrc/engram_bits.c", "larq_engrams/csrc/signed_sums.c"],
                            extra_compile_args=["-O3", "-std=c99"])],
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[

@@ -38,6 +38,10 @@ The maths (docs/method.md, sections 1, 3 and 4; the packed format in docs/deploy
   returns the product of experts restricted to s*'s classes (`floored_log_softmax`,
   the NumPy twin of `larq_engrams.task_inference.floored_log_softmax`; the tests check
   that both agree).
+- With the C kernels (`KERNELS == "c"`, built at install) the hidden and output layers
+  run on their bits (XNOR-popcount, `csrc/engram_bits.c`), and the first layer and the
+  router's features are sign-selected sums that skip zero inputs (`csrc/signed_sums.c`);
+  the NumPy path computes the same values as float products.
 """
 import ctypes
 import glob
@@ -50,7 +54,8 @@ import numpy as np
 
 __all__ = ["EMPTY_GROUP_SCORE", "FORMAT", "HAS_DATA_ABOVE", "KERNELS", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
            "floored_log_softmax",
-           "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "threshold_words", "xnor_dot"]
+           "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "signed_conv_pool", "signed_dense",
+           "threshold_words", "xnor_dot"]
 
 FORMAT = "larq-engrams-packed"
 VERSION = 3  # 2: the router is optional (manifest "router": null); 3: its features may be convolutional
@@ -79,6 +84,8 @@ def _load_bit_kernels():
         address, i32 = ctypes.c_void_p, ctypes.c_int32  # arrays by address: data_as costs more than the call
         lib.le_xnor_dot.argtypes = [address, address, i32, i32, i32, i32, address]
         lib.le_threshold_bits.argtypes = [address, address, address, i32, i32, i32, address]
+        lib.le_signed_dense.argtypes = [address, address, i32, i32, i32, address]
+        lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [address, address]
         return lib
     return None
 
@@ -121,6 +128,32 @@ def threshold_words(z, threshold, direction):
     out = np.empty((batch, -(-units // 64)), np.uint64)
     _KERNELS.le_threshold_bits(_address(z, np.int32), _address(threshold, np.int32), _address(direction, np.int8),
                                batch, units, out.shape[1], _address(out, np.uint64))
+    return out
+
+
+def signed_dense(x, signs):
+    """x W for real inputs `x` (batch, n) and a +-1 float32 `signs` (n, units), as
+    sign-selected sums of the nonzero inputs (C kernel): (batch, units) float32."""
+    x = np.ascontiguousarray(x, np.float32)
+    z = np.empty((len(x), signs.shape[1]), np.float32)
+    _KERNELS.le_signed_dense(_address(x, np.float32), _address(signs, np.float32), len(x), signs.shape[0],
+                             signs.shape[1], _address(z, np.float32))
+    return z
+
+
+def signed_conv_pool(x, signs, image_shape, kernel_size, pool):
+    """The sums over each pooling window of relu(conv(x, W)) for flat inputs `x` (batch,
+    H W C) and +-1 float32 filters `signs` (k k C, F) (C kernel): (batch, gh gw F), in
+    `conv_features`' order; `conv_features` with filters s W is s / p^2 times this."""
+    shape = tuple(int(v) for v in image_shape)
+    height, width, channels = shape if len(shape) == 3 else (*shape, 1)
+    k, p, filters = int(kernel_size), int(pool), signs.shape[1]
+    x = np.ascontiguousarray(x, np.float32)
+    grid_h, grid_w = (height - k + 1) // p, (width - k + 1) // p
+    out = np.empty((len(x), grid_h * grid_w * filters), np.float32)
+    scratch = np.empty(grid_h * p * grid_w * p * filters, np.float32)  # one example's responses
+    _KERNELS.le_signed_conv_pool(_address(x, np.float32), _address(signs, np.float32), len(x), height, width,
+                                 channels, k, p, filters, _address(out, np.float32), _address(scratch, np.float32))
     return out
 
 
@@ -188,7 +221,7 @@ class _Layer:
     """One binary dense layer with BatchNorm and sign folded in."""
 
     def __init__(self, kernel, scale=None, offset=None, threshold=None, direction=None):
-        self.kernel = kernel  # (inputs, units) +-1 float32
+        self.kernel = np.ascontiguousarray(kernel)  # (inputs, units) +-1 float32, rows for the C kernels
         self.scale, self.offset = scale, offset  # float layer
         self.threshold, self.direction = threshold, direction  # integer layer
         self._words = None
@@ -201,9 +234,10 @@ class _Layer:
                            np.ascontiguousarray(self.direction, np.int8))
         return self._words
 
-    def positive(self, x):
-        """The float layer's outputs as booleans (True: +1)."""
-        return (x @ self.kernel) * self.scale + self.offset >= 0
+    def positive(self, x, sums=np.matmul):
+        """The float layer's outputs as booleans (True: +1); `sums(x, kernel)` computes
+        x W (`signed_dense` on the C path)."""
+        return sums(x, self.kernel) * self.scale + self.offset >= 0
 
     def __call__(self, h):
         z = h @ self.kernel
@@ -260,8 +294,9 @@ class PackedNetwork:
             router = manifest["router"]
             self.router_conv = router if router.get("feature_map", "dense") == "conv" else None
             columns = int(router["filters"] if self.router_conv else router["features"])
-            self.router_projection = unpack_signs(arrays["router/projection_bits"], columns)
-            self.router_projection *= np.float32(router["projection_scale"])
+            self.router_signs = unpack_signs(arrays["router/projection_bits"], columns)  # R / scale, +-1
+            self.router_scale = np.float32(router["projection_scale"])
+            self.router_projection = self.router_signs * self.router_scale
             self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
             self.router_bias = arrays["router/bias"]  # (tasks, classes)
         self._learner = None
@@ -331,7 +366,7 @@ class PackedNetwork:
 
     def _logits(self, h, layers, output):
         if self.kernels == "c":  # on the bits after the first layer
-            words = sign_words(~layers[0].positive(h))
+            words = sign_words(~layers[0].positive(h, signed_dense))
             for layer in layers[1:]:
                 weights, threshold, direction = layer.bit_operands()
                 words = threshold_words(xnor_dot(words, weights, layer.kernel.shape[0]), threshold, direction)
@@ -368,10 +403,14 @@ class PackedNetwork:
     def router_features(self, x):
         """f(x), the router's fixed random features (batch, M)."""
         self._require_router()
-        x = self._flat(x)
-        if self.router_conv is None:
+        x, c = self._flat(x), self.router_conv
+        if self.kernels == "c":  # sign-selected sums; relu and the pooling commute with the positive scale
+            if c is None:
+                return np.maximum(signed_dense(x, self.router_signs), 0) * self.router_scale
+            pooled = signed_conv_pool(x, self.router_signs, c["image_shape"], c["kernel_size"], c["pool"])
+            return pooled * np.float32(self.router_scale / c["pool"] ** 2)
+        if c is None:
             return np.maximum(x @ self.router_projection, 0)
-        c = self.router_conv
         return conv_features(x, self.router_projection, c["image_shape"], c["kernel_size"], c["pool"])
 
     def router_scores(self, x):

@@ -1,5 +1,5 @@
-"""The runtime's C XNOR-popcount kernels: the maths by hand, and the same answers as the
-NumPy path (skipped with a reason where no C compiler built them at install)."""
+"""The runtime's C kernels (XNOR-popcount, sign-selected sums): the maths by hand, and the
+same answers as the NumPy path (skipped with a reason where no C compiler built them at install)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,6 +24,29 @@ def test_xnor_dot_and_thresholds_by_hand():
     positive = np.where(direction > 0, z >= threshold, z <= threshold)
     np.testing.assert_array_equal(words, runtime.sign_words(~positive))
     assert (positive[:, 2]).all() and not positive[:, 3].any()  # thresholds outside [-n, n]
+
+
+def test_sign_selected_sums_by_hand():
+    x = np.array([[0, 2, 0, -1], [3, 0, 0, 0]], np.float32)
+    w = np.array([[1, -1], [-1, -1], [1, 1], [1, -1]], np.float32)
+    # row 0: 2 (-1, -1) - (1, -1) = (-3, -1); row 1: 3 (1, -1); zero inputs add nothing
+    np.testing.assert_array_equal(runtime.signed_dense(x, w), [[-3, -1], [3, -3]])
+    image = np.array([[1, 0, 2], [0, 3, 0], [4, 0, 0]], np.float32).reshape(1, 9)
+    filters = np.array([[1, 1], [1, -1], [1, -1], [1, 1]], np.float32)  # 2 x 2, patch order (row, column)
+    # 2 x 2 valid positions, one 2 x 2 pooling window. Filter 0 sums each window: 4, 5, 7, 3.
+    # Filter 1 (+ - / - +): 4, -5, -7, 3, rectified to 4, 0, 0, 3.
+    np.testing.assert_array_equal(runtime.signed_conv_pool(image, filters, (3, 3), 2, 2), [[19, 7]])
+    np.testing.assert_array_equal(runtime.conv_features(image, filters, (3, 3), 2, 2), [[19 / 4, 7 / 4]])
+
+
+def test_sign_selected_convolution_is_the_numpy_twins():
+    rng = np.random.default_rng(2)
+    for shape, k, p, filters in (((28, 28), 5, 4, 56), ((9, 8, 3), 3, 2, 5), ((7, 6), 3, 2, 4)):
+        x = rng.random((5, int(np.prod(shape)))).astype(np.float32)
+        x[x < 0.6] = 0  # sparse, as a digit
+        w = rng.choice([-1.0, 1.0], size=(k * k * (shape[2] if len(shape) == 3 else 1), filters)).astype(np.float32)
+        np.testing.assert_allclose(runtime.signed_conv_pool(x, w, shape, k, p) / p**2,
+                                   runtime.conv_features(x, w, shape, k, p), rtol=1e-6, atol=1e-6)
 
 
 def test_the_c_path_gives_the_numpy_paths_answers(tmp_path):
