@@ -54,7 +54,8 @@ import numpy as np
 
 __all__ = ["EMPTY_GROUP_SCORE", "FORMAT", "HAS_DATA_ABOVE", "KERNELS", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
            "floored_log_softmax",
-           "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "signed_conv_pool", "signed_dense",
+           "conv_kernel_fits", "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "signed_conv_pool",
+           "signed_dense",
            "threshold_words", "xnor_dot"]
 
 FORMAT = "larq-engrams-packed"
@@ -85,7 +86,7 @@ def _load_bit_kernels():
         lib.le_xnor_dot.argtypes = [address, address, i32, i32, i32, i32, address]
         lib.le_threshold_bits.argtypes = [address, address, address, i32, i32, i32, address]
         lib.le_signed_dense.argtypes = [address, address, i32, i32, i32, address]
-        lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [address, address]
+        lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [address]
         return lib
     return None
 
@@ -143,18 +144,27 @@ def signed_dense(x, signs):
 
 def signed_conv_pool(x, signs, image_shape, kernel_size, pool):
     """The sums over each pooling window of relu(conv(x, W)) for flat inputs `x` (batch,
-    H W C) and +-1 float32 filters `signs` (k k C, F) (C kernel): (batch, gh gw F), in
-    `conv_features`' order; `conv_features` with filters s W is s / p^2 times this."""
-    shape = tuple(int(v) for v in image_shape)
-    height, width, channels = shape if len(shape) == 3 else (*shape, 1)
+    H W) and +-1 float32 filters `signs` (k k, F) (C kernel; one channel, W <= 64, as
+    `conv_kernel_fits` says): (batch, gh gw F), in `conv_features`' order;
+    `conv_features` with filters s W is s / p^2 times this."""
+    if not conv_kernel_fits(image_shape):
+        raise ValueError(f"runtime: the C convolution takes one channel and images up to 64 wide, got {image_shape}.")
+    height, width = (int(v) for v in tuple(image_shape)[:2])
     k, p, filters = int(kernel_size), int(pool), signs.shape[1]
+    padded = np.zeros((signs.shape[0], -(-filters // 64) * 64), np.float32)  # whole blocks of 64 filters
+    padded[:, :filters] = signs
     x = np.ascontiguousarray(x, np.float32)
-    grid_h, grid_w = (height - k + 1) // p, (width - k + 1) // p
-    out = np.empty((len(x), grid_h * grid_w * filters), np.float32)
-    scratch = np.empty(grid_h * p * grid_w * p * filters, np.float32)  # one example's responses
-    _KERNELS.le_signed_conv_pool(_address(x, np.float32), _address(signs, np.float32), len(x), height, width,
-                                 channels, k, p, filters, _address(out, np.float32), _address(scratch, np.float32))
+    out = np.empty((len(x), ((height - k + 1) // p) * ((width - k + 1) // p) * filters), np.float32)
+    _KERNELS.le_signed_conv_pool(_address(x, np.float32), _address(padded, np.float32), len(x), height, width, k, p,
+                                 filters, padded.shape[1], _address(out, np.float32))
     return out
+
+
+def conv_kernel_fits(image_shape):
+    """Whether `signed_conv_pool` takes images of this shape (one channel, at most 64
+    pixels wide: a row's nonzero pixels are one 64-bit mask)."""
+    shape = tuple(int(v) for v in image_shape)
+    return (len(shape) == 2 or shape[2] == 1) and shape[1] <= 64
 
 
 def pack_signs(weights):
@@ -404,9 +414,9 @@ class PackedNetwork:
         """f(x), the router's fixed random features (batch, M)."""
         self._require_router()
         x, c = self._flat(x), self.router_conv
-        if self.kernels == "c":  # sign-selected sums; relu and the pooling commute with the positive scale
-            if c is None:
-                return np.maximum(signed_dense(x, self.router_signs), 0) * self.router_scale
+        if self.kernels == "c" and c is None:  # sign-selected sums; relu commutes with the positive scale
+            return np.maximum(signed_dense(x, self.router_signs), 0) * self.router_scale
+        if self.kernels == "c" and conv_kernel_fits(c["image_shape"]):  # and so does the pooling
             pooled = signed_conv_pool(x, self.router_signs, c["image_shape"], c["kernel_size"], c["pool"])
             return pooled * np.float32(self.router_scale / c["pool"] ** 2)
         if c is None:

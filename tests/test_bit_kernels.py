@@ -41,12 +41,14 @@ def test_sign_selected_sums_by_hand():
 
 def test_sign_selected_convolution_is_the_numpy_twins():
     rng = np.random.default_rng(2)
-    for shape, k, p, filters in (((28, 28), 5, 4, 56), ((9, 8, 3), 3, 2, 5), ((7, 6), 3, 2, 4)):
+    # 130 filters: two whole blocks of 64 and a part; 64 pixels wide: a whole row mask
+    for shape, k, p, filters in (((28, 28), 5, 4, 56), ((9, 64, 1), 3, 2, 130), ((7, 6), 3, 2, 4)):
         x = rng.random((5, int(np.prod(shape)))).astype(np.float32)
         x[x < 0.6] = 0  # sparse, as a digit
-        w = rng.choice([-1.0, 1.0], size=(k * k * (shape[2] if len(shape) == 3 else 1), filters)).astype(np.float32)
+        w = rng.choice([-1.0, 1.0], size=(k * k, filters)).astype(np.float32)
         np.testing.assert_allclose(runtime.signed_conv_pool(x, w, shape, k, p) / p**2,
-                                   runtime.conv_features(x, w, shape, k, p), rtol=1e-6, atol=1e-6)
+                                   runtime.conv_features(x, w, shape, k, p), rtol=1e-6, atol=1e-5)
+    assert not runtime.conv_kernel_fits((9, 8, 3)) and not runtime.conv_kernel_fits((8, 65))  # NumPy's path
 
 
 def test_the_c_path_gives_the_numpy_paths_answers(tmp_path):
