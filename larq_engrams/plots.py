@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure  # not pyplot: the user's backend is left alone
 
 __all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "plot_engram_overlap", "plot_stability_plasticity",
-           "plot_accuracy_against_bytes",
+           "plot_accuracy_against_bytes", "plot_long_sequence",
            "figure_to_png", "run_title"]
 
 _UNTRAINED_FACE = "#d9d9d9"
@@ -189,6 +189,34 @@ def plot_accuracy_against_bytes(points, floor=1024):
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both")
     figure.suptitle("Accuracy against extra state: engram models (red), replay (blue), others (grey)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_long_sequence(series):
+    """Two panels against the tasks trained: the accuracy on the tasks seen so far (%,
+    the mean of row t's measured entries: an estimate where the row was sampled), and
+    the seconds each task took to train.
+
+    Args:
+        series: {label: {"tasks": [t + 1 ...], "acc": [fraction ...], "seconds": [...]}};
+            "acc" may hold NaN where a row was not evaluated (those points are skipped).
+    """
+    figure = Figure(figsize=(10.4, 4.0))
+    acc_ax, time_ax = figure.subplots(1, 2)
+    for label, run in series.items():
+        tasks, acc = np.asarray(run["tasks"]), 100 * np.asarray(run["acc"], dtype=float)
+        measured = ~np.isnan(acc)
+        acc_ax.plot(tasks[measured], acc[measured], marker="o", ms=2.5, lw=1, label=label)
+        time_ax.plot(tasks, run["seconds"], lw=1, label=label)
+    acc_ax.set_ylabel("accuracy on the tasks seen so far (%)", fontsize=8)
+    time_ax.set_ylabel("seconds to train the task", fontsize=8)
+    time_ax.set_ylim(bottom=0)
+    for ax in (acc_ax, time_ax):
+        ax.set_xlabel("tasks trained", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     figure.tight_layout()
     return figure
 

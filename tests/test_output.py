@@ -12,7 +12,7 @@ import pytest
 from larq_engrams import benchmarks as B
 from larq_engrams import experiment
 from larq_engrams.models import mlp
-from larq_engrams.plots import plot_accuracy_matrix, plot_task_accuracies
+from larq_engrams.plots import plot_accuracy_matrix, plot_long_sequence, plot_task_accuracies
 from larq_engrams.training import ContinualResult, ContinualTrainer, write_atomically
 
 R = np.array([[0.995, 0.0, np.nan], [0.9, 1.0, 0.0], [0.8, 0.5, 0.97]])
@@ -207,3 +207,13 @@ def test_recorded_git_state_lists_the_tracked_files_with_uncommitted_edits(tmp_p
     (tmp_path / "pkg" / "with space é.py").write_text("x = 2\n")
     (tmp_path / "pkg" / "new.py").write_text("y = 0\n")
     assert _git_state(str(tmp_path / "pkg")) == (head + "-dirty", ["pkg/a.py", "pkg/c.py", "pkg/with space é.py"])
+
+
+def test_long_sequence_plot_skips_rows_not_evaluated_and_is_in_percent():
+    figure = plot_long_sequence({"engram_bnn": {"tasks": [1, 2, 3, 4], "acc": [0.99, np.nan, 0.9, 0.85],
+                                                "seconds": [10.0, 11.0, 10.5, 12.0]}})
+    acc_ax, time_ax = figure.axes
+    np.testing.assert_allclose(acc_ax.lines[0].get_xdata(), [1, 3, 4])  # the sampled-out row is not drawn
+    np.testing.assert_allclose(acc_ax.lines[0].get_ydata(), [99.0, 90.0, 85.0])
+    np.testing.assert_allclose(time_ax.lines[0].get_ydata(), [10.0, 11.0, 10.5, 12.0])
+    assert time_ax.get_ylim()[0] == 0
