@@ -170,7 +170,7 @@ def evaluation_schedule(num_tasks, evaluate_every=None, past_tasks=None):
     """`(evaluate_every, past_tasks)` for `ContinualTrainer`; None picks by the sequence's
     length: the full accuracy matrix up to 50 tasks (every row, every past task), and
     beyond, about 20 scheduled rows of 20 sampled past tasks each (the last row whole)."""
-    long = num_tasks > 50
+    long = num_tasks > methods.LONG_SEQUENCE
     every = evaluate_every or (max(1, num_tasks // 20) if long else 1)
     return every, past_tasks if past_tasks is not None else (20 if long else None)
 

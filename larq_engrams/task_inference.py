@@ -44,7 +44,8 @@ from larq_engrams.subnetwork import StackedEngramSubnetworks
 from larq_engrams.task_inputs import split_task_inputs
 
 __all__ = ["ConvGeometry", "EngramTaskInference", "FEATURE_MAPS", "InputDiscriminant", "conv_image_shape",
-           "resolve_feature_map", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
+           "resolve_feature_map", "features_within_budget", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
+           "ROUTER_BUDGET",
            "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "sign_bytes", "unpack_sign_bits",
            "unpack_symmetric"]
 
@@ -54,6 +55,9 @@ MAX_FEATURES = 4096
 # validation data (see `InputDiscriminant`); the router-alone baselines follow them.
 DEFAULT_FEATURES = 2048
 DEFAULT_SHRINKAGE = 0.01
+# The router's state (learn + predict) that a long task sequence's default M keeps within
+# at its end (issue 44: router and engrams <= 16 MiB at 100 tasks; `features_within_budget`).
+ROUTER_BUDGET = 15 * 2 ** 20
 EMPTY_GROUP_SCORE = -1e9  # the score of an (engram, class) group that has no data
 FEATURE_MAPS = ("dense", "conv")  # relu(x R) on flat inputs; or random filters over images
 
@@ -314,6 +318,21 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "shrinkage": self.shrinkage, "seed": self.seed, "covariance": self.covariance,
                 "feature_map": self.feature_map,
                 "image_shape": None if self.image_shape is None else list(self.image_shape)}
+
+
+def features_within_budget(max_tasks, num_classes, inputs, budget=ROUTER_BUDGET, feature_map="dense",
+                           image_shape=None, step=256):
+    """The largest M <= DEFAULT_FEATURES, a multiple of `step`, whose router with room for
+    `max_tasks` tasks keeps at most `budget` bytes (`state_bytes`, learn + predict); `step`
+    if none does. Its bytes grow as M^2 / 2 (the scatter) + 2 T C M (sums and kernel)
+    floats, so a long sequence trades features for tasks (on validation, more features
+    score higher: results/issue44)."""
+    for features in range(DEFAULT_FEATURES, step - 1, -step):
+        router = InputDiscriminant(max_tasks, num_classes, features, feature_map=feature_map, image_shape=image_shape)
+        router.build((None, int(inputs)))
+        if sum(router.state_bytes()) <= budget:
+            return features
+    return step
 
 
 def resolve_feature_map(choice, image_shape):

@@ -297,3 +297,29 @@ def test_a_model_without_router_keeps_nothing_and_learns_task_il_exactly_as_with
     model.set_inference("infer", confidence="excitation")  # the measures without statistics still work
     with pytest.raises(ValueError, match="needs the router"):
         le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, router=False, inference_mode="infer")
+
+
+def _router_bytes(tasks, features):
+    router = InputDiscriminant(tasks, 10, features)
+    router.build((None, 784))
+    return sum(router.state_bytes())
+
+
+def test_a_long_sequence_router_takes_the_most_features_its_budget_allows():
+    budget = 6 * 2 ** 20
+    features = task_inference.features_within_budget(100, 10, 784, budget=budget)
+    assert features % 256 == 0 and _router_bytes(100, features) <= budget < _router_bytes(100, features + 256)
+    assert task_inference.features_within_budget(5, 10, 784) == task_inference.DEFAULT_FEATURES
+
+
+def test_the_router_keeps_its_default_features_up_to_a_long_sequence():
+    from larq_engrams.experiment import ExperimentConfig, make_scenario
+
+    def count(tasks, **hp):
+        scenario = make_scenario(ExperimentConfig(scenario="permuted_mnist", setting="domain", num_tasks=tasks), 0)
+        return methods.router_feature_count(scenario, methods.HyperParameters(**hp))
+
+    assert count(methods.LONG_SEQUENCE) == task_inference.DEFAULT_FEATURES
+    long = count(100)
+    assert long < task_inference.DEFAULT_FEATURES and _router_bytes(100, long) <= task_inference.ROUTER_BUDGET
+    assert count(100, lda_features=512) == 512  # asked for: kept

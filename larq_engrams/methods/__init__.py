@@ -1,5 +1,6 @@
 """Continual-learning methods selectable by name (see `registry`)."""
 from larq_engrams.methods.registry import (
+    LONG_SEQUENCE,
     REPLAY,
     HyperParameters,
     MethodSetup,
@@ -11,7 +12,8 @@ from larq_engrams.methods.registry import (
     method_hyperparameters,
     names,
     register,
+    router_feature_count,
 )
 
-__all__ = ["HyperParameters", "MethodSetup", "REPLAY", "build", "describe", "equal_bytes_buffer_size",
-           "hyperparameters_read", "known", "method_hyperparameters", "names", "register"]
+__all__ = ["HyperParameters", "LONG_SEQUENCE", "MethodSetup", "REPLAY", "build", "describe", "equal_bytes_buffer_size",
+           "hyperparameters_read", "known", "method_hyperparameters", "names", "register", "router_feature_count"]

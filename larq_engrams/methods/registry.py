@@ -18,11 +18,13 @@ from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import Adam, MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
-from larq_engrams.task_inference import DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, resolve_feature_map
+from larq_engrams.task_inference import (DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
+                                         resolve_feature_map)
 
 __all__ = [
     "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
-    "equal_bytes_buffer_size", "engram_capacity", "hyperparameters_read", "method_hyperparameters",
+    "equal_bytes_buffer_size", "engram_capacity", "hyperparameters_read", "method_hyperparameters", "LONG_SEQUENCE",
+    "router_feature_count",
 ]
 
 # Regularization strengths of the standard benchmark code (van de Ven, Tuytelaars &
@@ -61,7 +63,7 @@ class HyperParameters:
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
     max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
     task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
-    lda_features: int = None  # engram task inference's random features; None: the model's default
+    lda_features: int = None  # the router's random features; None: by the sequence's length (router_feature_count)
     seed: int = 0
     backbone: str = "mlp"  # ewc, online_ewc, si, lwf, joint: "mlp" or "bnn"
     ewc_lambda: float = None  # None: the standard value for the scenario (below)
@@ -193,8 +195,7 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
     """The replay buffer (uint8 inputs, int32 labels, float32 logits for DER++) that holds
     the bytes engram_bnn keeps only to learn further tasks in `scenario`."""
     features = _router_feature_map(scenario, hp)  # the same router engram_bnn builds
-    router = InputDiscriminant(engram_capacity(scenario, hp), scenario.num_classes,
-                               DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features,
+    router = InputDiscriminant(engram_capacity(scenario, hp), scenario.num_classes, router_feature_count(scenario, hp),
                                feature_map=features["router_features"], image_shape=features["image_shape"])
     router.build((None, int(np.prod(scenario.input_shape))))
     per_example = int(np.prod(scenario.input_shape)) + 4 + (4 * scenario.num_classes if logits else 0)
@@ -223,6 +224,23 @@ def engram_capacity(scenario, hp):
     return scenario.num_tasks if hp.max_engrams is None else int(hp.max_engrams)
 
 
+LONG_SEQUENCE = 50  # tasks beyond which a sequence is long: a sampled R, a router within ROUTER_BUDGET
+
+
+def router_feature_count(scenario, hp):
+    """M, the router's random features: `lda_features`, or by default DEFAULT_FEATURES up
+    to LONG_SEQUENCE tasks and beyond, the most that keep the router within
+    ROUTER_BUDGET with room for every engram (`features_within_budget`)."""
+    if hp.lda_features is not None:
+        return int(hp.lda_features)
+    if scenario.num_tasks <= LONG_SEQUENCE:
+        return DEFAULT_FEATURES
+    features = _router_feature_map(scenario, hp)
+    return features_within_budget(engram_capacity(scenario, hp), scenario.num_classes,
+                                  int(np.prod(scenario.input_shape)), feature_map=features["router_features"],
+                                  image_shape=features["image_shape"])
+
+
 def _router_feature_map(scenario, hp):
     """`router_features` and `image_shape` for the scenario: "auto" is "conv" where the
     inputs are images with their pixels in place (`Scenario.image_shape`), else "dense"."""
@@ -241,9 +259,8 @@ def _engram_model(scenario, hp, **kwargs):
         seed=hp.seed,
         router=not scenario.provides_task_id,  # task-IL gives the task id: nothing to route
         task_free=hp.task_free,
+        lda_features=router_feature_count(scenario, hp),
     )
-    if hp.lda_features is not None:
-        args["lda_features"] = hp.lda_features
     args.update(kwargs)
     return engram_bnn(scenario.input_shape, scenario.num_classes, hidden=hp.hidden, **args)
 
@@ -349,9 +366,9 @@ def _router_alone(name, rule, scenario, hp):
     features (seed and count, `lda_features`), shrinkage, groups and one pass. Where
     tasks share labels (domain-IL) the router keeps a group per (task, class), and so
     does this; in class-IL those are the classes."""
-    features = DEFAULT_FEATURES if hp.lda_features is None else hp.lda_features
     model = ClassStatisticsClassifier(scenario.input_shape, scenario.num_classes, rule=rule,
-                                      shrinkage=DEFAULT_SHRINKAGE, features=features, seed=hp.seed,
+                                      shrinkage=DEFAULT_SHRINKAGE, features=router_feature_count(scenario, hp),
+                                      seed=hp.seed,
                                       task_groups=scenario.num_tasks if scenario.setting == "domain" else 1,
                                       **{{"router_features": "feature_map"}.get(k, k): v
                                          for k, v in _router_feature_map(scenario, hp).items()})
