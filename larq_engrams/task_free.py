@@ -59,9 +59,11 @@ __all__ = ["TaskFreeEngrams", "DEFAULTS", "change_point"]
 
 _PREDICTS = float(np.log(0.5))  # an engram predicts a label it gives probability >= 1/2
 
-# Chosen on validation data (results/issue47).
+# Chosen on validation data (results/issue47). router_chunk decides nothing (the router's
+# statistics are sums; its discriminant is solved when the stream is evaluated): 1000, as
+# `observe_task_data` takes a told task's data, since each chunk costs an M x M update.
 DEFAULTS = {"alpha": 1e-3, "confirm": 30, "warmup": 100, "horizon": 200, "floor": 0.02, "effect": 0.1,
-            "unlikely": 0.05, "window": 500, "router_chunk": 200}
+            "unlikely": 0.05, "window": 500, "router_chunk": 1000}
 
 
 def change_point(flags, p):
@@ -110,7 +112,8 @@ class TaskFreeEngrams:
         unlikely: tau, the probability of its label under which the active engram holds
             an example.
         window: examples of the active engram the test looks back over.
-        router_chunk: examples the router takes at a time.
+        router_chunk: examples the router takes at a time (held until then: 3 MiB of
+            float32 784-pixel images at 1000).
     """
 
     def __init__(self, model, alpha=DEFAULTS["alpha"], confirm=DEFAULTS["confirm"], warmup=DEFAULTS["warmup"],
@@ -170,18 +173,18 @@ class TaskFreeEngrams:
                 return self._return_to_previous(), True
         if not test.testing:
             test.update(*seen)
-            return (self._trained([(x, y)]) if len(y) else []), False
+            return (self._trained([(x, y)], active) if len(y) else []), False
         self.recent.append(_Chunk(positions, unlikely, x, y, self.position - 1, seen))
         # Released examples train in the step of the batch that releases them: a step of
         # their own would cost a train step for one or two examples.
         batches = _merged(self._expire(test) + [(x[~unlikely], y[~unlikely])])
         held = np.concatenate([c.held for c in self.recent])
         if held.sum() < self.confirm:
-            return self._trained(batches), False
+            return self._trained(batches, active), False
         c = change_point(held, max(test.rate, test.floor))
         k, m = int(held[c:].sum()), held.size - c
         if k < self.confirm or not test.is_novel(k, m):
-            return self._trained(batches), False
+            return self._trained(batches, active), False
         return self._boundary(held, c, test, batches)
 
     def _split_with_previous(self, x, y, positions, unlikely, likelihood):
@@ -261,7 +264,7 @@ class TaskFreeEngrams:
         if target == active:  # no engram left: the active one goes on, its test starts again
             self.exhausted += 1
             self.tests[active] = self.new_test()
-            return self._trained(_merged(batches + [(x, y)])), False
+            return self._trained(_merged(batches + [(x, y)]), active), False
         self._queue_for_router(batches, active)  # the left engram's last examples
         self._flush_router()
         self.model.begin_task(target)
@@ -269,7 +272,7 @@ class TaskFreeEngrams:
             self.tests[target] = self.new_test()
         self.previous, self._shares, self._run = active, collections.deque(), (0, None)
         self._since_switch = 0
-        return self._trained([(x, y)]), True
+        return self._trained([(x, y)], target), True
 
     def take(self, x, y):
         """A batch whose engram the stream told (`begin_task` made it active): no test,
@@ -295,9 +298,11 @@ class TaskFreeEngrams:
         free = [t for t in range(self.model.max_tasks) if t not in self.model.allocated_tasks]
         return (free[0], True) if free else (active, False)
 
-    def _trained(self, batches):
-        """Queues `batches` for the router under the active engram; returns them."""
-        self._queue_for_router(batches, self.model.active_task)
+    def _trained(self, batches, engram=None):
+        """Queues `batches` for the router under `engram` (the active one: the caller
+        may pass it, as reading it from the model's weights costs an eager op); returns
+        them."""
+        self._queue_for_router(batches, self.model.active_task if engram is None else engram)
         return batches
 
     def _queue_for_router(self, batches, engram):
