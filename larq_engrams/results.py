@@ -110,6 +110,9 @@ class ContinualResult:
             fraction of its test samples whose own engram was inferred (its mean is
             `metrics["task_inference"]`); None otherwise.
         task_seconds: training wall time per task (evaluation excluded).
+        observe_seconds: per task, the wall time of the pass that gives the task's data to
+            the model before its training clock starts (`observe_task_data`: an engram
+            router's statistics); None where the trainer makes none.
         memory: `PeakMemoryCallback.summary()`.
         config: scenario, model, optimizer and trainer settings.
         environment: versions and devices.
@@ -124,6 +127,7 @@ class ContinualResult:
     environment: dict
     epoch_accuracies: list = dataclasses.field(default_factory=list)
     task_inference: list = None
+    observe_seconds: list = None
 
     @classmethod
     def from_matrix(cls, R, baseline, **kwargs):

@@ -40,6 +40,9 @@ def test_short_real_run_fills_r_and_metrics(two_tasks, tmp_path):
     assert result.metrics["bwt"] == pytest.approx(R[1, 0] - R[0, 0])
     assert result.metrics["fwt"] == pytest.approx(R[0, 1] - result.baseline[1])
     assert len(result.task_seconds) == 2 and all(s > 0 for s in result.task_seconds)
+    # The pass that gives each task's data to the model (nothing to observe for a plain
+    # BNN) is timed apart from training, per task.
+    assert len(result.observe_seconds) == 2 and all(0 <= s < min(result.task_seconds) for s in result.observe_seconds)
     assert result.config["scenario"]["source"] == "bundled:mnist-t10k[8000/2000]"
     assert result.config["optimizer"]["name"] == "MetaplasticAdam"
     assert result.config["model"]["class"] == "Sequential"

@@ -199,6 +199,7 @@ class ContinualTrainer:
             R[: state["completed"]] = state["R"]
             baseline = state["baseline"]
             task_seconds, epoch_accuracies = state["task_seconds"], state["epoch_accuracies"]
+            observe_seconds = state.get("observe_seconds", [])
             self.memory.tasks = state["memory_tasks"]
             self.memory.rss_before_bytes = state["rss_before_bytes"]
             first = state["completed"]
@@ -208,7 +209,7 @@ class ContinualTrainer:
             untrained = TaskEvaluator(self.model, scenario, "task", self.jit_compile,
                                       batchnorm=self.batchnorm_evaluation, seed=self.seed or 0)
             baseline = untrained.accuracies()
-            task_seconds, epoch_accuracies, first = [], [], 0
+            task_seconds, observe_seconds, epoch_accuracies, first = [], [], [], 0
 
         for cb in (self.memory, *self.user_callbacks):
             if isinstance(cb, ContinualCallback):
@@ -219,7 +220,9 @@ class ContinualTrainer:
                 task = scenario[t]
                 protocol.begin_task(self.model, t)
                 if not scenario.provides_task_id:  # e.g. the inputs an engram model's router needs
+                    observed = time.perf_counter()
                     protocol.observe_task_data(self.model, task.train)
+                    observe_seconds.append(time.perf_counter() - observed)
                 self._prepare_optimizer(t)
                 for cb in (self.memory, *self.user_callbacks):
                     if isinstance(cb, ContinualCallback):
@@ -247,7 +250,7 @@ class ContinualTrainer:
                           f"on tasks 0..{t}: "
                           + " ".join("·" if np.isnan(a) else f"{100 * a:.1f}" for a in R[t, : t + 1])
                           + f" (mean {100 * seen:.1f}%)")
-                self._checkpoint(scenario, t, R, baseline, task_seconds, epoch_accuracies)
+                self._checkpoint(scenario, t, R, baseline, task_seconds, epoch_accuracies, observe_seconds)
         except BaseException:
             self.memory.abort()  # no sampler thread outlives a failed or interrupted run
             raise
@@ -260,6 +263,7 @@ class ContinualTrainer:
             R,
             baseline,
             task_seconds=task_seconds,
+            observe_seconds=observe_seconds or None,
             memory=memory,
             config=self.config(scenario),
             environment=environment(),
@@ -489,12 +493,13 @@ class ContinualTrainer:
                                    callbacks=tf.train.Checkpoint(**callbacks),
                                    data=tf.train.Checkpoint(**scenario.data_state()))
 
-    def _checkpoint(self, scenario, t, R, baseline, task_seconds, epoch_accuracies):
+    def _checkpoint(self, scenario, t, R, baseline, task_seconds, epoch_accuracies, observe_seconds):
         self._checkpoints.save(t, self._checkpoint_object(scenario), {
             "scenario": _scenario_key(scenario),
             "R": R[: t + 1].tolist(),
             "baseline": list(map(float, baseline)),
             "task_seconds": task_seconds,
+            "observe_seconds": observe_seconds,
             "epoch_accuracies": epoch_accuracies,
             "memory_tasks": self.memory.tasks,
             "rss_before_bytes": self.memory.rss_before_bytes,
