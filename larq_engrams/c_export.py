@@ -95,14 +95,13 @@ def _write_source(net, folder):
     w = _Writer()
     tasks = net.allocated_tasks
     inputs, classes = net.input_size, net.num_classes
-    widths_all, max_width, max_words = [], 1, 1
+    widths_all, max_words = [], 1
     for k, task in enumerate(tasks):
         layers, output = net.engram_network(task)
         first = layers[0]
         n1 = first.kernel.shape[1]
         widths = [n1] + [layer.kernel.shape[1] for layer in layers[1:]]
         widths_all.append(widths)
-        max_width = max(max_width, *widths)
         max_words = max(max_words, *(-(-n // 64) for n in widths))
         w.array("uint64_t", f"e{k}_w0", runtime.sign_words(first.kernel.T < 0), _words)
         w.array("float", f"e{k}_scale0", first.scale, _floats)
@@ -138,9 +137,9 @@ def _write_source(net, folder):
         f"e{k}_wout}}" for k in range(len(tasks)))
     defines = {
         "LE_INPUTS": inputs, "LE_CLASSES": classes, "LE_ENGRAMS": len(tasks), "LE_FEATURES": features,
-        "LE_MAX_WIDTH": max_width, "LE_MAX_WORDS": max_words, "LE_INPUT_WORDS": -(-inputs // 64),
+        "LE_MAX_WORDS": max_words, "LE_INPUT_WORDS": -(-inputs // 64),
     }
-    buffer_bytes = 8 * 2 * max_words + 4 * max_width + 4 * features + 4 * len(tasks) * classes + 4 * classes
+    buffer_bytes = 8 * 2 * max_words + 4 * features + 4 * len(tasks) * classes + 4 * classes
     header = _HEADER.format(
         defines="\n".join(f"#define {k} {v}" for k, v in defines.items()),
         task_ids=_ints(tasks), buffer_bytes=buffer_bytes)
@@ -208,7 +207,6 @@ static const le_engram engrams[LE_ENGRAMS] = {{
 }};
 
 static uint64_t bits[2][LE_MAX_WORDS];
-static int32_t z[LE_MAX_WIDTH];
 static float features[LE_FEATURES];
 static float groups[LE_ENGRAMS * LE_CLASSES];
 static int32_t zout[LE_CLASSES];
@@ -232,8 +230,8 @@ static void engram_logits(const le_engram *e, const float *x, float *logits) {{
     int32_t in = 0;
     for (int32_t l = 0; l < e->hidden; ++l) {{
         int32_t n_in = e->widths[l], n_out = e->widths[l + 1];
-        le_xnor_dot(bits[in], e->w[l], 1, n_out, (n_in + 63) / 64, n_in, z);
-        le_threshold_bits(z, e->t[l], e->d[l], 1, n_out, (n_out + 63) / 64, bits[1 - in]);
+        le_xnor_threshold_bits(bits[in], e->w[l], 1, n_out, (n_in + 63) / 64, n_in, e->t[l], e->d[l],
+                               (n_out + 63) / 64, bits[1 - in]);
         in = 1 - in;
     }}
     int32_t last = e->widths[e->hidden];

@@ -55,7 +55,7 @@ import numpy as np
 __all__ = ["EMPTY_GROUP_SCORE", "FORMAT", "HAS_DATA_ABOVE", "KERNELS", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
            "floored_log_softmax",
            "conv_kernel_fits", "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "signed_conv_pool",
-           "signed_dense",
+           "signed_dense", "signed_dense_words", "padded_signs", "SIGN_BLOCK", "xnor_threshold_words",
            "threshold_words", "xnor_dot"]
 
 FORMAT = "larq-engrams-packed"
@@ -85,8 +85,10 @@ def _load_bit_kernels():
         address, i32 = ctypes.c_void_p, ctypes.c_int32  # arrays by address: data_as costs more than the call
         lib.le_xnor_dot.argtypes = [address, address, i32, i32, i32, i32, address]
         lib.le_threshold_bits.argtypes = [address, address, address, i32, i32, i32, address]
-        lib.le_signed_dense.argtypes = [address, address, i32, i32, i32, address]
-        lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [address]
+        lib.le_xnor_threshold_bits.argtypes = [address, address, i32, i32, i32, i32, address, address, i32, address]
+        lib.le_signed_dense_bits.argtypes = [address, address, i32, i32, i32, i32, address, address, i32, address]
+        lib.le_signed_dense.argtypes = [address, address, i32, i32, i32, i32, address]
+        lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [ctypes.c_float, address]
         return lib
     return None
 
@@ -132,39 +134,82 @@ def threshold_words(z, threshold, direction):
     return out
 
 
-def signed_dense(x, signs):
-    """x W for real inputs `x` (batch, n) and a +-1 float32 `signs` (n, units), as
-    sign-selected sums of the nonzero inputs (C kernel): (batch, units) float32."""
+SIGN_BLOCK = 64  # the C sign-selected sums take +-1 columns in whole blocks of this many (csrc/signed_sums.c)
+
+
+def padded_signs(signs):
+    """+-1 float32 columns `signs` (n, units) with zero columns appended up to a multiple
+    of SIGN_BLOCK, as `signed_dense` and `signed_conv_pool` take them (make it once per
+    layer: it is a copy)."""
+    signs = np.asarray(signs, np.float32)
+    padded = np.zeros((signs.shape[0], -(-signs.shape[1] // SIGN_BLOCK) * SIGN_BLOCK), np.float32)
+    padded[:, : signs.shape[1]] = signs
+    return padded
+
+
+def xnor_threshold_words(x_words, w_words, n, threshold, direction):
+    """A hidden binary layer on bits: `threshold_words(xnor_dot(...), ...)` in one C call."""
+    batch, units = len(x_words), len(w_words)
+    out = np.empty((batch, -(-units // 64)), np.uint64)
+    _KERNELS.le_xnor_threshold_bits(_address(x_words, np.uint64), _address(w_words, np.uint64), batch, units,
+                                    x_words.shape[1], n, _address(threshold, np.int32), _address(direction, np.int8),
+                                    out.shape[1], _address(out, np.uint64))
+    return out
+
+
+def signed_dense_words(x, signs, units, scale, offset):
+    """The first binary layer's outputs as the next layer's input words: +1 iff
+    (x W)_u scale_u + offset_u >= 0, from `padded_signs` columns (C kernel; the same
+    float32 roundings as NumPy's `signed_dense(x, W) * scale + offset >= 0`)."""
     x = np.ascontiguousarray(x, np.float32)
-    z = np.empty((len(x), signs.shape[1]), np.float32)
-    _KERNELS.le_signed_dense(_address(x, np.float32), _address(signs, np.float32), len(x), signs.shape[0],
+    out = np.empty((len(x), -(-int(units) // 64)), np.uint64)
+    _KERNELS.le_signed_dense_bits(_address(x, np.float32), _address(signs, np.float32), len(x), signs.shape[0],
+                                  int(units), signs.shape[1], _address(scale, np.float32),
+                                  _address(offset, np.float32), out.shape[1], _address(out, np.uint64))
+    return out
+
+
+def signed_dense(x, signs, units=None):
+    """x W for real inputs `x` (batch, n) and +-1 float32 columns `signs` (n, units), as
+    sign-selected sums of the nonzero inputs (C kernel): (batch, units) float32. `signs`
+    may come from `padded_signs`, with `units` the columns that count."""
+    units = signs.shape[1] if units is None else int(units)
+    if signs.shape[1] % SIGN_BLOCK:
+        signs = padded_signs(signs)
+    x = np.ascontiguousarray(x, np.float32)
+    z = np.empty((len(x), units), np.float32)
+    _KERNELS.le_signed_dense(_address(x, np.float32), _address(signs, np.float32), len(x), signs.shape[0], units,
                              signs.shape[1], _address(z, np.float32))
     return z
 
 
-def signed_conv_pool(x, signs, image_shape, kernel_size, pool):
-    """The sums over each pooling window of relu(conv(x, W)) for flat inputs `x` (batch,
-    H W) and +-1 float32 filters `signs` (k k, F) (C kernel; one channel, W <= 64, as
-    `conv_kernel_fits` says): (batch, gh gw F), in `conv_features`' order;
-    `conv_features` with filters s W is s / p^2 times this."""
-    if not conv_kernel_fits(image_shape):
-        raise ValueError(f"runtime: the C convolution takes one channel and images up to 64 wide, got {image_shape}.")
+def signed_conv_pool(x, signs, image_shape, kernel_size, pool, filters=None, scale=1.0):
+    """`scale` times the sums over each pooling window of relu(conv(x, W)) for flat inputs
+    `x` (batch, H W) and +-1 float32 filters `signs` (k k, F) (C kernel; one channel,
+    W <= 64, k <= 8, as `conv_kernel_fits` says): (batch, gh gw F), in `conv_features`'
+    order; `conv_features` with filters s W is this with scale s / p^2. `signs` may come
+    from `padded_signs`, with `filters` the columns that count."""
+    if not conv_kernel_fits(image_shape, kernel_size):
+        raise ValueError(f"runtime: the C convolution takes one channel, images up to 64 wide and filters up to 8 "
+                         f"wide, got {image_shape} and {kernel_size}.")
     height, width = (int(v) for v in tuple(image_shape)[:2])
-    k, p, filters = int(kernel_size), int(pool), signs.shape[1]
-    padded = np.zeros((signs.shape[0], -(-filters // 64) * 64), np.float32)  # whole blocks of 64 filters
-    padded[:, :filters] = signs
+    k, p = int(kernel_size), int(pool)
+    filters = signs.shape[1] if filters is None else int(filters)
+    if signs.shape[1] % SIGN_BLOCK:
+        signs = padded_signs(signs)
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty((len(x), ((height - k + 1) // p) * ((width - k + 1) // p) * filters), np.float32)
-    _KERNELS.le_signed_conv_pool(_address(x, np.float32), _address(padded, np.float32), len(x), height, width, k, p,
-                                 filters, padded.shape[1], _address(out, np.float32))
+    _KERNELS.le_signed_conv_pool(_address(x, np.float32), _address(signs, np.float32), len(x), height, width, k, p,
+                                 filters, signs.shape[1], np.float32(scale), _address(out, np.float32))
     return out
 
 
-def conv_kernel_fits(image_shape):
-    """Whether `signed_conv_pool` takes images of this shape (one channel, at most 64
-    pixels wide: a row's nonzero pixels are one 64-bit mask)."""
+def conv_kernel_fits(image_shape, kernel_size):
+    """Whether `signed_conv_pool` takes images of this shape and filters of this size
+    (one channel, at most 64 pixels wide: a row's nonzero pixels are one 64-bit mask;
+    k <= 8: a window's are one as well)."""
     shape = tuple(int(v) for v in image_shape)
-    return (len(shape) == 2 or shape[2] == 1) and shape[1] <= 64
+    return (len(shape) == 2 or shape[2] == 1) and shape[1] <= 64 and int(kernel_size) <= 8
 
 
 def pack_signs(weights):
@@ -234,7 +279,7 @@ class _Layer:
         self.kernel = np.ascontiguousarray(kernel)  # (inputs, units) +-1 float32, rows for the C kernels
         self.scale, self.offset = scale, offset  # float layer
         self.threshold, self.direction = threshold, direction  # integer layer
-        self._words = None
+        self._words = self._padded = None
 
     def bit_operands(self):
         """(weight words (units, words of inputs), int32 thresholds, int8 directions)
@@ -244,10 +289,14 @@ class _Layer:
                            np.ascontiguousarray(self.direction, np.int8))
         return self._words
 
-    def positive(self, x, sums=np.matmul):
-        """The float layer's outputs as booleans (True: +1); `sums(x, kernel)` computes
-        x W (`signed_dense` on the C path)."""
-        return sums(x, self.kernel) * self.scale + self.offset >= 0
+    def output_words(self, x):
+        """The float layer's outputs for real inputs `x` as the next layer's input words
+        (C kernels; its padded kernel made once)."""
+        if self._padded is None:
+            self._padded = (padded_signs(self.kernel), np.ascontiguousarray(self.scale, np.float32),
+                            np.ascontiguousarray(self.offset, np.float32))
+        signs, scale, offset = self._padded
+        return signed_dense_words(x, signs, self.kernel.shape[1], scale, offset)
 
     def __call__(self, h):
         z = h @ self.kernel
@@ -307,6 +356,7 @@ class PackedNetwork:
             self.router_signs = unpack_signs(arrays["router/projection_bits"], columns)  # R / scale, +-1
             self.router_scale = np.float32(router["projection_scale"])
             self.router_projection = self.router_signs * self.router_scale
+            self._router_padded = padded_signs(self.router_signs)  # the C kernels' operand
             self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
             self.router_bias = arrays["router/bias"]  # (tasks, classes)
         self._learner = None
@@ -376,10 +426,10 @@ class PackedNetwork:
 
     def _logits(self, h, layers, output):
         if self.kernels == "c":  # on the bits after the first layer
-            words = sign_words(~layers[0].positive(h, signed_dense))
+            words = layers[0].output_words(h)
             for layer in layers[1:]:
                 weights, threshold, direction = layer.bit_operands()
-                words = threshold_words(xnor_dot(words, weights, layer.kernel.shape[0]), threshold, direction)
+                words = xnor_threshold_words(words, weights, layer.kernel.shape[0], threshold, direction)
             z = xnor_dot(words, output.words(), output.kernel.shape[0])
             return z.astype(np.float32) * self.output_scale + self.output_offset
         for layer in layers:
@@ -415,10 +465,10 @@ class PackedNetwork:
         self._require_router()
         x, c = self._flat(x), self.router_conv
         if self.kernels == "c" and c is None:  # sign-selected sums; relu commutes with the positive scale
-            return np.maximum(signed_dense(x, self.router_signs), 0) * self.router_scale
-        if self.kernels == "c" and conv_kernel_fits(c["image_shape"]):  # and so does the pooling
-            pooled = signed_conv_pool(x, self.router_signs, c["image_shape"], c["kernel_size"], c["pool"])
-            return pooled * np.float32(self.router_scale / c["pool"] ** 2)
+            return np.maximum(signed_dense(x, self._router_padded, self.router_signs.shape[1]), 0) * self.router_scale
+        if self.kernels == "c" and conv_kernel_fits(c["image_shape"], c["kernel_size"]):  # and so does the pooling
+            return signed_conv_pool(x, self._router_padded, c["image_shape"], c["kernel_size"], c["pool"],
+                                    self.router_signs.shape[1], self.router_scale / c["pool"] ** 2)
         if c is None:
             return np.maximum(x @ self.router_projection, 0)
         return conv_features(x, self.router_projection, c["image_shape"], c["kernel_size"], c["pool"])

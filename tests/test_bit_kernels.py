@@ -23,6 +23,8 @@ def test_xnor_dot_and_thresholds_by_hand():
     words = runtime.threshold_words(z, threshold, direction)
     positive = np.where(direction > 0, z >= threshold, z <= threshold)
     np.testing.assert_array_equal(words, runtime.sign_words(~positive))
+    fused = runtime.xnor_threshold_words(runtime.sign_words(x < 0), runtime.sign_words(w < 0), 70, threshold, direction)
+    np.testing.assert_array_equal(fused, words)  # the layer in one call: the same bits
     assert (positive[:, 2]).all() and not positive[:, 3].any()  # thresholds outside [-n, n]
 
 
@@ -31,6 +33,10 @@ def test_sign_selected_sums_by_hand():
     w = np.array([[1, -1], [-1, -1], [1, 1], [1, -1]], np.float32)
     # row 0: 2 (-1, -1) - (1, -1) = (-3, -1); row 1: 3 (1, -1); zero inputs add nothing
     np.testing.assert_array_equal(runtime.signed_dense(x, w), [[-3, -1], [3, -3]])
+    # the first layer straight to bits: (-3, -1) 2 + (5, 1) = (-1, -1) -> both -1; (3, -3) 2 + (5, 1) = (11, -5)
+    scale, offset = np.array([2, 2], np.float32), np.array([5, 1], np.float32)
+    words = runtime.signed_dense_words(x, runtime.padded_signs(w), 2, scale, offset)
+    np.testing.assert_array_equal(words, runtime.sign_words(np.array([[True, True], [False, True]])))
     image = np.array([[1, 0, 2], [0, 3, 0], [4, 0, 0]], np.float32).reshape(1, 9)
     filters = np.array([[1, 1], [1, -1], [1, -1], [1, 1]], np.float32)  # 2 x 2, patch order (row, column)
     # 2 x 2 valid positions, one 2 x 2 pooling window. Filter 0 sums each window: 4, 5, 7, 3.
@@ -48,7 +54,9 @@ def test_sign_selected_convolution_is_the_numpy_twins():
         w = rng.choice([-1.0, 1.0], size=(k * k, filters)).astype(np.float32)
         np.testing.assert_allclose(runtime.signed_conv_pool(x, w, shape, k, p) / p**2,
                                    runtime.conv_features(x, w, shape, k, p), rtol=1e-6, atol=1e-5)
-    assert not runtime.conv_kernel_fits((9, 8, 3)) and not runtime.conv_kernel_fits((8, 65))  # NumPy's path
+    assert runtime.conv_kernel_fits((28, 28), 8)
+    for shape, k in (((9, 8, 3), 3), ((8, 65), 3), ((28, 28), 9)):  # NumPy's path
+        assert not runtime.conv_kernel_fits(shape, k)
 
 
 def test_the_c_path_gives_the_numpy_paths_answers(tmp_path):

@@ -26,19 +26,33 @@ static int32_t LE_POPCOUNT64(uint64_t v) {
 }
 #endif
 
+/* Without -mpopcnt, GCC calls a library routine for each popcount: on x86-64 Linux a
+ * clone with the POPCNT instruction is picked at load time (the C export builds as is). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define LE_POPCOUNT_CLONES __attribute__((target_clones("popcnt", "default")))
+#else
+#define LE_POPCOUNT_CLONES
+#endif
+
+/* x . w = n - 2 popcount(x XOR w) over `words` words. */
+static inline int32_t xnor_sum(const uint64_t *x, const uint64_t *w, int32_t words, int32_t n) {
+    int32_t differ = 0;
+    for (int32_t k = 0; k < words; ++k) differ += LE_POPCOUNT64(x[k] ^ w[k]);
+    return n - 2 * differ;
+}
+
+/* Whether a unit with sum z, integer threshold t and direction s is +1: s z >= s t. */
+static inline int32_t unit_on(int32_t z, int32_t t, int8_t s) {
+    return s > 0 ? z >= t : z <= t;
+}
+
 /* z[b][u] = n - 2 popcount(x[b] XOR w[u]): x (batch, words), w (units, words). */
+LE_POPCOUNT_CLONES
 void le_xnor_dot(const uint64_t *x, const uint64_t *w, int32_t batch, int32_t units, int32_t words, int32_t n,
                  int32_t *z) {
-    for (int32_t b = 0; b < batch; ++b) {
-        const uint64_t *xb = x + (int64_t)b * words;
-        int32_t *zb = z + (int64_t)b * units;
-        for (int32_t u = 0; u < units; ++u) {
-            const uint64_t *wu = w + (int64_t)u * words;
-            int32_t differ = 0;
-            for (int32_t k = 0; k < words; ++k) differ += LE_POPCOUNT64(xb[k] ^ wu[k]);
-            zb[u] = n - 2 * differ;
-        }
-    }
+    for (int32_t b = 0; b < batch; ++b)
+        for (int32_t u = 0; u < units; ++u)
+            z[(int64_t)b * units + u] = xnor_sum(x + (int64_t)b * words, w + (int64_t)u * words, words, n);
 }
 
 /* out[b] = the sign bits of step(s_u z[b][u] >= s_u t_u) over the units, packed into
@@ -49,9 +63,23 @@ void le_threshold_bits(const int32_t *z, const int32_t *threshold, const int8_t 
         const int32_t *zb = z + (int64_t)b * units;
         uint64_t *ob = out + (int64_t)b * out_words;
         for (int32_t k = 0; k < out_words; ++k) ob[k] = 0;
-        for (int32_t u = 0; u < units; ++u) {
-            int32_t on = direction[u] > 0 ? zb[u] >= threshold[u] : zb[u] <= threshold[u];
-            if (!on) ob[u >> 6] |= (uint64_t)1 << (u & 63);
-        }
+        for (int32_t u = 0; u < units; ++u)
+            ob[u >> 6] |= (uint64_t)!unit_on(zb[u], threshold[u], direction[u]) << (u & 63);
+    }
+}
+
+/* A hidden binary layer in one pass: le_xnor_dot then le_threshold_bits, without the sums
+ * in between. */
+LE_POPCOUNT_CLONES
+void le_xnor_threshold_bits(const uint64_t *x, const uint64_t *w, int32_t batch, int32_t units, int32_t words,
+                            int32_t n, const int32_t *threshold, const int8_t *direction, int32_t out_words,
+                            uint64_t *out) {
+    for (int32_t b = 0; b < batch; ++b) {
+        const uint64_t *xb = x + (int64_t)b * words;
+        uint64_t *ob = out + (int64_t)b * out_words;
+        for (int32_t k = 0; k < out_words; ++k) ob[k] = 0;
+        for (int32_t u = 0; u < units; ++u)
+            ob[u >> 6] |= (uint64_t)!unit_on(xnor_sum(xb, w + (int64_t)u * words, words, n), threshold[u],
+                                             direction[u]) << (u & 63);
     }
 }

@@ -6,11 +6,12 @@
  * Each term is an input with its sign flipped or not (a product by +-1, exact in floating
  * point); an input that is 0 adds nothing and is skipped, so the cost follows the nonzero
  * inputs (about a fifth of a digit's pixels). The innermost loops run over output units or
- * filters, so that the compiler vectorises them; on x86-64 Linux with GCC an AVX2 clone is
- * picked at load time.
+ * filters, in blocks of 64 held in registers; on x86-64 Linux with GCC an AVX-512 or AVX2
+ * clone is picked at load time.
  *
  * C99, no heap: built beside engram_bits.c into the runtime's kernel library (ctypes).
  */
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -24,45 +25,148 @@ static int32_t LE_CTZ64(uint64_t v) {
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define LE_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#define LE_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define LE_VECTOR_CLONES
 #endif
 
-/* z[b] = x[b] W: x (batch, n), W (n, units) of +-1 (row-major), z (batch, units). */
+#define LE_BLOCK 64 /* output units or filters summed at a time, held in registers */
+
+#if defined(__GNUC__) || defined(__clang__)
+/* 16 floats: one AVX-512 register, two AVX2 ones; the compiler splits it as the target
+ * allows. The sums keep the scalar code's order, so every target gives the same bits. */
+typedef float le_v16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t le_i16 __attribute__((vector_size(64), aligned(4)));
+typedef struct { le_v16 v[LE_BLOCK / 16]; } le_block;
+static inline void le_block_zero(le_block *a) {
+    for (int32_t q = 0; q < LE_BLOCK / 16; ++q) a->v[q] = (le_v16){0};
+}
+static inline void le_block_add(le_block *a, float v, const float *w) { /* a += v w */
+    const le_v16 *wv = (const le_v16 *)w;
+    for (int32_t q = 0; q < LE_BLOCK / 16; ++q) a->v[q] += v * wv[q];
+}
+static inline void le_block_add_relu(le_block *s, const le_block *a) { /* s += max(a, 0) */
+    const le_v16 zero = {0};
+    for (int32_t q = 0; q < LE_BLOCK / 16; ++q) s->v[q] += (le_v16)((a->v[q] > zero) & (le_i16)a->v[q]);
+}
+static inline void le_block_scale(le_block *a, float s) {
+    for (int32_t q = 0; q < LE_BLOCK / 16; ++q) a->v[q] *= s;
+}
+static inline void le_block_store(const le_block *a, float *out, int32_t count) {
+    float lanes[LE_BLOCK];
+    for (int32_t q = 0; q < LE_BLOCK / 16; ++q) *(le_v16 *)(lanes + 16 * q) = a->v[q];
+    __builtin_memcpy(out, lanes, sizeof(float) * (size_t)count);
+}
+#else
+typedef struct { float v[LE_BLOCK]; } le_block;
+static void le_block_zero(le_block *a) {
+    for (int32_t f = 0; f < LE_BLOCK; ++f) a->v[f] = 0.0f;
+}
+static void le_block_add(le_block *a, float v, const float *w) {
+    for (int32_t f = 0; f < LE_BLOCK; ++f) a->v[f] += v * w[f];
+}
+static void le_block_add_relu(le_block *s, const le_block *a) {
+    for (int32_t f = 0; f < LE_BLOCK; ++f) s->v[f] += a->v[f] > 0.0f ? a->v[f] : 0.0f;
+}
+static void le_block_scale(le_block *a, float s) {
+    for (int32_t f = 0; f < LE_BLOCK; ++f) a->v[f] *= s;
+}
+static void le_block_store(const le_block *a, float *out, int32_t count) {
+    for (int32_t f = 0; f < count; ++f) out[f] = a->v[f];
+}
+#endif
+
+/* Lists x's nonzero inputs (their indices, in order); returns how many. */
+static int32_t nonzero_inputs(const float *x, int32_t n, int32_t *nonzero) {
+    int32_t count = 0;
+    for (int32_t i = 0; i < n; ++i)
+        if (x[i] != 0.0f) nonzero[count++] = i;
+    return count;
+}
+
+/* lanes = x W[:, u0 : u0 + LE_BLOCK], summed over x's `count` listed nonzero inputs in order. */
+static inline void block_sums(const float *x, const int32_t *nonzero, int32_t count, const float *w, int32_t padded,
+                              int32_t u0, float *lanes) {
+    le_block acc;
+    le_block_zero(&acc);
+    for (int32_t q = 0; q < count; ++q) {
+        const int32_t i = nonzero[q];
+        le_block_add(&acc, x[i], w + (int64_t)i * padded + u0);
+    }
+    le_block_store(&acc, lanes, LE_BLOCK);
+}
+
+/* z[b] = x[b] W: x (batch, n), W (n, padded) of +-1 (row-major; `padded` a multiple of
+ * LE_BLOCK, zeros past `units`), z (batch, units). The nonzero inputs are listed once per
+ * example; each block of units then sums them in registers. */
 LE_VECTOR_CLONES
 void le_signed_dense(const float *restrict x, const float *restrict w, int32_t batch, int32_t n, int32_t units,
-                     float *restrict z) {
+                     int32_t padded, float *restrict z) {
+    int32_t nonzero[n > 0 ? n : 1];
+    float lanes[LE_BLOCK];
     for (int32_t b = 0; b < batch; ++b) {
         const float *xb = x + (int64_t)b * n;
+        const int32_t count = nonzero_inputs(xb, n, nonzero);
         float *zb = z + (int64_t)b * units;
-        for (int32_t u = 0; u < units; ++u) zb[u] = 0.0f;
-        for (int32_t i = 0; i < n; ++i) {
-            const float v = xb[i];
-            if (v == 0.0f) continue;
-            const float *wi = w + (int64_t)i * units;
-            for (int32_t u = 0; u < units; ++u) zb[u] += v * wi[u];
+        for (int32_t u0 = 0; u0 < units; u0 += LE_BLOCK) {
+            block_sums(xb, nonzero, count, w, padded, u0, lanes);
+            for (int32_t u = u0; u < units && u < u0 + LE_BLOCK; ++u) zb[u] = lanes[u - u0];
         }
     }
 }
 
-#define LE_FILTER_BLOCK 64 /* filters summed at a time: a fixed count the compiler keeps in vector registers */
+/* The first binary layer straight to the next layer's input bits: unit u is +1 iff
+ * (x W)_u scale_u + offset_u >= 0 (BatchNorm folded; the product and the sum each rounded
+ * to float32, as NumPy does), packed as engram_bits.c's words (1 for -1; padding 0):
+ * out (batch, out_words). */
+LE_VECTOR_CLONES
+void le_signed_dense_bits(const float *restrict x, const float *restrict w, int32_t batch, int32_t n, int32_t units,
+                          int32_t padded, const float *restrict scale, const float *restrict offset,
+                          int32_t out_words, uint64_t *restrict out) {
+    int32_t nonzero[n > 0 ? n : 1];
+    float lanes[LE_BLOCK];
+    for (int32_t b = 0; b < batch; ++b) {
+        const float *xb = x + (int64_t)b * n;
+        const int32_t count = nonzero_inputs(xb, n, nonzero);
+        uint64_t *ob = out + (int64_t)b * out_words;
+        for (int32_t k = 0; k < out_words; ++k) ob[k] = 0;
+        for (int32_t u0 = 0; u0 < units; u0 += LE_BLOCK) {
+            block_sums(xb, nonzero, count, w, padded, u0, lanes);
+            for (int32_t u = u0; u < units && u < u0 + LE_BLOCK; ++u) {
+                const float scaled = lanes[u - u0] * scale[u];
+                if (!(scaled + offset[u] >= 0.0f)) ob[u >> 6] |= (uint64_t)1 << (u & 63);
+            }
+        }
+    }
+}
 
-/* out[b] = the sum over each p x p pooling window of relu(conv(x[b], W)), valid positions,
- * whole windows only, flattened as (grid_h, grid_w, filters): x (batch, height, width),
- * one channel of width <= 64, W (k k, padded) of +-1 in patch order (row, column), its
- * `padded` columns a multiple of LE_FILTER_BLOCK (zeros past `filters`). The caller
- * scales by the filters' scale / p^2 (relu commutes with a positive scale).
+/* The k x k window at (i, j)'s nonzero taps as one mask, bit a k + c for (row a, column
+ * c): a position's taps are then one loop (a loop per row costs a mispredicted exit per
+ * row). */
+static inline uint64_t window_taps(const uint64_t *nonzero, int32_t i, int32_t j, int32_t k, uint64_t window) {
+    uint64_t taps = 0;
+    for (int32_t a = 0; a < k; ++a) taps |= ((nonzero[i + a] >> j) & window) << (a * k);
+    return taps;
+}
+
+/* out[b] = `scale` times the sum over each p x p pooling window of relu(conv(x[b], W)),
+ * valid positions, whole windows only, flattened as (grid_h, grid_w, filters): x (batch,
+ * height, width), one channel of width <= 64, k <= 8, W (k k, padded) of +-1 in patch
+ * order (row, column), its `padded` columns a multiple of LE_BLOCK (zeros past `filters`).
+ * The caller's scale is the filters' scale / p^2 (relu commutes with a positive scale),
+ * one float32 product per output, as NumPy's.
  *
  * Each response sums only the window's nonzero pixels, found from a bit mask per image
- * row. */
+ * row; a pooling window's sums stay in registers. */
 LE_VECTOR_CLONES
 void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32_t batch, int32_t height,
-                         int32_t width, int32_t k, int32_t p, int32_t filters, int32_t padded,
+                         int32_t width, int32_t k, int32_t p, int32_t filters, int32_t padded, float scale,
                          float *restrict out) {
     const int32_t grid_h = (height - k + 1) / p, grid_w = (width - k + 1) / p;
     const uint64_t window = k >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << k) - 1;
-    uint64_t nonzero[height];
+    uint64_t nonzero[height > 0 ? height : 1];
+    int32_t offset[64]; /* tap t = a k + c lies a rows and c columns from the window's corner */
+    for (int32_t t = 0; t < k * k; ++t) offset[t] = (t / k) * width + t % k;
     for (int32_t b = 0; b < batch; ++b) {
         const float *xb = x + (int64_t)b * height * width;
         for (int32_t r = 0; r < height; ++r) {
@@ -71,24 +175,29 @@ void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32
             nonzero[r] = mask;
         }
         float *ob = out + (int64_t)b * grid_h * grid_w * filters;
-        for (int64_t m = 0; m < (int64_t)grid_h * grid_w * filters; ++m) ob[m] = 0.0f;
-        for (int32_t f0 = 0; f0 < filters; f0 += LE_FILTER_BLOCK) {
-            const int32_t count = filters - f0 < LE_FILTER_BLOCK ? filters - f0 : LE_FILTER_BLOCK;
-            for (int32_t i = 0; i < grid_h * p; ++i) {
-                for (int32_t j = 0; j < grid_w * p; ++j) {
-                    float acc[LE_FILTER_BLOCK] = {0.0f};
-                    for (int32_t a = 0; a < k; ++a) {
-                        uint64_t taps = (nonzero[i + a] >> j) & window;
-                        while (taps) {
-                            const int32_t c = LE_CTZ64(taps);
-                            taps &= taps - 1;
-                            const float v = xb[(i + a) * width + j + c];
-                            const float *wt = w + (int64_t)(a * k + c) * padded + f0;
-                            for (int32_t f = 0; f < LE_FILTER_BLOCK; ++f) acc[f] += v * wt[f];
+        for (int32_t f0 = 0; f0 < filters; f0 += LE_BLOCK) {
+            for (int32_t gi = 0; gi < grid_h; ++gi) {
+                for (int32_t gj = 0; gj < grid_w; ++gj) {
+                    le_block pooled;
+                    le_block_zero(&pooled);
+                    for (int32_t i = gi * p; i < gi * p + p; ++i) {
+                        for (int32_t j = gj * p; j < gj * p + p; ++j) {
+                            uint64_t taps = window_taps(nonzero, i, j, k, window);
+                            if (!taps) continue;
+                            le_block acc;
+                            le_block_zero(&acc);
+                            const float *corner = xb + (int64_t)i * width + j;
+                            while (taps) {
+                                const int32_t t = LE_CTZ64(taps);
+                                taps &= taps - 1;
+                                le_block_add(&acc, corner[offset[t]], w + (int64_t)t * padded + f0);
+                            }
+                            le_block_add_relu(&pooled, &acc);
                         }
                     }
-                    float *pooled = ob + ((int64_t)(i / p) * grid_w + j / p) * filters + f0;
-                    for (int32_t f = 0; f < count; ++f) pooled[f] += acc[f] > 0.0f ? acc[f] : 0.0f;
+                    le_block_scale(&pooled, scale);
+                    le_block_store(&pooled, ob + ((int64_t)gi * grid_w + gj) * filters + f0,
+                                   filters - f0 < LE_BLOCK ? filters - f0 : LE_BLOCK);
                 }
             }
         }
