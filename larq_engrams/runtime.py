@@ -134,13 +134,13 @@ def threshold_words(z, threshold, direction):
     return out
 
 
-SIGN_BLOCK = 64  # the C sign-selected sums take +-1 columns in whole blocks of this many (csrc/signed_sums.c)
+SIGN_BLOCK = 64  # the C convolution takes +-1 filters in whole blocks of this many (csrc/signed_sums.c)
 
 
 def padded_signs(signs):
-    """+-1 float32 columns `signs` (n, units) with zero columns appended up to a multiple
-    of SIGN_BLOCK, as `signed_dense` and `signed_conv_pool` take them (make it once per
-    layer: it is a copy)."""
+    """+-1 float32 columns `signs` (n, filters) with zero columns appended up to a
+    multiple of SIGN_BLOCK, as `signed_conv_pool` takes them (make it once per network:
+    it is a copy)."""
     signs = np.asarray(signs, np.float32)
     padded = np.zeros((signs.shape[0], -(-signs.shape[1] // SIGN_BLOCK) * SIGN_BLOCK), np.float32)
     padded[:, : signs.shape[1]] = signs
@@ -157,28 +157,29 @@ def xnor_threshold_words(x_words, w_words, n, threshold, direction):
     return out
 
 
-def signed_dense_words(x, signs, units, scale, offset):
+def signed_dense_words(x, negative, units, scale, offset):
     """The first binary layer's outputs as the next layer's input words: +1 iff
-    (x W)_u scale_u + offset_u >= 0, from `padded_signs` columns (C kernel; the same
-    float32 roundings as NumPy's `signed_dense(x, W) * scale + offset >= 0`)."""
+    (x W)_u scale_u + offset_u >= 0, W's signs given as `sign_words(W < 0)` (C kernel;
+    the same float32 roundings as NumPy's `x @ W * scale + offset >= 0` with x W summed
+    in the inputs' order)."""
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty((len(x), -(-int(units) // 64)), np.uint64)
-    _KERNELS.le_signed_dense_bits(_address(x, np.float32), _address(signs, np.float32), len(x), signs.shape[0],
-                                  int(units), signs.shape[1], _address(scale, np.float32),
+    _KERNELS.le_signed_dense_bits(_address(x, np.float32), _address(negative, np.uint64), len(x), negative.shape[0],
+                                  int(units), negative.shape[1], _address(scale, np.float32),
                                   _address(offset, np.float32), out.shape[1], _address(out, np.uint64))
     return out
 
 
 def signed_dense(x, signs, units=None):
-    """x W for real inputs `x` (batch, n) and +-1 float32 columns `signs` (n, units), as
-    sign-selected sums of the nonzero inputs (C kernel): (batch, units) float32. `signs`
-    may come from `padded_signs`, with `units` the columns that count."""
-    units = signs.shape[1] if units is None else int(units)
-    if signs.shape[1] % SIGN_BLOCK:
-        signs = padded_signs(signs)
+    """x W for real inputs `x` (batch, n) and a +-1 W (n, units), as sign-selected sums of
+    the nonzero inputs (C kernel): (batch, units) float32. `signs` is W as float32, or its
+    signs as `sign_words(W < 0)` words (n, ceil(units / 64)) with `units` given (make
+    them once per layer)."""
+    if signs.dtype != np.uint64:
+        signs, units = sign_words(np.asarray(signs) < 0), signs.shape[1]
     x = np.ascontiguousarray(x, np.float32)
-    z = np.empty((len(x), units), np.float32)
-    _KERNELS.le_signed_dense(_address(x, np.float32), _address(signs, np.float32), len(x), signs.shape[0], units,
+    z = np.empty((len(x), int(units)), np.float32)
+    _KERNELS.le_signed_dense(_address(x, np.float32), _address(signs, np.uint64), len(x), signs.shape[0], int(units),
                              signs.shape[1], _address(z, np.float32))
     return z
 
@@ -279,7 +280,7 @@ class _Layer:
         self.kernel = np.ascontiguousarray(kernel)  # (inputs, units) +-1 float32, rows for the C kernels
         self.scale, self.offset = scale, offset  # float layer
         self.threshold, self.direction = threshold, direction  # integer layer
-        self._words = self._padded = None
+        self._words = self._negative = None
 
     def bit_operands(self):
         """(weight words (units, words of inputs), int32 thresholds, int8 directions)
@@ -291,12 +292,12 @@ class _Layer:
 
     def output_words(self, x):
         """The float layer's outputs for real inputs `x` as the next layer's input words
-        (C kernels; its padded kernel made once)."""
-        if self._padded is None:
-            self._padded = (padded_signs(self.kernel), np.ascontiguousarray(self.scale, np.float32),
-                            np.ascontiguousarray(self.offset, np.float32))
-        signs, scale, offset = self._padded
-        return signed_dense_words(x, signs, self.kernel.shape[1], scale, offset)
+        (C kernels; its kernel's sign words made once)."""
+        if self._negative is None:
+            self._negative = (sign_words(self.kernel < 0), np.ascontiguousarray(self.scale, np.float32),
+                              np.ascontiguousarray(self.offset, np.float32))
+        negative, scale, offset = self._negative
+        return signed_dense_words(x, negative, self.kernel.shape[1], scale, offset)
 
     def __call__(self, h):
         z = h @ self.kernel
@@ -356,7 +357,9 @@ class PackedNetwork:
             self.router_signs = unpack_signs(arrays["router/projection_bits"], columns)  # R / scale, +-1
             self.router_scale = np.float32(router["projection_scale"])
             self.router_projection = self.router_signs * self.router_scale
-            self._router_padded = padded_signs(self.router_signs)  # the C kernels' operand
+            # the C kernels' operand: the dense projection's sign bits, or the filters padded to whole blocks
+            self._router_operand = (padded_signs(self.router_signs) if self.router_conv
+                                    else sign_words(self.router_signs < 0))
             self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
             self.router_bias = arrays["router/bias"]  # (tasks, classes)
         self._learner = None
@@ -465,9 +468,9 @@ class PackedNetwork:
         self._require_router()
         x, c = self._flat(x), self.router_conv
         if self.kernels == "c" and c is None:  # sign-selected sums; relu commutes with the positive scale
-            return np.maximum(signed_dense(x, self._router_padded, self.router_signs.shape[1]), 0) * self.router_scale
+            return np.maximum(signed_dense(x, self._router_operand, self.router_signs.shape[1]), 0) * self.router_scale
         if self.kernels == "c" and conv_kernel_fits(c["image_shape"], c["kernel_size"]):  # and so does the pooling
-            return signed_conv_pool(x, self._router_padded, c["image_shape"], c["kernel_size"], c["pool"],
+            return signed_conv_pool(x, self._router_operand, c["image_shape"], c["kernel_size"], c["pool"],
                                     self.router_signs.shape[1], self.router_scale / c["pool"] ** 2)
         if c is None:
             return np.maximum(x @ self.router_projection, 0)

@@ -35,7 +35,7 @@ def test_sign_selected_sums_by_hand():
     np.testing.assert_array_equal(runtime.signed_dense(x, w), [[-3, -1], [3, -3]])
     # the first layer straight to bits: (-3, -1) 2 + (5, 1) = (-1, -1) -> both -1; (3, -3) 2 + (5, 1) = (11, -5)
     scale, offset = np.array([2, 2], np.float32), np.array([5, 1], np.float32)
-    words = runtime.signed_dense_words(x, runtime.padded_signs(w), 2, scale, offset)
+    words = runtime.signed_dense_words(x, runtime.sign_words(w < 0), 2, scale, offset)
     np.testing.assert_array_equal(words, runtime.sign_words(np.array([[True, True], [False, True]])))
     image = np.array([[1, 0, 2], [0, 3, 0], [4, 0, 0]], np.float32).reshape(1, 9)
     filters = np.array([[1, 1], [1, -1], [1, -1], [1, 1]], np.float32)  # 2 x 2, patch order (row, column)
@@ -43,6 +43,10 @@ def test_sign_selected_sums_by_hand():
     # Filter 1 (+ - / - +): 4, -5, -7, 3, rectified to 4, 0, 0, 3.
     np.testing.assert_array_equal(runtime.signed_conv_pool(image, filters, (3, 3), 2, 2), [[19, 7]])
     np.testing.assert_array_equal(runtime.conv_features(image, filters, (3, 3), 2, 2), [[19 / 4, 7 / 4]])
+    rng = np.random.default_rng(3)
+    x, w = rng.random((4, 50)).astype(np.float32), rng.choice([-1.0, 1.0], (50, 130)).astype(np.float32)
+    x[x < 0.5] = 0  # 130 units: two blocks of 64 and a part
+    np.testing.assert_allclose(runtime.signed_dense(x, w), x @ w, rtol=1e-6, atol=1e-5)
 
 
 def test_sign_selected_convolution_is_the_numpy_twins():
