@@ -55,7 +55,8 @@ setup(
     # The real MNIST test set ships with the package: the offline default data source.
     package_data={"larq_engrams.data.mnist": ["*.gz", "README.md"], "larq_engrams.csrc": ["*.c"]},
     # The runtime's kernels (XNOR-popcount, sign-selected sums), a C99 library it loads with ctypes if built.
-    ext_modules=[Extension("larq_engrams._engram_bits", ["larq_engrams/csrc/engram_bits.c", "larq_engrams/csrc/signed_sums.c"],
+    ext_modules=[Extension("larq_engrams._engram_bits", ["larq_engrams/csrc/engram_bits.c", "larq_engrams/csrc/signed_sums.c",
+                                                         "larq_engrams/csrc/binary_network.c"],
                            # Python's CFLAGS carry -fwrapv, which keeps GCC from folding the kernels' int32
                            # index arithmetic (a third slower); nothing in them relies on signed overflow.
                            extra_compile_args=["-O3", "-std=c99", "-fno-wrapv"])],

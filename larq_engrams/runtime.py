@@ -88,6 +88,8 @@ def _load_bit_kernels():
         lib.le_xnor_threshold_bits.argtypes = [address, address, i32, i32, i32, i32, address, address, i32, address]
         lib.le_signed_dense_bits.argtypes = [address, address, i32, i32, i32, i32, address, address, i32, address]
         lib.le_signed_dense.argtypes = [address, address, i32, i32, i32, i32, address]
+        lib.le_binary_network.argtypes = [address, i32, i32, address, address, address, i32, address, address,
+                                          address, address, address, i32, address]
         lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [ctypes.c_float, address]
         return lib
     return None
@@ -280,7 +282,7 @@ class _Layer:
         self.kernel = np.ascontiguousarray(kernel)  # (inputs, units) +-1 float32, rows for the C kernels
         self.scale, self.offset = scale, offset  # float layer
         self.threshold, self.direction = threshold, direction  # integer layer
-        self._words = self._negative = None
+        self._words = None
 
     def bit_operands(self):
         """(weight words (units, words of inputs), int32 thresholds, int8 directions)
@@ -289,15 +291,6 @@ class _Layer:
             self._words = (sign_words(self.kernel.T < 0), np.ascontiguousarray(self.threshold, np.int32),
                            np.ascontiguousarray(self.direction, np.int8))
         return self._words
-
-    def output_words(self, x):
-        """The float layer's outputs for real inputs `x` as the next layer's input words
-        (C kernels; its kernel's sign words made once)."""
-        if self._negative is None:
-            self._negative = (sign_words(self.kernel < 0), np.ascontiguousarray(self.scale, np.float32),
-                              np.ascontiguousarray(self.offset, np.float32))
-        negative, scale, offset = self._negative
-        return signed_dense_words(x, negative, self.kernel.shape[1], scale, offset)
 
     def __call__(self, h):
         z = h @ self.kernel
@@ -308,11 +301,38 @@ class _Layer:
         return np.where(positive, np.float32(1), np.float32(-1))
 
 
+class _BitNetwork:
+    """A network's operands for the C kernels' `le_binary_network` (csrc/binary_network.c),
+    made once: the first layer's sign words and BatchNorm, each later layer's weight words,
+    thresholds and directions (by address), the output layer's words."""
+
+    def __init__(self, layers, output):
+        first, later = layers[0], [layer.bit_operands() for layer in layers[1:]]
+        self._arrays = (sign_words(first.kernel < 0), np.ascontiguousarray(first.scale, np.float32),
+                        np.ascontiguousarray(first.offset, np.float32),
+                        np.array([layer.kernel.shape[1] for layer in layers], np.int32), output.words(), later)
+        self.hidden, self.classes, self.inputs = len(later), output.kernel.shape[1], first.kernel.shape[0]
+        pointers = ctypes.c_void_p * max(len(later), 1)
+        self._tables = [pointers(*[operands[k].ctypes.data for operands in later]) for k in range(3)]
+
+    def __call__(self, x):
+        """The output layer's integer sums (batch, classes) for real inputs `x` (batch, inputs)."""
+        negative, scale, offset, widths, out_words, _ = self._arrays
+        x = np.ascontiguousarray(x, np.float32)
+        z = np.empty((len(x), self.classes), np.int32)
+        w, t, d = (ctypes.addressof(table) for table in self._tables)
+        _KERNELS.le_binary_network(x.ctypes.data, len(x), self.inputs, negative.ctypes.data, scale.ctypes.data,
+                                   offset.ctypes.data, self.hidden, widths.ctypes.data, w, t, d,
+                                   out_words.ctypes.data, self.classes, z.ctypes.data)
+        return z
+
+
 class _Output:
     """The output layer's +-1 kernel (inputs, classes), and its words for the C kernels."""
 
     def __init__(self, kernel):
         self.kernel, self._words = kernel, None
+        self.bit_network = None  # the C kernels' operands of the network this layer ends (`_BitNetwork`)
 
     def words(self):
         if self._words is None:
@@ -428,13 +448,10 @@ class PackedNetwork:
         return x
 
     def _logits(self, h, layers, output):
-        if self.kernels == "c":  # on the bits after the first layer
-            words = layers[0].output_words(h)
-            for layer in layers[1:]:
-                weights, threshold, direction = layer.bit_operands()
-                words = xnor_threshold_words(words, weights, layer.kernel.shape[0], threshold, direction)
-            z = xnor_dot(words, output.words(), output.kernel.shape[0])
-            return z.astype(np.float32) * self.output_scale + self.output_offset
+        if self.kernels == "c":  # on the bits after the first layer, one C call
+            if output.bit_network is None:
+                output.bit_network = _BitNetwork(layers, output)
+            return output.bit_network(h).astype(np.float32) * self.output_scale + self.output_offset
         for layer in layers:
             h = layer(h)
         return (h @ output.kernel) * self.output_scale + self.output_offset
