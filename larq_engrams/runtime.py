@@ -387,6 +387,7 @@ class PackedNetwork:
             self._learner = _RouterLearner(arrays["router/counts"], arrays["router/sums"],
                                            arrays["router/scatter_upper"], float(router["shrinkage"]))
         self.router_tasks = []  # tasks learned here, by the router alone (no engram network)
+        self._live_groups = None  # ((the router arrays read), groups with data, their kernel and bias)
 
     def _engram_network(self, masks):
         """The engram's sub-network: its layers restricted to its units, unpacked from
@@ -498,9 +499,20 @@ class PackedNetwork:
         features = self.router_features(x)
         if self._learner is not None and self._learner.stale:
             self.router_kernel, self.router_bias = self._learner.discriminant()
-        tasks, classes, width = self.router_kernel.shape
-        scores = features @ self.router_kernel.reshape(tasks * classes, width).T  # BLAS, unlike einsum
-        return scores.reshape(len(features), tasks, classes) + self.router_bias
+        read = self._live_groups[0] if self._live_groups is not None else (None, None)
+        if read[0] is not self.router_kernel or read[1] is not self.router_bias:
+            # a group without data has a zero kernel and scores its bias: only the others are computed
+            # (in class-IL a task's groups of other classes: four in five on Split MNIST)
+            bias = self.router_bias.reshape(-1)
+            live = np.flatnonzero(bias > HAS_DATA_ABOVE)
+            kernel = self.router_kernel.reshape(len(bias), -1)
+            self._live_groups = ((self.router_kernel, self.router_bias), live,
+                                 np.ascontiguousarray(kernel[live].T), bias[live])
+        _, live, kernel, bias = self._live_groups
+        scores = np.empty((len(features), self.router_bias.size), np.float32)
+        scores[:] = self.router_bias.reshape(-1)
+        scores[:, live] = features @ kernel + bias  # BLAS, unlike einsum
+        return scores.reshape(len(features), *self.router_bias.shape)
 
     def infer_tasks(self, x):
         """The engram chosen per sample in "infer" mode (an int array of task ids)."""
