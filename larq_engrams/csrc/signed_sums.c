@@ -224,6 +224,8 @@ void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32
         }
         float *ob = out + (int64_t)b * grid_h * grid_w * filters;
         for (int32_t f0 = 0; f0 < filters; f0 += LE_BLOCK) {
+            const float *rows[64]; /* tap t's filter weights, block f0 */
+            for (int32_t t = 0; t < k * k; ++t) rows[t] = w + (int64_t)t * padded + f0;
             for (int32_t gi = 0; gi < grid_h; ++gi) {
                 for (int32_t gj = 0; gj < grid_w; ++gj) {
                     le_block pooled;
@@ -238,7 +240,7 @@ void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32
                             while (taps) {
                                 const int32_t t = LE_CTZ64(taps);
                                 taps &= taps - 1;
-                                le_block_add(&acc, corner[offset[t]], w + (int64_t)t * padded + f0);
+                                le_block_add(&acc, corner[offset[t]], rows[t]);
                             }
                             le_block_add_relu(&pooled, &acc);
                         }
