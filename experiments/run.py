@@ -59,6 +59,8 @@ flags.DEFINE_float("activation_probability", 0.9, "q: stochastic reactivation pr
 flags.DEFINE_float("excitability", 6.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
 flags.DEFINE_enum("router_features", "auto", ["dense", "conv", "auto"], "The router's random features (engram "
                   "methods, slda_rf, ncm_rf): of the flat pixels, convolutional over images, or auto (conv where images).")
+flags.DEFINE_list("router_conv", ["5", "4"], "The convolutional router features' filter size k and pooling p "
+                  "(slda_rf and ncm_rf so far; the engram methods keep 5,4).")
 flags.DEFINE_integer("lda_features", None, "The router's random features M (engram methods, slda_rf, ncm_rf, "
                      "er@equal's bytes; default: larq_engrams.task_inference.DEFAULT_FEATURES).", lower_bound=1)
 flags.DEFINE_bool("protect_engrams", False, "Engram methods: freeze what earlier engrams use while a later one trains.")
@@ -121,6 +123,17 @@ def validate():
     unknown = [name for name in FLAGS.method if not methods.known(name)]
     if unknown or not FLAGS.method:
         errors.append(f"--method: unknown {unknown}; available: {', '.join(methods.names())}")
+    try:
+        router_conv = tuple(int(v) for v in FLAGS.router_conv)
+        if len(router_conv) != 2 or min(router_conv) < 1:
+            raise ValueError
+    except ValueError:
+        errors.append(f"--router_conv must be 'k,p', two positive ints, got {','.join(FLAGS.router_conv)!r}")
+        router_conv = None
+    if router_conv not in (None, methods.HyperParameters.router_conv) and not unknown:
+        ignoring = [name for name in FLAGS.method if "router_conv" not in methods.hyperparameters_read(name)]
+        if ignoring:
+            errors.append(f"--router_conv: {', '.join(ignoring)} keep the default 5,4 (slda_rf and ncm_rf read it)")
     for name in ("engram_fraction", "activation_probability"):
         if not 0.0 < getattr(FLAGS, name) <= 1.0:
             errors.append(f"--{name} must be in (0, 1], got {getattr(FLAGS, name)}")
@@ -155,7 +168,7 @@ def validate():
             errors.append(f"--task_free must be 'name=value,...' of {sorted(TASK_FREE_DEFAULTS)}, got {FLAGS.task_free!r}")
     if errors:
         raise app.UsageError("\n".join(errors))
-    return hidden, m, seeds, task_free
+    return hidden, m, seeds, task_free, router_conv
 
 
 def _tasks_in(flags_):
@@ -167,7 +180,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_preset()
-    hidden, m, seeds, task_free = validate()
+    hidden, m, seeds, task_free, router_conv = validate()
     setting = FLAGS.setting if FLAGS.scenario.startswith("split") else "domain"
     config = experiment.ExperimentConfig(
         scenario=FLAGS.scenario, setting=setting, num_tasks=FLAGS.num_tasks, epochs=FLAGS.epochs,
@@ -181,7 +194,7 @@ def main(argv):
             hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
             activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,
             protect_engrams=FLAGS.protect_engrams, router_features=FLAGS.router_features,
-            lda_features=FLAGS.lda_features,
+            router_conv=router_conv, lda_features=FLAGS.lda_features,
             task_free=task_free,
             max_engrams=FLAGS.max_engrams or (None if FLAGS.boundaries == "given" else 2 * _tasks_in(FLAGS)),
         ),

@@ -54,13 +54,13 @@ class ClassStatisticsClassifier(tf.keras.Model):
         seed: seeds the random features.
         feature_map: "dense" (relu(x R) on the flat inputs) or "conv" (random filters
             over image inputs; `task_inference.ConvGeometry`), `image_shape` saying how
-            flat inputs are images.
+            flat inputs are images; `conv_kernel_size` and `conv_pool` its k and p.
         task_groups: 1 (one group per class), or the number of tasks: one group per
             (task, class), the task set by `begin_task` (the continual protocol's hook).
     """
 
     def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, task_groups=1,
-                 feature_map="dense", image_shape=None, **kwargs):
+                 feature_map="dense", image_shape=None, conv_kernel_size=5, conv_pool=4, **kwargs):
         super().__init__(**kwargs)
         self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)
@@ -71,7 +71,7 @@ class ClassStatisticsClassifier(tf.keras.Model):
             self.task_groups, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
             covariance="shared" if rule == "slda" else "identity", feature_map=feature_map,
             image_shape=(image_shape or self.sample_shape) if feature_map == "conv" else None,
-            name="class_statistics")
+            conv_kernel_size=conv_kernel_size, conv_pool=conv_pool, name="class_statistics")
         self.feature_map = feature_map
         self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
         self.discriminant.build((None, int(np.prod(self.sample_shape))))
@@ -140,4 +140,6 @@ class ClassStatisticsClassifier(tf.keras.Model):
         return {"input_shape": self.sample_shape, "num_classes": self.num_classes, "rule": self.rule,
                 "shrinkage": self.shrinkage, "features": self.features, "seed": self.seed,
                 "task_groups": self.task_groups, "feature_map": self.feature_map,
-                "image_shape": None if self.image_shape is None else list(self.image_shape), "name": self.name}
+                "image_shape": None if self.image_shape is None else list(self.image_shape),
+                "conv_kernel_size": self.discriminant.conv_kernel_size, "conv_pool": self.discriminant.conv_pool,
+                "name": self.name}

@@ -112,6 +112,9 @@ class InputDiscriminant(tf.keras.layers.Layer):
         seed: seeds R.
         covariance: "shared" (the discriminant above) or "identity" (P = I: nearest
             class mean, g_{s,c}(x) = mu^T f(x) - 1/2 |mu|^2; no M x M statistics).
+        feature_map, image_shape: "dense" (relu(x R)) or "conv" (`ConvGeometry`, on
+            inputs that are images of `image_shape`).
+        conv_kernel_size, conv_pool: the convolutional map's k and p.
 
     Defaults M = 2048, lambda = 0.01 were chosen on validation data (Split MNIST and
     Split Fashion-MNIST class-IL, 1024-1024, seed 0; task inference with M = 1024 /
@@ -120,7 +123,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
     """
 
     def __init__(self, max_tasks, num_classes, features=DEFAULT_FEATURES, shrinkage=DEFAULT_SHRINKAGE, seed=0,
-                 covariance="shared", feature_map="dense", image_shape=None,
+                 covariance="shared", feature_map="dense", image_shape=None, conv_kernel_size=5, conv_pool=4,
                  **kwargs):
         super().__init__(**kwargs)
         self.covariance = check_choice("covariance", covariance, ("shared", "identity"), owner="InputDiscriminant")
@@ -136,13 +139,16 @@ class InputDiscriminant(tf.keras.layers.Layer):
             raise ValueError(f"InputDiscriminant: `shrinkage` must be in [0, 1], got {shrinkage!r}.")
         self.shrinkage = float(shrinkage)
         self.seed = int(seed)
+        self.conv_kernel_size = check_positive_int("conv_kernel_size", conv_kernel_size, owner="InputDiscriminant")
+        self.conv_pool = check_positive_int("conv_pool", conv_pool, owner="InputDiscriminant")
 
     def build(self, input_shape):
         inputs = int(input_shape[-1])
         features = inputs if self.features is None else self.features
         self.conv_geometry = None
         if self.feature_map == "conv":
-            self.conv_geometry = ConvGeometry.for_budget(self.image_shape, features)
+            self.conv_geometry = ConvGeometry.for_budget(self.image_shape, features, self.conv_kernel_size,
+                                                         self.conv_pool)
             if int(np.prod(self.image_shape)) != inputs:
                 raise ValueError(f"InputDiscriminant: image_shape {self.image_shape} holds "
                                  f"{int(np.prod(self.image_shape))} values, the inputs {inputs}.")
@@ -317,7 +323,8 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "num_classes": self.num_classes, "features": self.features,
                 "shrinkage": self.shrinkage, "seed": self.seed, "covariance": self.covariance,
                 "feature_map": self.feature_map,
-                "image_shape": None if self.image_shape is None else list(self.image_shape)}
+                "image_shape": None if self.image_shape is None else list(self.image_shape),
+                "conv_kernel_size": self.conv_kernel_size, "conv_pool": self.conv_pool}
 
 
 def features_within_budget(max_tasks, num_classes, inputs, budget=ROUTER_BUDGET, feature_map="dense",

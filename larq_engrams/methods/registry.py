@@ -61,6 +61,7 @@ class HyperParameters:
     excitability: float = 6.0
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
+    router_conv: tuple = (5, 4)  # the convolutional map's filter size k and pooling p (so far the routers alone read it)
     max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
     task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
     lda_features: int = None  # the router's random features; None: by the sequence's length (router_feature_count)
@@ -370,19 +371,20 @@ def _router_alone(name, rule, scenario, hp):
                                       shrinkage=DEFAULT_SHRINKAGE, features=router_feature_count(scenario, hp),
                                       seed=hp.seed,
                                       task_groups=scenario.num_tasks if scenario.setting == "domain" else 1,
+                                      conv_kernel_size=hp.router_conv[0], conv_pool=hp.router_conv[1],
                                       **{{"router_features": "feature_map"}.get(k, k): v
                                          for k, v in _router_feature_map(scenario, hp).items()})
     return _setup(name, model, _adam(hp), scenario)
 
 
 @register("ncm_rf", "nearest class mean on the engram router's random features (the router alone, no network)",
-          reads=("lda_features", "router_features", "seed"))
+          reads=("lda_features", "router_features", "router_conv", "seed"))
 def _ncm_rf(scenario, hp):
     return _router_alone("ncm_rf", "ncm", scenario, hp)
 
 
 @register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)",
-          reads=("lda_features", "router_features", "seed"))
+          reads=("lda_features", "router_features", "router_conv", "seed"))
 def _slda_rf(scenario, hp):
     return _router_alone("slda_rf", "slda", scenario, hp)
 
