@@ -61,6 +61,8 @@ def test_run_writes_results_summary_and_tensorboard(tmp_path):
         ("--engram_fraction=1.5", "--engram_fraction must be in (0, 1], got 1.5"),
         ("--epochs=x", "flag --epochs=x: invalid literal for int()"),
         ("--log_level=loud", "flag --log_level=loud: value should be one of"),
+        ("--router_conv=5", "--router_conv must be 'k,p'"),
+        ("--router_conv=3,4", "--router_conv: engram_bnn keep the default 5,4"),
     ],
 )
 def test_invalid_flags_fail_before_training(flag, message, tmp_path):

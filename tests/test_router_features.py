@@ -47,6 +47,11 @@ def test_the_feature_budget_sets_the_filters():
     router = InputDiscriminant(2, 10, features=2048, feature_map="conv", image_shape=(28, 28))
     router.build((None, 784))
     assert router.num_features == 2016 and tuple(router.projection_bits.shape) == (25, 2)
+    # another geometry: 3 x 3 filters, 3 x 3 pooling: 8 x 8 = 64 positions, 32 filters, 9 taps
+    router = InputDiscriminant(2, 10, features=2048, feature_map="conv", image_shape=(28, 28), conv_kernel_size=3,
+                               conv_pool=3)
+    router.build((None, 784))
+    assert (router.conv_geometry.kernel_size, router.conv_geometry.pool, router.num_features) == (3, 3, 2048)
     with pytest.raises(ValueError, match="needs images"):
         InputDiscriminant(2, 10, feature_map="conv", image_shape=(784,))
     with pytest.raises(ValueError, match="router_features='conv' needs image inputs"):
@@ -98,3 +103,7 @@ def test_slda_on_conv_features_round_trips_its_config():
     config = model.get_config()
     assert config["feature_map"] == "conv" and config["image_shape"] == [28, 28]
     assert ClassStatisticsClassifier(**config).discriminant.num_features == 2016
+    config = ClassStatisticsClassifier((784,), 10, features=2048, feature_map="conv", image_shape=(28, 28),
+                                       conv_kernel_size=7, conv_pool=5).get_config()
+    assert (config["conv_kernel_size"], config["conv_pool"]) == (7, 5)  # 4 x 4 positions of 128 filters
+    assert ClassStatisticsClassifier(**config).discriminant.num_features == 2048
