@@ -170,20 +170,14 @@ void le_signed_dense(const float *restrict x, const uint64_t *restrict negative,
 void le_signed_dense_bits(const float *restrict x, const uint64_t *restrict negative, int32_t batch, int32_t n,
                           int32_t units, int32_t words, const float *restrict scale, const float *restrict offset,
                           int32_t out_words, uint64_t *restrict out) {
-    const le_block_sums_fn block_sums = pick_block_sums();
-    int32_t nonzero[n > 0 ? n : 1];
-    float lanes[LE_BLOCK];
+    float z[units > 0 ? units : 1];
     for (int32_t b = 0; b < batch; ++b) {
-        const float *xb = x + (int64_t)b * n;
-        const int32_t count = nonzero_inputs(xb, n, nonzero);
+        le_signed_dense(x + (int64_t)b * n, negative, 1, n, units, words, z);
         uint64_t *ob = out + (int64_t)b * out_words;
         for (int32_t k = 0; k < out_words; ++k) ob[k] = 0;
-        for (int32_t u0 = 0; u0 < units; u0 += LE_BLOCK) {
-            block_sums(xb, nonzero, count, negative, words, u0 / LE_BLOCK, lanes);
-            for (int32_t u = u0; u < units && u < u0 + LE_BLOCK; ++u) {
-                const float scaled = lanes[u - u0] * scale[u];
-                if (!(scaled + offset[u] >= 0.0f)) ob[u >> 6] |= (uint64_t)1 << (u & 63);
-            }
+        for (int32_t u = 0; u < units; ++u) {
+            const float scaled = z[u] * scale[u];
+            if (!(scaled + offset[u] >= 0.0f)) ob[u >> 6] |= (uint64_t)1 << (u & 63);
         }
     }
 }
