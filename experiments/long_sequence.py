@@ -34,6 +34,17 @@ def _seconds_around(seconds, task):
     return float(np.median(seconds[max(0, task - 5):task]))
 
 
+def _accuracy_on_seen(R):
+    """Per row t, the mean of its measured entries on tasks 0..t, where it measured a past
+    task (or t = 0); NaN elsewhere: a row of the evaluation schedule that measured only its
+    own task gives its learning accuracy, not the accuracy on the tasks seen."""
+    seen = np.full(len(R), np.nan)
+    for t in range(len(R)):
+        if t == 0 or not np.isnan(R[t, :t]).all():
+            seen[t] = np.nanmean(R[t, : t + 1])
+    return seen
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -53,7 +64,7 @@ def main(argv):
             first = results[0]
             R = np.array(first["accuracy_matrix"], dtype=float)
             tasks = len(R)
-            seen = [np.nanmean(R[t, : t + 1]) if not np.isnan(R[t, : t + 1]).all() else np.nan for t in range(tasks)]
+            seen = _accuracy_on_seen(R)
             seconds = np.asarray(first["task_seconds"], dtype=float)
             series[f"{method} ({scenario}, seed {first['config']['trainer'].get('seed', 0)})"] = {
                 "tasks": list(range(1, tasks + 1)), "acc": seen, "seconds": seconds}

@@ -195,8 +195,8 @@ def plot_accuracy_against_bytes(points, floor=1024):
 
 def plot_long_sequence(series):
     """Two panels against the tasks trained: the accuracy on the tasks seen so far (%,
-    the mean of row t's measured entries: an estimate where the row was sampled), and
-    the seconds each task took to train.
+    the mean of row t's measured entries, on the rows that measured past tasks: an
+    estimate where the row was sampled), and the seconds each task took to train.
 
     Args:
         series: {label: {"tasks": [t + 1 ...], "acc": [fraction ...], "seconds": [...]}};
