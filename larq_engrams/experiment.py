@@ -100,8 +100,9 @@ class ExperimentConfig:
         """The inverse of `dataclasses.asdict(config)` (as read back from JSON)."""
         fields = dict(fields)
         hparams = dict(fields.pop("hparams", {}))
-        if hparams.get("hidden") is not None:
-            hparams["hidden"] = tuple(hparams["hidden"])
+        for name in ("hidden", "router_conv"):  # tuples, read back from JSON as lists
+            if hparams.get(name) is not None:
+                hparams[name] = tuple(hparams[name])
         return cls(**fields, hparams=methods.HyperParameters(**hparams))
 
     @property
