@@ -59,7 +59,7 @@ flags.DEFINE_float("activation_probability", 0.9, "q: stochastic reactivation pr
 flags.DEFINE_float("excitability", 6.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
 flags.DEFINE_enum("router_features", "auto", ["dense", "conv", "auto"], "The router's random features (engram "
                   "methods, slda_rf, ncm_rf): of the flat pixels, convolutional over images, or auto (conv where images).")
-flags.DEFINE_list("router_conv", ["5", "4"], "The convolutional router features' filter size k and pooling p "
+flags.DEFINE_list("router_conv", [str(v) for v in methods.HyperParameters.router_conv], "The convolutional router features' filter size k and pooling p "
                   "(slda_rf and ncm_rf so far; the engram methods keep 5,4).")
 flags.DEFINE_integer("lda_features", None, "The router's random features M (engram methods, slda_rf, ncm_rf, "
                      "er@equal's bytes; default: larq_engrams.task_inference.DEFAULT_FEATURES).", lower_bound=1)
@@ -133,7 +133,8 @@ def validate():
     if router_conv not in (None, methods.HyperParameters.router_conv) and not unknown:
         ignoring = [name for name in FLAGS.method if "router_conv" not in methods.hyperparameters_read(name)]
         if ignoring:
-            errors.append(f"--router_conv: {', '.join(ignoring)} keep the default 5,4 (slda_rf and ncm_rf read it)")
+            default = ",".join(str(v) for v in methods.HyperParameters.router_conv)
+            errors.append(f"--router_conv: {', '.join(ignoring)} keep the default {default} (slda_rf and ncm_rf read it)")
     for name in ("engram_fraction", "activation_probability"):
         if not 0.0 < getattr(FLAGS, name) <= 1.0:
             errors.append(f"--{name} must be in (0, 1], got {getattr(FLAGS, name)}")

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
-from larq_engrams.task_inference import InputDiscriminant
+from larq_engrams.task_inference import DEFAULT_CONV, InputDiscriminant
 
 __all__ = ["ClassStatisticsClassifier", "RULES"]
 
@@ -60,7 +60,8 @@ class ClassStatisticsClassifier(tf.keras.Model):
     """
 
     def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, task_groups=1,
-                 feature_map="dense", image_shape=None, conv_kernel_size=5, conv_pool=4, **kwargs):
+                 feature_map="dense", image_shape=None, conv_kernel_size=DEFAULT_CONV[0], conv_pool=DEFAULT_CONV[1],
+                 **kwargs):
         super().__init__(**kwargs)
         self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)

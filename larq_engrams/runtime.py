@@ -321,9 +321,10 @@ class _BitNetwork:
         x = np.ascontiguousarray(x, np.float32)
         z = np.empty((len(x), self.classes), np.int32)
         w, t, d = (ctypes.addressof(table) for table in self._tables)
-        _KERNELS.le_binary_network(x.ctypes.data, len(x), self.inputs, negative.ctypes.data, scale.ctypes.data,
-                                   offset.ctypes.data, self.hidden, widths.ctypes.data, w, t, d,
-                                   out_words.ctypes.data, self.classes, z.ctypes.data)
+        _KERNELS.le_binary_network(_address(x, np.float32), len(x), self.inputs, _address(negative, np.uint64),
+                                   _address(scale, np.float32), _address(offset, np.float32), self.hidden,
+                                   _address(widths, np.int32), w, t, d, _address(out_words, np.uint64), self.classes,
+                                   _address(z, np.int32))
         return z
 
 

@@ -44,7 +44,7 @@ from larq_engrams.subnetwork import StackedEngramSubnetworks
 from larq_engrams.task_inputs import split_task_inputs
 
 __all__ = ["ConvGeometry", "EngramTaskInference", "FEATURE_MAPS", "InputDiscriminant", "conv_image_shape",
-           "resolve_feature_map", "features_within_budget", "MAX_FEATURES", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
+           "resolve_feature_map", "features_within_budget", "MAX_FEATURES", "DEFAULT_CONV", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
            "ROUTER_BUDGET",
            "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "sign_bytes", "unpack_sign_bits",
            "unpack_symmetric"]
@@ -54,6 +54,7 @@ MAX_FEATURES = 4096
 # The router's defaults (`EngramModel`'s lda_features and lda_shrinkage), chosen on
 # validation data (see `InputDiscriminant`); the router-alone baselines follow them.
 DEFAULT_FEATURES = 2048
+DEFAULT_CONV = (5, 4)  # the convolutional map's filter size k and pooling p (chosen on validation: results/issue43)
 DEFAULT_SHRINKAGE = 0.01
 # The router's state (learn + predict) that a long task sequence's default M keeps within
 # at its end (issue 44: router and engrams <= 16 MiB at 100 tasks; `features_within_budget`).
@@ -123,7 +124,8 @@ class InputDiscriminant(tf.keras.layers.Layer):
     """
 
     def __init__(self, max_tasks, num_classes, features=DEFAULT_FEATURES, shrinkage=DEFAULT_SHRINKAGE, seed=0,
-                 covariance="shared", feature_map="dense", image_shape=None, conv_kernel_size=5, conv_pool=4,
+                 covariance="shared", feature_map="dense", image_shape=None, conv_kernel_size=DEFAULT_CONV[0],
+                 conv_pool=DEFAULT_CONV[1],
                  **kwargs):
         super().__init__(**kwargs)
         self.covariance = check_choice("covariance", covariance, ("shared", "identity"), owner="InputDiscriminant")
@@ -382,7 +384,7 @@ class ConvGeometry:
     and M = 2016, from 1,400 sign bits instead of 784 x 2048.
     """
 
-    def __init__(self, image_shape, filters, kernel_size=5, pool=4):
+    def __init__(self, image_shape, filters, kernel_size=DEFAULT_CONV[0], pool=DEFAULT_CONV[1]):
         self.image_shape = conv_image_shape(image_shape)
         self.filters, self.kernel_size, self.pool = int(filters), int(kernel_size), int(pool)
         height, width, channels = self.image_shape
@@ -394,7 +396,7 @@ class ConvGeometry:
         self.features = self.filters * self.grid[0] * self.grid[1]
 
     @classmethod
-    def for_budget(cls, image_shape, features, kernel_size=5, pool=4, min_filters=32):
+    def for_budget(cls, image_shape, features, kernel_size=DEFAULT_CONV[0], pool=DEFAULT_CONV[1], min_filters=32):
         """As many filters as fit in `features`; on large images the pooling doubles
         until at least `min_filters` fit (or one pooled position is left), so that a
         budget is not spent on a few filters at many positions."""

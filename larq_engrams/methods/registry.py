@@ -18,7 +18,7 @@ from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import Adam, MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
-from larq_engrams.task_inference import (DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
+from larq_engrams.task_inference import (DEFAULT_CONV, DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
                                          resolve_feature_map)
 
 __all__ = [
@@ -61,7 +61,7 @@ class HyperParameters:
     excitability: float = 6.0
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
-    router_conv: tuple = (5, 4)  # the convolutional map's filter size k and pooling p (so far the routers alone read it)
+    router_conv: tuple = DEFAULT_CONV  # the convolutional map's filter size k and pooling p (so far the routers alone read it)
     max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
     task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
     lda_features: int = None  # the router's random features; None: by the sequence's length (router_feature_count)
