@@ -192,9 +192,9 @@ def engram_evaluations(model, tests):
     model.set_inference("infer")
     router = model.task_discriminant
     for x, y in tests:
-        groups = np.concatenate([router.group_scores(model.flatten(tf.constant(x[i:i + 1000]))).numpy()
+        logits = np.concatenate([router.predict_classes(model.flatten(tf.constant(x[i:i + 1000]))).numpy()
                                  for i in range(0, len(x), 1000)])
-        out["acc_router"].append(float(np.mean(groups.reshape(len(x), -1).argmax(-1) % model.num_classes == y)))
+        out["acc_router"].append(float(np.mean(logits.argmax(-1) == y)))
     for k, (x, y) in enumerate(tests):
         out["acc_task_given"].append(task_given_accuracy(model, k, x, y))
     model.set_inference("infer")

@@ -63,6 +63,9 @@ flags.DEFINE_list("router_conv", [str(v) for v in methods.HyperParameters.router
                   "(slda_rf and ncm_rf so far; the engram methods keep 5,4).")
 flags.DEFINE_integer("lda_features", None, "The router's random features M (engram methods, slda_rf, ncm_rf, "
                      "er@equal's bytes; default: larq_engrams.task_inference.DEFAULT_FEATURES).", lower_bound=1)
+flags.DEFINE_enum("router_class_covariance", methods.HyperParameters.router_class_covariance, ["shared", "task"],
+                  "The router's class evidence inside a task (engram methods, slda_rf): from the covariance "
+                  "shared by every task, or from the task's own.")
 flags.DEFINE_bool("protect_engrams", False, "Engram methods: freeze what earlier engrams use while a later one trains.")
 flags.DEFINE_enum("boundaries", "given", ["given", "none", "fuzzy"], "given: tasks told, --epochs per task; none "
                   "or fuzzy: one pass over a task-free stream (batches of --batch_size; the learner is told no task "
@@ -196,7 +199,7 @@ def main(argv):
             activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,
             protect_engrams=FLAGS.protect_engrams, router_features=FLAGS.router_features,
             router_conv=router_conv, lda_features=FLAGS.lda_features,
-            task_free=task_free,
+            router_class_covariance=FLAGS.router_class_covariance, task_free=task_free,
             max_engrams=FLAGS.max_engrams or (None if FLAGS.boundaries == "given" else 2 * _tasks_in(FLAGS)),
         ),
     )

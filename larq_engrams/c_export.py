@@ -130,6 +130,10 @@ def _write_source(net, folder):
     kernel = net.router_kernel[tasks]  # (K, C, M)
     w.array("float", "router_kernel", kernel, _floats)
     w.array("float", "router_bias", net.router_bias[tasks], _floats)
+    task_evidence = net.router_class_kernel is not None  # each task's own class evidence
+    if task_evidence:
+        w.array("float", "router_class_kernel", net.router_class_kernel[tasks], _floats)
+        w.array("float", "router_class_bias", net.router_class_bias[tasks], _floats)
     features = kernel.shape[-1]
     conv = net.router_conv
     entries = ",\n    ".join(
@@ -143,13 +147,13 @@ def _write_source(net, folder):
     header = _HEADER.format(
         defines="\n".join(f"#define {k} {v}" for k, v in defines.items()),
         task_ids=_ints(tasks), buffer_bytes=buffer_bytes)
-    conv_defines = ""
+    conv_defines = "#define LE_TASK_EVIDENCE 1" if task_evidence else ""
     if conv:
         height, width, channels = (list(conv["image_shape"]) + [1])[:3]
         conv_defines = "\n".join(f"#define {k} {v}" for k, v in {
             "LE_CONV": 1, "LE_H": height, "LE_W": width, "LE_C": channels, "LE_K": conv["kernel_size"],
             "LE_POOL": conv["pool"], "LE_FILTERS": conv["filters"],
-            "LE_PATCH_WORDS": -(-(conv["kernel_size"] ** 2 * channels) // 64)}.items())
+            "LE_PATCH_WORDS": -(-(conv["kernel_size"] ** 2 * channels) // 64)}.items()) + "\n" + conv_defines
     source = _SOURCE.format(
         conv_defines=conv_defines, arrays="\n".join(w.lines), engrams=entries,
         projection_scale=_float(scale), lda_weight=_float(net.manifest["lda_weight"]),
@@ -315,6 +319,15 @@ int32_t le_infer(const float *x, float *scores, int32_t *task) {{
         if (s > best_score) {{ best_score = s; best = g / LE_CLASSES; }}
     }}
     *task = le_task_ids[best];
+#ifdef LE_TASK_EVIDENCE
+    for (int32_t c = 0; c < LE_CLASSES; ++c) {{  /* the chosen task's own class evidence */
+        int32_t g = best * LE_CLASSES + c;
+        float s = router_class_bias[g];
+        const float *k = router_class_kernel + (int64_t)g * LE_FEATURES;
+        for (int32_t m = 0; m < LE_FEATURES; ++m) s += features[m] * k[m];
+        groups[g] = s;
+    }}
+#endif
     float logits[LE_CLASSES], log_probs[LE_CLASSES], lda[LE_CLASSES];
     int32_t known[LE_CLASSES], any = 0;
     engram_logits(&engrams[best], x, logits);

@@ -57,11 +57,14 @@ class ClassStatisticsClassifier(tf.keras.Model):
             flat inputs are images; `conv_kernel_size` and `conv_pool` its k and p.
         task_groups: 1 (one group per class), or the number of tasks: one group per
             (task, class), the task set by `begin_task` (the continual protocol's hook).
+        class_covariance: SLDA with task groups: "shared" (each class's best group) or
+            "task" (the best-scoring task's own class evidence, from its own covariance;
+            `task_inference.InputDiscriminant`).
     """
 
     def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, task_groups=1,
                  feature_map="dense", image_shape=None, conv_kernel_size=DEFAULT_CONV[0], conv_pool=DEFAULT_CONV[1],
-                 **kwargs):
+                 class_covariance="shared", **kwargs):
         super().__init__(**kwargs)
         self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)
@@ -72,7 +75,8 @@ class ClassStatisticsClassifier(tf.keras.Model):
             self.task_groups, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
             covariance="shared" if rule == "slda" else "identity", feature_map=feature_map,
             image_shape=(image_shape or self.sample_shape) if feature_map == "conv" else None,
-            conv_kernel_size=conv_kernel_size, conv_pool=conv_pool, name="class_statistics")
+            conv_kernel_size=conv_kernel_size, conv_pool=conv_pool, class_covariance=class_covariance,
+            name="class_statistics")
         self.feature_map = feature_map
         self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
         self.discriminant.build((None, int(np.prod(self.sample_shape))))
@@ -105,8 +109,9 @@ class ClassStatisticsClassifier(tf.keras.Model):
         return tf.constant(True)
 
     def _logits(self, x):
-        # Each class's best group over the task group sets (empty groups score -1e9).
-        return tf.reduce_max(self.discriminant.group_scores(self._flat(x)), axis=1)
+        # Each class's best group over the task group sets, or the best task's own
+        # evidence (empty groups score -1e9).
+        return self.discriminant.predict_classes(self._flat(x))
 
     def stale_logits(self, x):
         """The logits of the discriminant as last refreshed (no refresh: cheap)."""
@@ -143,4 +148,4 @@ class ClassStatisticsClassifier(tf.keras.Model):
                 "task_groups": self.task_groups, "feature_map": self.feature_map,
                 "image_shape": None if self.image_shape is None else list(self.image_shape),
                 "conv_kernel_size": self.discriminant.conv_kernel_size, "conv_pool": self.discriminant.conv_pool,
-                "name": self.name}
+                "class_covariance": self.discriminant.class_covariance, "name": self.name}

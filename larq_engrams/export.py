@@ -101,6 +101,9 @@ def _engram_arrays(model, learning=False):
         arrays["router/projection_bits"] = sign_bytes(router.projection_bits.numpy(), columns)
         arrays["router/kernel"] = router.kernel.numpy().astype(np.float32)
         arrays["router/bias"] = router.bias.numpy().astype(np.float32)
+        if router.class_kernel is not None:
+            arrays["router/class_kernel"] = router.class_kernel.numpy().astype(np.float32)
+            arrays["router/class_bias"] = router.class_bias.numpy().astype(np.float32)
     if learning:  # what a device keeps to learn new classes (runtime.PackedNetwork.learn)
         size = router.num_features
         full = unpack_symmetric(router.scatter, size).numpy()
@@ -117,6 +120,7 @@ def _engram_arrays(model, learning=False):
         "router": None if router is None else {
             "features": router.num_features, "projection_scale": router.projection_scale, "inputs": inputs,
             "feature_map": router.feature_map, "shrinkage": router.shrinkage, "learning": bool(learning),
+            "class_covariance": router.class_covariance,
             **({"image_shape": list(router.conv_geometry.image_shape), "filters": router.conv_geometry.filters,
                 "kernel_size": router.conv_geometry.kernel_size, "pool": router.conv_geometry.pool} if conv else {})},
     }

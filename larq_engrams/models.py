@@ -19,6 +19,7 @@ from larq_engrams.task_inputs import split_task_inputs
 from larq_engrams.subnetwork import EngramSlots, EngramSubnetwork, InferenceBlockCache
 from larq_engrams.task_free import DEFAULTS as TASK_FREE_DEFAULTS, TaskFreeEngrams
 from larq_engrams.task_inference import (
+    CLASS_COVARIANCES,
     DEFAULT_FEATURES,
     DEFAULT_SHRINKAGE,
     MAX_FEATURES,
@@ -88,6 +89,9 @@ class EngramModel(tf.keras.Model):
         (`lda_weight=0`: the engram's network alone; 0.2 was chosen on validation data,
         1024-1024, seed 0: Split MNIST class-IL ACC 95.1 -> 95.6 %, Split Fashion-MNIST
         86.9 -> 87.1 %, `experiments/task_inference_study.py`).
+        `lda_class_covariance="task"`: the router's class evidence inside the chosen
+        engram, g_{s,c} above, comes instead from the task's own covariance, frozen when
+        its data was seen (`InputDiscriminant`, class_covariance).
         "excitation": sum over layers of the engram's mean squared standardized
         pre-activation, (z - mu)^2 / (var + eps), against the moving statistics only
         that engram's task updated. "max_softmax": highest max softmax; "entropy":
@@ -140,6 +144,7 @@ class EngramModel(tf.keras.Model):
         lda_features=DEFAULT_FEATURES,
         lda_shrinkage=DEFAULT_SHRINKAGE,
         lda_weight=0.2,
+        lda_class_covariance="shared",
         inference_mode="task",
         inference_task=None,
         router=True,
@@ -208,6 +213,7 @@ class EngramModel(tf.keras.Model):
         if not float(lda_weight) >= 0.0:
             raise ValueError(f"`lda_weight` must be >= 0, got {lda_weight!r}.")
         self.lda_weight = float(lda_weight)
+        self.lda_class_covariance = check_choice("lda_class_covariance", lda_class_covariance, CLASS_COVARIANCES)
         inputs = int(np.prod(self.sample_shape))
         # The discriminant keeps M x M statistics (M = lda_features, or the inputs' size
         # without random features): built unless M is too large for it and it is not
@@ -218,7 +224,7 @@ class EngramModel(tf.keras.Model):
             self.task_discriminant = InputDiscriminant(
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
                 seed=self.seed, feature_map=self.router_features,
-                image_shape=self.image_shape, name="task_discriminant")
+                image_shape=self.image_shape, class_covariance=lda_class_covariance, name="task_discriminant")
             self.task_discriminant.build((None, inputs))
         if self._inference_mode == "infer":
             self._check_confidence_available(self.confidence)
@@ -713,6 +719,7 @@ class EngramModel(tf.keras.Model):
             "lda_features": self.lda_features,
             "lda_shrinkage": self.lda_shrinkage,
             "lda_weight": self.lda_weight,
+            "lda_class_covariance": self.lda_class_covariance,
             "inference_mode": self._inference_mode,
             "inference_task": self._inference_task,
             "router": self.router,

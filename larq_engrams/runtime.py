@@ -383,10 +383,14 @@ class PackedNetwork:
                                     else sign_words(self.router_signs < 0))
             self.router_kernel = arrays["router/kernel"]  # (tasks, classes, M)
             self.router_bias = arrays["router/bias"]  # (tasks, classes)
+            # class_covariance "task": each task's own class evidence (tasks, classes, M) and (tasks, classes)
+            self.router_class_kernel = arrays.get("router/class_kernel")
+            self.router_class_bias = arrays.get("router/class_bias")
         self._learner = None
         if self.has_router and router.get("learning"):
             self._learner = _RouterLearner(arrays["router/counts"], arrays["router/sums"],
-                                           arrays["router/scatter_upper"], float(router["shrinkage"]))
+                                           arrays["router/scatter_upper"], float(router["shrinkage"]),
+                                           task_evidence=self.router_class_kernel is not None)
         self.router_tasks = []  # tasks learned here, by the router alone (no engram network)
         self._live_groups = None  # ((the router arrays read), groups with data, their kernel and bias)
 
@@ -497,9 +501,14 @@ class PackedNetwork:
 
     def router_scores(self, x):
         """(batch, tasks, classes) router scores g_{s,c}(x)."""
-        features = self.router_features(x)
+        return self._group_scores(self.router_features(x))
+
+    def _group_scores(self, features):
         if self._learner is not None and self._learner.stale:
             self.router_kernel, self.router_bias = self._learner.discriminant()
+            if self.router_class_kernel is not None:
+                self.router_class_kernel, self.router_class_bias = self._learner.task_evidence(
+                    self.router_class_kernel, self.router_class_bias)
         read = self._live_groups[0] if self._live_groups is not None else (None, None)
         if read[0] is not self.router_kernel or read[1] is not self.router_bias:
             # a group without data has a zero kernel and scores its bias: only the others are computed
@@ -514,6 +523,15 @@ class PackedNetwork:
         scores[:] = self.router_bias.reshape(-1)
         scores[:, live] = features @ kernel + bias  # BLAS, unlike einsum
         return scores.reshape(len(features), *self.router_bias.shape)
+
+    def _task_evidence(self, features, tasks):
+        """(batch, classes) h_{s,c}: sample i's class evidence from task tasks[i]'s own
+        covariance (class_covariance "task")."""
+        out = np.empty((len(features), self.num_classes), np.float32)
+        for t in np.unique(tasks):
+            rows = tasks == t
+            out[rows] = features[rows] @ self.router_class_kernel[t].T + self.router_class_bias[t]
+        return out
 
     def infer_tasks(self, x):
         """The engram chosen per sample in "infer" mode (an int array of task ids)."""
@@ -551,10 +569,14 @@ class PackedNetwork:
         if not self.allocated_tasks:
             raise ValueError("runtime: 'infer' needs at least one allocated engram.")
         tasks = self.allocated_tasks + self.router_tasks
-        groups = np.transpose(self.router_scores(x)[:, tasks], (1, 0, 2))  # (K, batch, C)
+        features = self.router_features(x)
+        groups = np.transpose(self._group_scores(features)[:, tasks], (1, 0, 2))  # (K, batch, C)
         best = groups.max(axis=-1).argmax(axis=0)
         rows = np.arange(len(x))
         chosen_tasks = np.asarray(tasks)[best]
+        if self.router_class_kernel is not None:  # the chosen task's own class evidence
+            groups = groups.copy()
+            groups[best, rows] = self._task_evidence(features, chosen_tasks)
         by_router = best >= len(self.allocated_tasks)
         if by_router.any():  # tasks learned here: the router's own class evidence decides
             out = np.empty((len(x), self.num_classes), np.float32)
@@ -626,7 +648,7 @@ class _RouterLearner:
     `larq_engrams.task_inference.InputDiscriminant.observe` and `refresh` (the same
     merge of batch statistics, float32 sums, a float64 solve)."""
 
-    def __init__(self, counts, sums, scatter_upper, shrinkage):
+    def __init__(self, counts, sums, scatter_upper, shrinkage, task_evidence=False):
         self.counts, self.sums = counts.astype(np.float32), sums.astype(np.float32)
         size = sums.shape[-1]
         self.scatter = np.zeros((size, size), np.float32)
@@ -634,6 +656,16 @@ class _RouterLearner:
         self.scatter = np.triu(self.scatter) + np.triu(self.scatter, 1).T
         self.shrinkage = shrinkage
         self.stale = False
+        # class_covariance "task": the scatter of the task being learned here, from its first example
+        self.task_evidence_on = bool(task_evidence)
+        self.scatter_task, self.task_scatter, self.task_count = -1, None, 0.0
+        self.finished = {}  # task -> its class evidence (kernel, bias), computed when the next task began
+
+    def _finish_task(self):
+        if self.scatter_task >= 0 and self.task_count > 0:
+            t = self.scatter_task
+            self.finished[t] = self._solve(self.task_scatter, self.task_count, self.sums[t],
+                                           self.counts[t].astype(np.float64))
 
     def add_row(self, task):
         """Makes room for task row `task` (the arrays grow past the model's max_tasks)."""
@@ -653,7 +685,14 @@ class _RouterLearner:
         centered = f - onehot @ batch_means
         weight = counts * batch_counts / np.maximum(counts + batch_counts, 1.0)
         shift = (means - batch_means) * np.sqrt(weight)[:, None]
-        self.scatter += centered.T @ centered + shift.T @ shift
+        increment = centered.T @ centered + shift.T @ shift
+        self.scatter += increment
+        if self.task_evidence_on:
+            if task != self.scatter_task:
+                self._finish_task()
+                self.scatter_task, self.task_scatter, self.task_count = task, np.zeros_like(self.scatter), 0.0
+            self.task_scatter += increment
+            self.task_count += float(batch_counts.sum())
         self.counts[task] += batch_counts
         self.sums[task] += batch_sums
         self.stale = True
@@ -663,9 +702,34 @@ class _RouterLearner:
         -mu^T P mu / 2 per group, P the inverse of the shrunk shared covariance."""
         tasks, classes, size = self.sums.shape
         counts = self.counts.reshape(-1).astype(np.float64)
-        total = max(counts.sum(), 1.0)
-        means = self.sums.reshape(-1, size).astype(np.float64) / np.maximum(counts, 1.0)[:, None]
-        scatter = self.scatter.astype(np.float64)
+        kernel, bias = self._solve(self.scatter, counts.sum(), self.sums.reshape(-1, size), counts)
+        self.stale = False
+        return kernel.reshape(tasks, classes, size), bias.reshape(tasks, classes)
+
+    def task_evidence(self, class_kernel, class_bias):
+        """`class_kernel`, `class_bias` (grown to the learner's tasks) with the row of
+        the task being learned here from its own covariance (class_covariance "task")."""
+        tasks, classes, size = self.sums.shape
+        grow = tasks - len(class_kernel)
+        if grow > 0:
+            class_kernel = np.concatenate([class_kernel, np.zeros((grow, classes, size), np.float32)])
+            class_bias = np.concatenate([class_bias, np.full((grow, classes), EMPTY_GROUP_SCORE, np.float32)])
+        class_kernel, class_bias = class_kernel.copy(), class_bias.copy()
+        for t, (kernel, bias) in self.finished.items():
+            class_kernel[t], class_bias[t] = kernel, bias
+        if self.scatter_task >= 0 and self.task_count > 0:
+            t = self.scatter_task
+            class_kernel[t], class_bias[t] = self._solve(self.task_scatter, self.task_count, self.sums[t],
+                                                         self.counts[t].astype(np.float64))
+        return class_kernel, class_bias
+
+    def _solve(self, scatter, total, sums, counts):
+        """The discriminant (kernel, bias) float32 of groups with `sums` and `counts`
+        under the shrunk covariance of `scatter` over `total` examples (float64 solve)."""
+        size = scatter.shape[0]
+        total = max(float(total), 1.0)
+        means = sums.astype(np.float64) / np.maximum(counts, 1.0)[:, None]
+        scatter = scatter.astype(np.float64)
         variances = np.diag(scatter) / total
         mean_variance = variances.sum() / size
         ridge = self.shrinkage * mean_variance + 1e-9 * max(mean_variance, 1e-12)
@@ -675,14 +739,15 @@ class _RouterLearner:
         kernel = np.linalg.solve(chol.T, np.linalg.solve(chol, means.T)).T
         bias = np.where(counts > 0, -0.5 * (kernel * means).sum(axis=-1), EMPTY_GROUP_SCORE)
         kernel = np.where(counts[:, None] > 0, kernel, 0.0)
-        self.stale = False
-        return kernel.reshape(tasks, classes, size).astype(np.float32), bias.reshape(tasks, classes).astype(np.float32)
+        return kernel.astype(np.float32), bias.astype(np.float32)
 
     def nbytes(self):
         """Counts, sums and the scatter's M (M + 1) / 2 floats, as stored (this NumPy
-        learner holds the scatter unpacked in memory: M^2 floats)."""
+        learner holds the scatter unpacked in memory: M^2 floats); with the per-task class
+        evidence a second scatter for the task being learned."""
         size = self.scatter.shape[0]
-        return int(self.counts.nbytes + self.sums.nbytes + 4 * size * (size + 1) // 2)
+        scatters = 2 if self.task_evidence_on else 1
+        return int(self.counts.nbytes + self.sums.nbytes + scatters * 4 * size * (size + 1) // 2)
 
 
 def load(path, kernels=None):

@@ -16,7 +16,22 @@ score_s(x)    = max_{c trained by engram s} g_{s,c}(x)
 ```
 
 `EngramModel` in "infer" mode (`confidence="input_lda"`, the default) lets the engram
-with the highest score predict, among the classes it was trained on. With
+with the highest score predict, among the classes it was trained on.
+
+With `class_covariance="task"` the class evidence inside the chosen engram s* comes from
+the task's own covariance, frozen when its data was seen (the routing stays as above):
+
+```
+Sigma_s       = sum_{c in s} sum_{x in (s, c)} (f - mu_{s,c})(f - mu_{s,c})^T / n_s   task s's within-class covariance
+P_s           = ((1 - lambda) Sigma_s + lambda (tr Sigma_s / M) I)^{-1}
+h_{s,c}(x)    = mu_{s,c}^T P_s f(x) - 1/2 mu_{s,c}^T P_s mu_{s,c}
+```
+
+One covariance shared by many tasks averages their different feature correlations
+(permuted inputs give each task its own), so the shared discriminant's class evidence
+gets worse as tasks are added (Permuted MNIST, M = 1280, validation: 94.1 % on the first
+task alone, 87.4 % over 50); h keeps each task's. It costs C M + C floats per task and,
+while a task is observed, a second packed M x M scatter. With
 `features=None` the discriminant works on the raw inputs (f(x) = x).
 
 Why fixed features of the inputs: they are the one representation that later engrams
@@ -45,7 +60,7 @@ from larq_engrams.task_inputs import split_task_inputs
 
 __all__ = ["ConvGeometry", "EngramTaskInference", "FEATURE_MAPS", "InputDiscriminant", "conv_image_shape",
            "resolve_feature_map", "features_within_budget", "MAX_FEATURES", "DEFAULT_CONV", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
-           "ROUTER_BUDGET",
+           "ROUTER_BUDGET", "CLASS_COVARIANCES",
            "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "sign_bytes", "unpack_sign_bits",
            "unpack_symmetric"]
 
@@ -56,6 +71,7 @@ MAX_FEATURES = 4096
 DEFAULT_FEATURES = 2048
 DEFAULT_CONV = (5, 4)  # the convolutional map's filter size k and pooling p (chosen on validation: results/issue43)
 DEFAULT_SHRINKAGE = 0.01
+CLASS_COVARIANCES = ("shared", "task")  # whose covariance gives the class evidence inside an engram
 # The router's state (learn + predict) that a long task sequence's default M keeps within
 # at its end (issue 44: router and engrams <= 16 MiB at 100 tasks; `features_within_budget`).
 ROUTER_BUDGET = 15 * 2 ** 20
@@ -116,6 +132,11 @@ class InputDiscriminant(tf.keras.layers.Layer):
         feature_map, image_shape: "dense" (relu(x R)) or "conv" (`ConvGeometry`, on
             inputs that are images of `image_shape`).
         conv_kernel_size, conv_pool: the convolutional map's k and p.
+        class_covariance: "shared" (the class evidence inside an engram is its groups'
+            g_{s,c}) or "task" (h_{s,c}, from the task's own covariance; see the module
+            docstring). "task" adds `class_kernel` (tasks, classes, M), `class_bias`
+            and, for the task being observed, `task_scatter` (packed like `scatter`),
+            `scatter_task` and `scatter_count`.
 
     Defaults M = 2048, lambda = 0.01 were chosen on validation data (Split MNIST and
     Split Fashion-MNIST class-IL, 1024-1024, seed 0; task inference with M = 1024 /
@@ -125,10 +146,14 @@ class InputDiscriminant(tf.keras.layers.Layer):
 
     def __init__(self, max_tasks, num_classes, features=DEFAULT_FEATURES, shrinkage=DEFAULT_SHRINKAGE, seed=0,
                  covariance="shared", feature_map="dense", image_shape=None, conv_kernel_size=DEFAULT_CONV[0],
-                 conv_pool=DEFAULT_CONV[1],
-                 **kwargs):
+                 conv_pool=DEFAULT_CONV[1], class_covariance="shared", **kwargs):
         super().__init__(**kwargs)
         self.covariance = check_choice("covariance", covariance, ("shared", "identity"), owner="InputDiscriminant")
+        self.class_covariance = check_choice("class_covariance", class_covariance, CLASS_COVARIANCES,
+                                             owner="InputDiscriminant")
+        if self.class_covariance == "task" and self.covariance != "shared":
+            raise ValueError("InputDiscriminant: class_covariance='task' needs covariance='shared' (a task's "
+                             "covariance is estimated like the shared one).")
         self.feature_map = check_choice("feature_map", feature_map, FEATURE_MAPS, owner="InputDiscriminant")
         self.image_shape = None if image_shape is None else conv_image_shape(image_shape)
         if self.feature_map == "conv" and (self.image_shape is None or features is None):
@@ -185,8 +210,16 @@ class InputDiscriminant(tf.keras.layers.Layer):
         if self.covariance == "shared":
             self.scatter = self.add_weight("scatter", packed_symmetric_shape(features), **state)
         self.kernel = add_engram_rows_weight(self, "kernel", tasks, (classes, features), **state)
-        self.bias = add_engram_rows_weight(
-            self, "bias", tasks, (classes,), **{**state, "initializer": tf.keras.initializers.Constant(EMPTY_GROUP_SCORE)})
+        empty = {**state, "initializer": tf.keras.initializers.Constant(EMPTY_GROUP_SCORE)}
+        self.bias = add_engram_rows_weight(self, "bias", tasks, (classes,), **empty)
+        self.task_scatter = self.class_kernel = self.class_bias = None
+        if self.class_covariance == "task":
+            self.task_scatter = self.add_weight("task_scatter", packed_symmetric_shape(features), **state)
+            self.scatter_task = self.add_weight("scatter_task", (), dtype=tf.int32, **{
+                **state, "initializer": tf.keras.initializers.Constant(-1)})
+            self.scatter_count = self.add_weight("scatter_count", (), **state)
+            self.class_kernel = add_engram_rows_weight(self, "class_kernel", tasks, (classes, features), **state)
+            self.class_bias = add_engram_rows_weight(self, "class_bias", tasks, (classes,), **empty)
         super().build(input_shape)
 
     @property
@@ -199,9 +232,12 @@ class InputDiscriminant(tf.keras.layers.Layer):
 
     def grow(self, max_tasks):
         """Groups for engrams up to `max_tasks`, empty (their score -1e9 until observed)."""
-        for variable in (self.counts, self.sums, self.kernel):
-            grow_rows(variable, int(max_tasks))
-        grow_rows(self.bias, int(max_tasks), fill=EMPTY_GROUP_SCORE)
+        for variable in (self.counts, self.sums, self.kernel, self.class_kernel):
+            if variable is not None:
+                grow_rows(variable, int(max_tasks))
+        for variable in (self.bias, self.class_bias):
+            if variable is not None:
+                grow_rows(variable, int(max_tasks), fill=EMPTY_GROUP_SCORE)
 
     @property
     def num_features(self):
@@ -239,7 +275,10 @@ class InputDiscriminant(tf.keras.layers.Layer):
         ```
 
         so the statistics never subtract two large second moments, and float32 holds
-        them as well as float64 held the raw sums of f f^T.
+        them as well as float64 held the raw sums of f f^T. With class_covariance="task"
+        the same increment goes to `task_scatter`, which starts again from zero when
+        `task` differs from the task it holds, once that task's evidence is computed (a
+        task observed again after another gets its covariance from its new data only).
         """
         x = self.transform(x)
         onehot = tf.one_hot(tf.cast(y, tf.int32), self.num_classes, dtype=x.dtype)
@@ -253,24 +292,58 @@ class InputDiscriminant(tf.keras.layers.Layer):
             centered = x - tf.matmul(onehot, batch_means)
             weight = counts * batch_counts / tf.maximum(counts + batch_counts, 1.0)
             shift = (means - batch_means) * tf.sqrt(weight)[:, None]
-            self.scatter.assign_add(pack_symmetric(
-                tf.matmul(centered, centered, transpose_a=True) + tf.matmul(shift, shift, transpose_a=True)))
+            increment = pack_symmetric(
+                tf.matmul(centered, centered, transpose_a=True) + tf.matmul(shift, shift, transpose_a=True))
+            self.scatter.assign_add(increment)
+            if self.task_scatter is not None:
+                task = tf.cast(task, tf.int32)
+                # A new task starts: the one held gets its evidence first (a stream may not refresh between).
+                tf.cond(tf.logical_and(tf.not_equal(task, self.scatter_task), self._holds_task()),
+                        self._refresh_task_evidence, lambda: tf.constant(False))
+                keep = tf.cast(tf.equal(task, self.scatter_task), increment.dtype)  # 0: a new task starts
+                self.task_scatter.assign(keep * self.task_scatter + increment)
+                self.scatter_count.assign(keep * self.scatter_count + tf.reduce_sum(batch_counts))
+                self.scatter_task.assign(task)
         self.counts.assign_add(row[:, None] * batch_counts[None, :])
         self.sums.assign_add(row[:, None, None] * batch_sums[None])
 
     def refresh(self):
         """Recomputes the discriminant from the statistics (one M x M Cholesky solve, in
-        float64; none for the identity covariance). Works eagerly and inside a tf.function."""
+        float64; none for the identity covariance; with class_covariance="task" a second
+        one for the task being observed). Works eagerly and inside a tf.function."""
         counts = tf.cast(tf.reshape(self.counts, [-1]), tf.float64)
-        total = tf.maximum(tf.reduce_sum(counts), 1.0)  # no data yet: every group stays empty
         features = self.num_features
         means = tf.cast(tf.reshape(self.sums, [-1, features]), tf.float64) / tf.maximum(counts, 1.0)[:, None]
         if self.scatter is None:
             self._set_discriminant(means, means, counts)
             return
+        self._set_discriminant(self._solve(self.scatter, tf.reduce_sum(counts), means), means, counts)
+        if self.task_scatter is not None:
+            tf.cond(self._holds_task(), self._refresh_task_evidence, lambda: tf.constant(False))
+
+    def _holds_task(self):
+        return tf.logical_and(self.scatter_task >= 0, self.scatter_count > 0)
+
+    def _refresh_task_evidence(self):
+        """class_kernel / class_bias of the task in `task_scatter`, from its own covariance."""
+        task = self.scatter_task
+        counts = tf.cast(tf.gather(self.counts, task), tf.float64)
+        means = tf.cast(tf.gather(self.sums, task), tf.float64) / tf.maximum(counts, 1.0)[:, None]
+        kernel = self._solve(self.task_scatter, tf.cast(self.scatter_count, tf.float64), means)
+        bias = tf.where(counts > 0, -0.5 * tf.reduce_sum(kernel * means, axis=-1), EMPTY_GROUP_SCORE)
+        kernel = tf.where(counts[:, None] > 0, kernel, tf.zeros_like(kernel))
+        self.class_kernel.scatter_nd_update([[task]], tf.cast(kernel, self.class_kernel.dtype)[None])
+        self.class_bias.scatter_nd_update([[task]], tf.cast(bias, self.class_bias.dtype)[None])
+        return tf.constant(True)
+
+    def _solve(self, packed_scatter, total, means):
+        """mu^T P for each row of `means` (float64), P the inverse of the shrunk
+        covariance of `packed_scatter` over `total` examples."""
+        features = self.num_features
+        total = tf.maximum(tf.cast(total, tf.float64), 1.0)  # no data yet: every group stays empty
         # Sigma_lambda from the unpacked scatter, scaled once (no identity matrix): the
         # float64 M x M copies live only during this refresh.
-        scatter = tf.cast(unpack_symmetric(self.scatter, features), tf.float64)
+        scatter = tf.cast(unpack_symmetric(packed_scatter, features), tf.float64)
         variances = tf.linalg.diag_part(scatter) / total
         mean_variance = tf.reduce_sum(variances) / features
         # The diagonal: shrinkage toward the mean variance, and a tiny ridge so that a
@@ -279,7 +352,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
         covariance = tf.linalg.set_diag(scatter * ((1.0 - self.shrinkage) / total),
                                         (1.0 - self.shrinkage) * variances + ridge)
         chol = tf.linalg.cholesky(covariance)
-        self._set_discriminant(tf.transpose(tf.linalg.cholesky_solve(chol, tf.transpose(means))), means, counts)
+        return tf.transpose(tf.linalg.cholesky_solve(chol, tf.transpose(means)))
 
     def _set_discriminant(self, kernel, means, counts):
         """kernel = mu^T P per group; bias = -1/2 mu^T P mu; empty groups score -1e9."""
@@ -291,7 +364,32 @@ class InputDiscriminant(tf.keras.layers.Layer):
 
     def group_scores(self, x):
         """(batch, max_tasks, classes) g_{s,c}(x); groups without data score -1e9."""
-        return tf.einsum("bd,tcd->btc", self.transform(x), self.kernel) + self.bias
+        return self.feature_group_scores(self.transform(x))
+
+    def feature_group_scores(self, features):
+        """`group_scores` of features f(x) already computed (`transform`)."""
+        return tf.einsum("bd,tcd->btc", features, self.kernel) + self.bias
+
+    def class_evidence(self, features, tasks, groups=None):
+        """(batch, classes): the class evidence inside engram tasks[i] for sample i,
+        h_{s,c}(f) with class_covariance="task", else its groups' g_{s,c} (`groups`, the
+        (batch, max_tasks, classes) `feature_group_scores`, if already computed)."""
+        tasks = tf.cast(tasks, tf.int32)
+        if self.class_kernel is None:
+            groups = self.feature_group_scores(features) if groups is None else groups
+            return tf.gather(groups, tasks, batch_dims=1)
+        kernel = tf.gather(self.class_kernel, tasks)  # (batch, classes, M): one task's C rows per sample
+        return tf.einsum("bd,bcd->bc", features, kernel) + tf.gather(self.class_bias, tasks)
+
+    def predict_classes(self, x):
+        """(batch, classes): the router alone. "shared": each class's best group over
+        the tasks; "task": the best-scoring task's own class evidence h."""
+        features = self.transform(x)
+        groups = self.feature_group_scores(features)
+        if self.class_kernel is None:
+            return tf.reduce_max(groups, axis=1)
+        best = tf.argmax(tf.reduce_max(groups, axis=-1), axis=1, output_type=tf.int32)
+        return self.class_evidence(features, best)
 
     def call(self, x):
         """(batch, max_tasks) engram scores: the best group score of each engram."""
@@ -306,12 +404,14 @@ class InputDiscriminant(tf.keras.layers.Layer):
         bits of the statistics it keeps only to learn further tasks, as held in memory.
 
         Inference: R's sign bits (1 bit per entry; its scale is a constant of D), the
-        float32 `kernel` and `bias`. Statistics: `counts`, `sums` and the packed
-        `scatter` (M (M + 1) / 2 numbers, plus M / 2 padding for odd M), float32.
+        float32 `kernel` and `bias` (and `class_kernel`, `class_bias`). Statistics:
+        `counts`, `sums` and the packed `scatter` (M (M + 1) / 2 numbers, plus M / 2
+        padding for odd M; and `task_scatter`), float32.
         Larq's `ModelProfile` knows none of these and would count every weight at 32 bits.
         """
-        inference = [self.kernel, self.bias] + ([self.projection_bits] if self.projection_bits is not None else [])
-        statistics = [v for v in (self.counts, self.sums, self.scatter) if v is not None]
+        inference = [v for v in (self.kernel, self.bias, self.class_kernel, self.class_bias, self.projection_bits)
+                     if v is not None]
+        statistics = [v for v in (self.counts, self.sums, self.scatter, self.task_scatter) if v is not None]
         return 8 * variable_bytes(inference), 8 * variable_bytes(statistics)
 
     def state_bytes(self):
@@ -326,18 +426,20 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "shrinkage": self.shrinkage, "seed": self.seed, "covariance": self.covariance,
                 "feature_map": self.feature_map,
                 "image_shape": None if self.image_shape is None else list(self.image_shape),
-                "conv_kernel_size": self.conv_kernel_size, "conv_pool": self.conv_pool}
+                "conv_kernel_size": self.conv_kernel_size, "conv_pool": self.conv_pool,
+                "class_covariance": self.class_covariance}
 
 
 def features_within_budget(max_tasks, num_classes, inputs, budget=ROUTER_BUDGET, feature_map="dense",
-                           image_shape=None, step=256):
+                           image_shape=None, step=256, class_covariance="shared"):
     """The largest M <= DEFAULT_FEATURES, a multiple of `step`, whose router with room for
     `max_tasks` tasks keeps at most `budget` bytes (`state_bytes`, learn + predict); `step`
     if none does. Its bytes grow as M^2 / 2 (the scatter) + 2 T C M (sums and kernel)
-    floats, so a long sequence trades features for tasks (on validation, more features
-    score higher: results/issue44)."""
+    floats (with class_covariance="task" M^2 + 3 T C M), so a long sequence trades
+    features for tasks (on validation, more features score higher: results/issue44)."""
     for features in range(DEFAULT_FEATURES, step - 1, -step):
-        router = InputDiscriminant(max_tasks, num_classes, features, feature_map=feature_map, image_shape=image_shape)
+        router = InputDiscriminant(max_tasks, num_classes, features, feature_map=feature_map, image_shape=image_shape,
+                                   class_covariance=class_covariance)
         router.build((None, int(inputs)))
         if sum(router.state_bytes()) <= budget:
             return features
@@ -561,7 +663,7 @@ class EngramTaskInference:
         if confidence == "input_lda":
             # The router alone picks the engram, so only the chosen engram's network
             # runs for each sample: one sub-network per sample instead of K.
-            groups = self.group_scores(x, tasks)  # (K, batch, classes)
+            features, groups = self.group_scores(x, tasks, with_features=True)  # (K, batch, classes)
             best = tf.argmax(tf.reduce_max(groups, axis=-1), axis=0, output_type=tf.int32)  # (batch,)
             chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
             if model.execution == "sparse":
@@ -581,7 +683,12 @@ class EngramTaskInference:
         if poe:
             # Product of experts: the network's posterior times the discriminant's
             # posterior over the groups the engram has data for, to the power w.
-            lda = tf.cast(tf.gather(tf.transpose(groups, [1, 0, 2]), best, batch_dims=1), chosen.dtype)
+            discriminant = model.task_discriminant
+            if discriminant.class_kernel is None:  # the chosen engram's groups
+                lda = tf.gather(tf.transpose(groups, [1, 0, 2]), best, batch_dims=1)
+            else:  # its task's own class evidence
+                lda = discriminant.class_evidence(features, chosen_tasks)
+            lda = tf.cast(lda, chosen.dtype)
             log_probs += model.lda_weight * floored_log_softmax(lda, lda > EMPTY_GROUP_SCORE / 2)
         if not model.restrict_to_engram_classes:
             return tf.nn.log_softmax(log_probs, axis=-1), chosen_tasks
@@ -614,8 +721,9 @@ class EngramTaskInference:
             return logits, tf.reduce_max(probs, axis=-1)
         return logits, tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)  # "entropy": -entropy
 
-    def group_scores(self, x, tasks):
-        """(K, batch, classes) router scores g_{s,c}(x) of the engrams `tasks`."""
+    def group_scores(self, x, tasks, with_features=False):
+        """(K, batch, classes) router scores g_{s,c}(x) of the engrams `tasks` (and
+        first the features f(x), with `with_features`)."""
         discriminant = self.model.task_discriminant
         observed = tf.gather(discriminant.observed_tasks(), tasks)
         check = tf.debugging.Assert(tf.reduce_all(observed), [
@@ -624,7 +732,9 @@ class EngramTaskInference:
             "`fit` / `ContinualTrainer` (engrams without statistics:", tf.constant(tasks),
             tf.logical_not(observed), ")"])
         with tf.control_dependencies([check]):
-            return tf.transpose(tf.gather(discriminant.group_scores(x), tasks, axis=1), [1, 0, 2])
+            features = discriminant.transform(x)
+            groups = tf.transpose(tf.gather(discriminant.feature_group_scores(features), tasks, axis=1), [1, 0, 2])
+        return (features, groups) if with_features else groups
 
     def _masked_with_excitation(self, x, task_ids):
         """Logits and the excitation on the masked network: the sum over layers of each

@@ -44,9 +44,11 @@ print(json.dumps({"task": task, "learning_bytes": net.learning_bytes(),
 """
 
 
-def test_a_device_learns_a_new_tasks_classes_as_slda_does_in_tensorflow(tmp_path):
+@pytest.mark.parametrize("class_covariance", ["shared", "task"])
+def test_a_device_learns_a_new_tasks_classes_as_slda_does_in_tensorflow(tmp_path, class_covariance):
     tasks = _three_tasks()
-    model = le.engram_bnn((12,), 6, hidden=(48,), max_tasks=2, engram_fraction=0.5, lda_features=64)
+    model = le.engram_bnn((12,), 6, hidden=(48,), max_tasks=2, engram_fraction=0.5, lda_features=64,
+                          lda_class_covariance=class_covariance)
     for t in (0, 1):
         model.begin_task(t)
         model.compile(optimizer="adam", loss=LOSS)
@@ -63,12 +65,15 @@ def test_a_device_learns_a_new_tasks_classes_as_slda_does_in_tensorflow(tmp_path
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["tensorflow"] == [] and report["task"] == 2  # max_tasks=2: a third task row was added
     m = model.task_discriminant.num_features
-    assert report["learning_bytes"] == 4 * (3 * 6 + 3 * 6 * m + m * (m + 1) // 2)
+    scatters = 2 if class_covariance == "task" else 1  # "task": the learned task's own scatter too
+    assert report["learning_bytes"] == 4 * (3 * 6 + 3 * 6 * m + scatters * m * (m + 1) // 2)
     device = np.load(tmp_path / "out.npy").argmax(axis=-1)
     # slda_rf in TensorFlow on the same features (seed, count, shrinkage), all three tasks.
-    slda = ClassStatisticsClassifier((12,), 6, rule="slda", shrinkage=model.lda_shrinkage, features=64, seed=0)
+    slda = ClassStatisticsClassifier((12,), 6, rule="slda", shrinkage=model.lda_shrinkage, features=64, seed=0,
+                                     task_groups=3, class_covariance=class_covariance)
     slda.compile(loss=LOSS, metrics=["accuracy"])
-    for (x, y), _ in tasks:
+    for t, ((x, y), _) in enumerate(tasks):
+        slda.begin_task(t)
         slda.fit(x, y, batch_size=64, epochs=1, verbose=0)
     reference = slda.predict(x_new_test, verbose=0).argmax(axis=-1)
     device_accuracy, slda_accuracy = (device == y_new_test).mean(), (reference == y_new_test).mean()

@@ -58,8 +58,9 @@ def _two_tasks(seed=0, n=300, d=16):
     return data
 
 
-def _engram_model(data):
-    model = le.engram_bnn((16,), 4, hidden=(48, 40), max_tasks=2, engram_fraction=0.5, lda_features=32)
+def _engram_model(data, class_covariance="shared"):
+    model = le.engram_bnn((16,), 4, hidden=(48, 40), max_tasks=2, engram_fraction=0.5, lda_features=32,
+                          lda_class_covariance=class_covariance)
     for t, (x, y) in enumerate(data):
         model.begin_task(t)
         model.compile(optimizer=le.MetaplasticAdam(0.01), loss=LOSS)
@@ -67,9 +68,10 @@ def _engram_model(data):
     return model
 
 
-def test_engram_model_runs_the_same_without_tensorflow(tmp_path):
+@pytest.mark.parametrize("class_covariance", ["shared", "task"])
+def test_engram_model_runs_the_same_without_tensorflow(tmp_path, class_covariance):
     data = _two_tasks()
-    model = _engram_model(data)
+    model = _engram_model(data, class_covariance)
     path = str(tmp_path / "engram.npz")
     manifest = save_packed(model, path)
     assert manifest["allocated_tasks"] == [0, 1] and manifest["bit_order"] == "little"

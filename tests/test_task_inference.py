@@ -9,6 +9,7 @@ import tensorflow as tf
 import larq_engrams as le
 from larq_engrams import benchmarks, methods
 from larq_engrams import runtime, task_inference
+from larq_engrams.class_statistics import ClassStatisticsClassifier
 from larq_engrams.task_inference import InputDiscriminant
 from larq_engrams.training import ContinualTrainer
 
@@ -323,3 +324,123 @@ def test_the_router_keeps_its_default_features_up_to_a_long_sequence():
     long = count(100)
     assert long < task_inference.DEFAULT_FEATURES and _router_bytes(100, long) <= task_inference.ROUTER_BUDGET
     assert count(100, lda_features=512) == 512  # asked for: kept
+
+
+def _task_lda(x, y, classes, shrinkage):
+    """Numpy LDA of one task on its own covariance: (kernel (C, M), bias (C,))."""
+    x = x.astype(np.float64)
+    means = np.stack([x[y == c].mean(0) for c in classes])
+    resid = np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)])
+    cov = resid.T @ resid / len(resid)
+    variances = np.diag(cov)
+    cov = (1 - shrinkage) * cov
+    cov[np.diag_indices(len(cov))] = (1 - shrinkage) * variances + shrinkage * variances.mean()
+    kernel = np.linalg.solve(cov, means.T).T
+    return kernel, -0.5 * (kernel * means).sum(-1)
+
+
+def _covariance_tasks(seed=0, n=300, d=8):
+    """Domain-IL: two tasks, the same classes 0..2 (means along e_0), each with its own
+    noise: strong along e_0 + e_1 in task 0 and e_0 - e_1 in task 1, so that x_1 tells
+    the noise on x_0 apart within a task but not across both; e_7 says the task."""
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for t, sign in enumerate((1.0, -1.0)):
+        y = rng.integers(0, 3, n).astype(np.int32)
+        x = 0.5 * rng.normal(size=(n, d))
+        x += 3.0 * rng.normal(size=(n, 1)) * (np.eye(d)[0] + sign * np.eye(d)[1])
+        x += (y[:, None] - 1.0) * np.eye(d)[0] + 6.0 * t * np.eye(d)[-1]
+        tasks.append((x.astype(np.float32), y))
+    return tasks
+
+
+def test_task_class_evidence_is_each_tasks_own_lda():
+    """h_{s,c} = mu^T P_s f - mu^T P_s mu / 2 with task s's covariance, computed by hand;
+    the routing scores stay the shared discriminant's."""
+    tasks = _covariance_tasks()
+    layer = InputDiscriminant(2, 3, features=None, shrinkage=0.1, class_covariance="task")
+    shared = InputDiscriminant(2, 3, features=None, shrinkage=0.1)
+    for d in (layer, shared):
+        d.build((None, 8))
+    for t, (x, y) in enumerate(tasks):
+        for start in range(0, len(x), 70):  # uneven batches
+            for d in (layer, shared):
+                d.observe(x[start:start + 70], y[start:start + 70], t)
+        for d in (layer, shared):
+            d.refresh()
+    for t, (x, y) in enumerate(tasks):
+        kernel, bias = _task_lda(x, y, range(3), 0.1)
+        np.testing.assert_allclose(layer.class_kernel.numpy()[t], kernel, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer.class_bias.numpy()[t], bias, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(layer.kernel.numpy(), shared.kernel.numpy())  # routing unchanged
+    x = tasks[1][0][:5]
+    evidence = layer.class_evidence(layer.transform(x), tf.constant([1, 1, 0, 0, 1])).numpy()
+    np.testing.assert_allclose(evidence[0], x[0] @ layer.class_kernel.numpy()[1].T + layer.class_bias.numpy()[1],
+                               rtol=1e-5)
+    np.testing.assert_allclose(evidence[2], x[2] @ layer.class_kernel.numpy()[0].T + layer.class_bias.numpy()[0],
+                               rtol=1e-5)
+    # "shared": the class evidence is the groups' own scores
+    groups = shared.group_scores(x).numpy()
+    np.testing.assert_allclose(shared.class_evidence(shared.transform(x), tf.constant([1, 1, 0, 0, 1])).numpy(),
+                               groups[np.arange(5), [1, 1, 0, 0, 1]])
+
+
+def test_a_task_observed_after_another_without_refresh_keeps_its_own_evidence():
+    tasks = _covariance_tasks()
+    once, each = (InputDiscriminant(2, 3, features=None, shrinkage=0.1, class_covariance="task") for _ in range(2))
+    for d in (once, each):
+        d.build((None, 8))
+    for t, (x, y) in enumerate(tasks):
+        once.observe(x, y, t)
+        each.observe(x, y, t)
+        each.refresh()
+    once.refresh()  # a stream: one refresh at the end
+    np.testing.assert_allclose(once.class_kernel.numpy(), each.class_kernel.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(once.class_bias.numpy(), each.class_bias.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_each_tasks_own_covariance_classifies_better_where_tasks_differ():
+    """The router alone in domain-IL on tasks with different covariances: the shared
+    covariance averages them, each task's own keeps its; compared on held-out data."""
+    train, test = _covariance_tasks(seed=0), _covariance_tasks(seed=1)
+    accuracy = {}
+    for covariance in ("shared", "task"):
+        model = ClassStatisticsClassifier((8,), 3, rule="slda", shrinkage=0.1, task_groups=2,
+                                             class_covariance=covariance)
+        for t, (x, y) in enumerate(train):
+            model.begin_task(t)
+            model.observe(x, y)
+        accuracy[covariance] = np.mean([(model(x).numpy().argmax(-1) == y).mean() for x, y in test])
+    print("router alone", accuracy)
+    assert accuracy["task"] > accuracy["shared"] + 0.03
+
+
+def test_task_class_evidence_round_trips_through_saving(tmp_path):
+    tasks = _covariance_tasks()
+    model = le.engram_bnn((8,), 3, hidden=(32,), max_tasks=2, engram_fraction=0.5, lda_features=16,
+                          lda_class_covariance="task")
+    for t, (x, y) in enumerate(tasks):
+        model.begin_task(t)
+        model.compile(optimizer="adam", loss=LOSS)
+        model.fit(x, y, batch_size=50, epochs=1, verbose=0)
+    model.set_inference("infer")
+    x = np.concatenate([t[0][:40] for t in tasks])
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    restored = tf.keras.models.load_model(path)
+    assert restored.lda_class_covariance == "task"
+    np.testing.assert_array_equal(restored.task_discriminant.class_kernel.numpy(),
+                                  model.task_discriminant.class_kernel.numpy())
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    # the output's router part is the chosen task's own evidence
+    chosen = model.infer_tasks(x).numpy()
+    router = model.task_discriminant
+    evidence = router.class_evidence(router.transform(model.flatten(x)), chosen).numpy()
+    model.lda_weight, weight = 0.0, model.lda_weight
+    model.set_inference("infer")
+    networks = model.predict(x, verbose=0)
+    model.lda_weight = weight
+    model.set_inference("infer")
+    log_softmax = lambda a: a - a.max(-1, keepdims=True) - np.log(np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True))  # noqa: E731
+    expected = log_softmax(log_softmax(networks) + weight * log_softmax(evidence))
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.log(1 - 1e-3 / 3) + expected, rtol=1e-4, atol=1e-4)

@@ -61,6 +61,7 @@ class HyperParameters:
     excitability: float = 6.0
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
+    router_class_covariance: str = "shared"  # the router's class evidence: "shared" or "task" (InputDiscriminant)
     router_conv: tuple = DEFAULT_CONV  # the convolutional map's filter size k and pooling p (so far the routers alone read it)
     max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
     task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
@@ -197,7 +198,8 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
     the bytes engram_bnn keeps only to learn further tasks in `scenario`."""
     features = _router_feature_map(scenario, hp)  # the same router engram_bnn builds
     router = InputDiscriminant(engram_capacity(scenario, hp), scenario.num_classes, router_feature_count(scenario, hp),
-                               feature_map=features["router_features"], image_shape=features["image_shape"])
+                               feature_map=features["router_features"], image_shape=features["image_shape"],
+                               class_covariance=hp.router_class_covariance)
     router.build((None, int(np.prod(scenario.input_shape))))
     per_example = int(np.prod(scenario.input_shape)) + 4 + (4 * scenario.num_classes if logits else 0)
     return router.memory_bits()[1] // 8 // per_example
@@ -207,7 +209,7 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
 _NETWORK = ("hidden", "learning_rate", "seed")
 _METAPLASTIC = ("m",)
 _ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features",
-           "protect_engrams", "router_features", "max_engrams", "task_free")
+           "protect_engrams", "router_features", "router_class_covariance", "max_engrams", "task_free")
 _BACKBONE = (*_NETWORK, "backbone")
 _REPLAY = (*_NETWORK, "buffer_size")
 
@@ -239,7 +241,7 @@ def router_feature_count(scenario, hp):
     features = _router_feature_map(scenario, hp)
     return features_within_budget(engram_capacity(scenario, hp), scenario.num_classes,
                                   int(np.prod(scenario.input_shape)), feature_map=features["router_features"],
-                                  image_shape=features["image_shape"])
+                                  image_shape=features["image_shape"], class_covariance=hp.router_class_covariance)
 
 
 def _router_feature_map(scenario, hp):
@@ -261,6 +263,7 @@ def _engram_model(scenario, hp, **kwargs):
         router=not scenario.provides_task_id,  # task-IL gives the task id: nothing to route
         task_free=hp.task_free,
         lda_features=router_feature_count(scenario, hp),
+        lda_class_covariance=hp.router_class_covariance,
     )
     args.update(kwargs)
     return engram_bnn(scenario.input_shape, scenario.num_classes, hidden=hp.hidden, **args)
@@ -372,6 +375,7 @@ def _router_alone(name, rule, scenario, hp):
                                       seed=hp.seed,
                                       task_groups=scenario.num_tasks if scenario.setting == "domain" else 1,
                                       conv_kernel_size=hp.router_conv[0], conv_pool=hp.router_conv[1],
+                                      class_covariance=hp.router_class_covariance if rule == "slda" else "shared",
                                       **{{"router_features": "feature_map"}.get(k, k): v
                                          for k, v in _router_feature_map(scenario, hp).items()})
     return _setup(name, model, _adam(hp), scenario)
@@ -384,7 +388,7 @@ def _ncm_rf(scenario, hp):
 
 
 @register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)",
-          reads=("lda_features", "router_features", "router_conv", "seed"))
+          reads=("lda_features", "router_features", "router_conv", "router_class_covariance", "seed"))
 def _slda_rf(scenario, hp):
     return _router_alone("slda_rf", "slda", scenario, hp)
 
