@@ -263,6 +263,13 @@ class EngramDense(tf.keras.layers.Layer):
         """|E_s and E_t| / N."""
         return float(np.mean(self.engram_mask(s) & self.engram_mask(t)))
 
+    def overlap_matrix(self, tasks=None):
+        """(K, K) |E_s and E_t| / N for the engrams `tasks` (default: the allocated
+        ones), from one read of the masks: a long sequence's K^2 pairs cost one product."""
+        tasks = self.allocated_tasks if tasks is None else [self._check_allocated(t) for t in tasks]
+        masks = (self.engram_masks.numpy()[tasks] > 0.5).astype(np.float64)
+        return masks @ masks.T / self.units
+
     # ------------------------------------------------------------------- forward
     def call(self, inputs, training=None, task=None, mode=_TASK_MODE):
         """Args:

@@ -8,6 +8,7 @@ yet in task-IL) read "n/a".
 """
 import io
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # not pyplot: the user's backend is left alone
 
@@ -16,6 +17,9 @@ __all__ = ["plot_accuracy_matrix", "plot_task_accuracies", "plot_engram_overlap"
            "figure_to_png", "run_title"]
 
 _UNTRAINED_FACE = "#d9d9d9"
+# Heat maps of at most this many tasks write each cell's value; larger ones are drawn
+# plain and no larger (at 100 tasks the 10,000 labels took most of a task's time).
+ANNOTATE_UP_TO = 16
 
 
 def run_title(what, label=None):
@@ -34,15 +38,20 @@ def plot_accuracy_matrix(R, title=None, ax=None, label=None):
     The title states ACC, the mean of the last row over the tasks trained by then.
     Cells of tasks not trained yet (k > t) are hatched grey and left blank: their
     measured values are in the JSON and CSV (FWT uses them). `label` names the run
-    (e.g. "engram_bnn · split_mnist class-IL · seed 0"); it goes under the title."""
+    (e.g. "engram_bnn · split_mnist class-IL · seed 0"); it goes under the title.
+    Beyond ANNOTATE_UP_TO tasks the cells carry no text or hatching (untrained and
+    unmeasured ones are light grey) and the figure stops growing."""
     R = np.asarray(R, np.float64)
     T, K = R.shape
+    cells = max(T, K) <= ANNOTATE_UP_TO
     if ax is None:
-        ax = Figure(figsize=(2.2 + 0.8 * K, 1.6 + 0.7 * T)).subplots()
+        width, height = (K, T) if cells else (ANNOTATE_UP_TO, ANNOTATE_UP_TO * T / max(T, K))
+        ax = Figure(figsize=(2.2 + 0.8 * width, 1.6 + 0.7 * height)).subplots()
     untrained = np.triu(np.ones((T, K), bool), k=1)
     trained = np.ma.masked_array(100.0 * R, mask=untrained | np.isnan(R))
-    image = ax.imshow(trained, vmin=0.0, vmax=100.0, cmap="viridis")
-    for (t, k), value in np.ndenumerate(R):
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.9")
+    image = ax.imshow(trained, vmin=0.0, vmax=100.0, cmap=cmap, aspect="equal" if cells else "auto")
+    for (t, k), value in (np.ndenumerate(R) if cells else ()):
         if untrained[t, k]:
             ax.add_patch(_hatched_cell(k, t))
         elif np.isnan(value):
@@ -50,10 +59,11 @@ def plot_accuracy_matrix(R, title=None, ax=None, label=None):
         else:
             ax.text(k, t, _percent_text(value), ha="center", va="center",
                     color="white" if value < 0.6 else "black", fontsize=10)
-    ax.set_xlabel("tested on task k" + ("\n(hatched: task k not trained yet)" if untrained.any() else ""))
+    note = ("\n(hatched: task k not trained yet)" if cells else "\n(grey: not trained yet, or not evaluated)")
+    ax.set_xlabel("tested on task k" + (note if untrained.any() or not cells else ""))
     ax.set_ylabel("after training task t")
-    ax.set_xticks(range(K))
-    ax.set_yticks(range(T))
+    ax.set_xticks(range(0, K, max(1, -(-K // ANNOTATE_UP_TO))))
+    ax.set_yticks(range(0, T, max(1, -(-T // ANNOTATE_UP_TO))))
     seen = R[-1, : min(T, K)]
     acc = f" · ACC {100.0 * np.nanmean(seen):.1f} %" if np.isfinite(seen).any() else ""
     ax.set_title(run_title((title or "accuracy matrix R[t][k] (%)") + acc, label), fontsize=10)
@@ -101,20 +111,27 @@ def plot_task_accuracies(R, title=None, ax=None, label=None):
     return ax.figure
 
 
-def plot_engram_overlap(overlap, tasks=None, title=None, ax=None):
+def plot_engram_overlap(overlap, tasks=None, title=None, ax=None, annotate_up_to=None):
     """Heat map of engram overlap |E_s and E_t| / N in % (diagonal: each engram's size)
-    for the allocated engrams `tasks` (default 0..K-1)."""
+    for the allocated engrams `tasks` (default 0..K-1). Up to `annotate_up_to` engrams
+    each cell shows its value; beyond, the figure stops growing (a long sequence's
+    K^2 labels would not be read, and would take most of a task's time to draw)."""
     overlap = 100.0 * np.asarray(overlap, np.float64)
     K = len(overlap)
     tasks = list(range(K)) if tasks is None else list(tasks)
+    annotate_up_to = ANNOTATE_UP_TO if annotate_up_to is None else int(annotate_up_to)
+    annotate = K <= annotate_up_to
     if ax is None:
-        ax = Figure(figsize=(1.8 + 0.6 * K, 1.4 + 0.55 * K)).subplots()
+        side = min(K, annotate_up_to)
+        ax = Figure(figsize=(1.8 + 0.6 * side, 1.4 + 0.55 * side)).subplots()
     image = ax.imshow(overlap, vmin=0.0, vmax=max(1e-9, overlap.max()), cmap="magma")
-    for (s, t), value in np.ndenumerate(overlap):
-        ax.text(t, s, f"{value:.1f}", ha="center", va="center", fontsize=9,
-                color="white" if value < 0.6 * overlap.max() else "black")
-    ax.set_xticks(range(K), [str(t) for t in tasks])
-    ax.set_yticks(range(K), [str(t) for t in tasks])
+    if annotate:
+        for (s, t), value in np.ndenumerate(overlap):
+            ax.text(t, s, f"{value:.1f}", ha="center", va="center", fontsize=9,
+                    color="white" if value < 0.6 * overlap.max() else "black")
+    ticks = range(0, K, max(1, -(-K // annotate_up_to)))  # at most annotate_up_to tick labels
+    ax.set_xticks(ticks, [str(tasks[i]) for i in ticks])
+    ax.set_yticks(ticks, [str(tasks[i]) for i in ticks])
     ax.set_xlabel("engram t")
     ax.set_ylabel("engram s")
     ax.set_title(title or "overlap |E_s ∩ E_t| / N (%)", fontsize=10)

@@ -282,3 +282,15 @@ def test_state_survives_save_and_load_bit_for_bit(tmp_path, fmt):
     np.testing.assert_array_equal(restored(x, training=False).numpy(), layer(x, training=False).numpy())
     # The reactivation sequence continues where it was.
     np.testing.assert_array_equal(restored(x, training=True).numpy(), layer(x, training=True).numpy())
+
+
+def test_the_overlap_matrix_is_every_pairs_overlap():
+    layer = built_layer(200, engram_fraction=0.3, excitability=0.0, seed=4)
+    for t in (0, 2, 3):
+        layer.allocate(t)
+    matrix = layer.overlap_matrix()
+    expected = [[layer.overlap(s, t) for t in (0, 2, 3)] for s in (0, 2, 3)]
+    np.testing.assert_allclose(matrix, expected)
+    np.testing.assert_allclose(np.diag(matrix), [layer.engram_mask(t).mean() for t in (0, 2, 3)])
+    np.testing.assert_allclose(layer.overlap_matrix([3, 0]), [[expected[2][2], expected[2][0]],
+                                                              [expected[0][2], expected[0][0]]])

@@ -217,3 +217,20 @@ def test_long_sequence_plot_skips_rows_not_evaluated_and_is_in_percent():
     np.testing.assert_allclose(acc_ax.lines[0].get_ydata(), [99.0, 90.0, 85.0])
     np.testing.assert_allclose(time_ax.lines[0].get_ydata(), [10.0, 11.0, 10.5, 12.0])
     assert time_ax.get_ylim()[0] == 0
+
+
+def test_a_long_sequences_heat_maps_stay_plain_and_bounded():
+    """Beyond ANNOTATE_UP_TO tasks: no per-cell text or hatching, a figure no larger
+    than at ANNOTATE_UP_TO, at most that many tick labels; below, every cell labelled."""
+    from larq_engrams.plots import ANNOTATE_UP_TO, plot_engram_overlap
+    big = ANNOTATE_UP_TO * 3
+    matrix = np.tril(np.full((big, big), 0.9))
+    matrix[big - 1, ::2] = np.nan  # sampled evaluation: unmeasured cells
+    for figure, small in ((plot_accuracy_matrix(matrix), plot_accuracy_matrix(matrix[:ANNOTATE_UP_TO, :ANNOTATE_UP_TO])),
+                          (plot_engram_overlap(np.eye(big) * 0.2),
+                           plot_engram_overlap(np.eye(ANNOTATE_UP_TO) * 0.2))):
+        ax = figure.axes[0]
+        assert not ax.texts and not [p for p in ax.patches if p.get_hatch()]
+        assert len(ax.get_xticks()) <= ANNOTATE_UP_TO and len(ax.get_yticks()) <= ANNOTATE_UP_TO
+        assert tuple(figure.get_size_inches()) == tuple(small.get_size_inches())
+        assert len(small.axes[0].texts) >= ANNOTATE_UP_TO  # small ones keep their labels

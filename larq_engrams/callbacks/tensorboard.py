@@ -103,7 +103,7 @@ class EngramTensorBoard(ContinualCallback):
                 tasks = layer.allocated_tasks
                 if not tasks:
                     continue
-                overlap = [[layer.overlap(s, t) for t in tasks] for s in tasks]
+                overlap = layer.overlap_matrix(tasks)
                 png = figure_to_png(plot_engram_overlap(overlap, tasks, title=(
                     f"{layer.name}: overlap |E_s ∩ E_t| / N (%)\nafter task {task}")))
                 tf.summary.image(f"engram/overlap/{layer.name}", tf.image.decode_png(png, channels=4)[None])
