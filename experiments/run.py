@@ -63,9 +63,10 @@ flags.DEFINE_list("router_conv", [str(v) for v in methods.HyperParameters.router
                   "(slda_rf and ncm_rf so far; the engram methods keep 5,4).")
 flags.DEFINE_integer("lda_features", None, "The router's random features M (engram methods, slda_rf, ncm_rf, "
                      "er@equal's bytes; default: larq_engrams.task_inference.DEFAULT_FEATURES).", lower_bound=1)
-flags.DEFINE_enum("router_class_covariance", methods.HyperParameters.router_class_covariance, ["shared", "task"],
-                  "The router's class evidence inside a task (engram methods, slda_rf): from the covariance "
-                  "shared by every task, or from the task's own.")
+flags.DEFINE_enum("router_class_covariance", methods.HyperParameters.router_class_covariance,
+                  ["auto", "shared", "task"], "The router's class evidence inside a task (engram methods, "
+                  "slda_rf): from the covariance shared by every task, from the task's own, or auto (the task's "
+                  "own where tasks share labels, domain-IL).")
 flags.DEFINE_bool("protect_engrams", False, "Engram methods: freeze what earlier engrams use while a later one trains.")
 flags.DEFINE_enum("boundaries", "given", ["given", "none", "fuzzy"], "given: tasks told, --epochs per task; none "
                   "or fuzzy: one pass over a task-free stream (batches of --batch_size; the learner is told no task "

@@ -102,10 +102,16 @@ def test_slda_rf_is_the_engram_models_router_alone(setting, task_groups):
         router.begin_task(task.task_id)
         for xb, yb in task.train:
             router.observe(xb, yb)
-    # The same features (count and seed), shrinkage and groups: per class, the router's
-    # best (engram, class) group is slda_rf's logit, on every test input.
-    groups = engram.task_discriminant.group_scores(tf.constant(x[400:])).numpy().max(axis=1)
-    np.testing.assert_allclose(router(x[400:]).numpy(), groups, rtol=1e-4, atol=1e-3)
+    # The same features (count and seed), shrinkage, groups and class evidence: slda_rf's
+    # logits are the router's alone (class-IL: each class's best (engram, class) group;
+    # domain-IL: the best engram's own class evidence), on every test input.
+    expected = engram.task_discriminant.predict_classes(tf.constant(x[400:])).numpy()
+    np.testing.assert_allclose(router(x[400:]).numpy(), expected, rtol=1e-4, atol=1e-3)
+    if setting == "class":
+        groups = engram.task_discriminant.group_scores(tf.constant(x[400:])).numpy().max(axis=1)
+        np.testing.assert_allclose(expected, groups, rtol=1e-6)
+    assert router.discriminant.class_covariance == engram.task_discriminant.class_covariance
+    assert router.discriminant.class_covariance == ("task" if setting == "domain" else "shared")
     assert router.discriminant.features == engram.lda_features == 32
     assert router.shrinkage == engram.lda_shrinkage
 

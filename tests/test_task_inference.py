@@ -300,8 +300,8 @@ def test_a_model_without_router_keeps_nothing_and_learns_task_il_exactly_as_with
         le.engram_bnn((16,), 4, hidden=(8,), max_tasks=2, router=False, inference_mode="infer")
 
 
-def _router_bytes(tasks, features):
-    router = InputDiscriminant(tasks, 10, features)
+def _router_bytes(tasks, features, class_covariance="shared"):
+    router = InputDiscriminant(tasks, 10, features, class_covariance=class_covariance)
     router.build((None, 784))
     return sum(router.state_bytes())
 
@@ -321,9 +321,29 @@ def test_the_router_keeps_its_default_features_up_to_a_long_sequence():
         return methods.router_feature_count(scenario, methods.HyperParameters(**hp))
 
     assert count(methods.LONG_SEQUENCE) == task_inference.DEFAULT_FEATURES
-    long = count(100)
-    assert long < task_inference.DEFAULT_FEATURES and _router_bytes(100, long) <= task_inference.ROUTER_BUDGET
+    for covariance in ("shared", "task"):  # domain-IL's default ("auto") is "task": its bytes decide
+        long = count(100, router_class_covariance=covariance)
+        assert long < task_inference.DEFAULT_FEATURES
+        assert _router_bytes(100, long, covariance) <= task_inference.ROUTER_BUDGET
+        assert _router_bytes(100, long + 256, covariance) > task_inference.ROUTER_BUDGET
+    assert count(100) == count(100, router_class_covariance="task")
     assert count(100, lda_features=512) == 512  # asked for: kept
+
+
+def test_the_router_keeps_each_tasks_class_evidence_where_tasks_share_labels():
+    from larq_engrams.experiment import ExperimentConfig, make_scenario
+
+    def router(method, setting, **hp):
+        scenario = make_scenario(ExperimentConfig(scenario="split_mnist", setting=setting, source="bundled"), 0)
+        model = methods.build(method, scenario, methods.HyperParameters(hidden=(16,), **hp)).model
+        return model.task_discriminant if method == "engram_bnn" else model.discriminant
+
+    for method in ("engram_bnn", "slda_rf"):
+        assert router(method, "domain").class_covariance == "task"
+        assert router(method, "class").class_covariance == "shared"
+        assert router(method, "domain", router_class_covariance="shared").class_covariance == "shared"
+    with pytest.raises(ValueError, match="router_class_covariance"):
+        router("engram_bnn", "domain", router_class_covariance="own")
 
 
 def _task_lda(x, y, classes, shrinkage):

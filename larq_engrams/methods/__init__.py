@@ -12,8 +12,10 @@ from larq_engrams.methods.registry import (
     method_hyperparameters,
     names,
     register,
+    router_class_covariance,
     router_feature_count,
 )
 
 __all__ = ["HyperParameters", "LONG_SEQUENCE", "MethodSetup", "REPLAY", "build", "describe", "equal_bytes_buffer_size",
-           "hyperparameters_read", "known", "method_hyperparameters", "names", "register", "router_feature_count"]
+           "hyperparameters_read", "known", "method_hyperparameters", "names", "register", "router_class_covariance",
+           "router_feature_count"]

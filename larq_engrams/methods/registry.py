@@ -18,13 +18,13 @@ from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import Adam, MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
-from larq_engrams.task_inference import (DEFAULT_CONV, DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
+from larq_engrams.task_inference import (CLASS_COVARIANCES, DEFAULT_CONV, DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
                                          resolve_feature_map)
 
 __all__ = [
     "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
     "equal_bytes_buffer_size", "engram_capacity", "hyperparameters_read", "method_hyperparameters", "LONG_SEQUENCE",
-    "router_feature_count",
+    "router_class_covariance", "router_feature_count",
 ]
 
 # Regularization strengths of the standard benchmark code (van de Ven, Tuytelaars &
@@ -61,7 +61,7 @@ class HyperParameters:
     excitability: float = 6.0
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
-    router_class_covariance: str = "shared"  # the router's class evidence: "shared" or "task" (InputDiscriminant)
+    router_class_covariance: str = "auto"  # the router's class evidence: "shared", "task", or "auto" (router_class_covariance)
     router_conv: tuple = DEFAULT_CONV  # the convolutional map's filter size k and pooling p (so far the routers alone read it)
     max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
     task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
@@ -199,7 +199,7 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
     features = _router_feature_map(scenario, hp)  # the same router engram_bnn builds
     router = InputDiscriminant(engram_capacity(scenario, hp), scenario.num_classes, router_feature_count(scenario, hp),
                                feature_map=features["router_features"], image_shape=features["image_shape"],
-                               class_covariance=hp.router_class_covariance)
+                               class_covariance=router_class_covariance(scenario, hp))
     router.build((None, int(np.prod(scenario.input_shape))))
     per_example = int(np.prod(scenario.input_shape)) + 4 + (4 * scenario.num_classes if logits else 0)
     return router.memory_bits()[1] // 8 // per_example
@@ -241,7 +241,22 @@ def router_feature_count(scenario, hp):
     features = _router_feature_map(scenario, hp)
     return features_within_budget(engram_capacity(scenario, hp), scenario.num_classes,
                                   int(np.prod(scenario.input_shape)), feature_map=features["router_features"],
-                                  image_shape=features["image_shape"], class_covariance=hp.router_class_covariance)
+                                  image_shape=features["image_shape"],
+                                  class_covariance=router_class_covariance(scenario, hp))
+
+
+def router_class_covariance(scenario, hp):
+    """The router's class evidence inside a task (`InputDiscriminant`, class_covariance):
+    `router_class_covariance`, where "auto" is "task" where the tasks share their labels
+    (domain-IL: one class looks different in each task, and one covariance pools them)
+    and "shared" elsewhere. Chosen on validation (results/issue44/README.md): Permuted
+    MNIST gains, the Split benchmarks neither gain nor lose."""
+    choice = hp.router_class_covariance
+    if choice not in ("auto", *CLASS_COVARIANCES):
+        raise ValueError(f"router_class_covariance must be 'auto', 'shared' or 'task', got {choice!r}.")
+    if choice == "auto":
+        return "task" if scenario.setting == "domain" else "shared"
+    return choice
 
 
 def _router_feature_map(scenario, hp):
@@ -263,7 +278,7 @@ def _engram_model(scenario, hp, **kwargs):
         router=not scenario.provides_task_id,  # task-IL gives the task id: nothing to route
         task_free=hp.task_free,
         lda_features=router_feature_count(scenario, hp),
-        lda_class_covariance=hp.router_class_covariance,
+        lda_class_covariance=router_class_covariance(scenario, hp),
     )
     args.update(kwargs)
     return engram_bnn(scenario.input_shape, scenario.num_classes, hidden=hp.hidden, **args)
@@ -375,7 +390,7 @@ def _router_alone(name, rule, scenario, hp):
                                       seed=hp.seed,
                                       task_groups=scenario.num_tasks if scenario.setting == "domain" else 1,
                                       conv_kernel_size=hp.router_conv[0], conv_pool=hp.router_conv[1],
-                                      class_covariance=hp.router_class_covariance if rule == "slda" else "shared",
+                                      class_covariance=router_class_covariance(scenario, hp) if rule == "slda" else "shared",
                                       **{{"router_features": "feature_map"}.get(k, k): v
                                          for k, v in _router_feature_map(scenario, hp).items()})
     return _setup(name, model, _adam(hp), scenario)
