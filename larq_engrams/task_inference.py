@@ -370,14 +370,12 @@ class InputDiscriminant(tf.keras.layers.Layer):
         """`group_scores` of features f(x) already computed (`transform`)."""
         return tf.einsum("bd,tcd->btc", features, self.kernel) + self.bias
 
-    def class_evidence(self, features, tasks, groups=None):
-        """(batch, classes): the class evidence inside engram tasks[i] for sample i,
-        h_{s,c}(f) with class_covariance="task", else its groups' g_{s,c} (`groups`, the
-        (batch, max_tasks, classes) `feature_group_scores`, if already computed)."""
+    def class_evidence(self, features, tasks):
+        """(batch, classes): the class evidence inside engram tasks[i] for sample i, from
+        its features f(x): h_{s,c} with class_covariance="task", else its groups' g_{s,c}."""
         tasks = tf.cast(tasks, tf.int32)
         if self.class_kernel is None:
-            groups = self.feature_group_scores(features) if groups is None else groups
-            return tf.gather(groups, tasks, batch_dims=1)
+            return tf.gather(self.feature_group_scores(features), tasks, batch_dims=1)
         kernel = tf.gather(self.class_kernel, tasks)  # (batch, classes, M): one task's C rows per sample
         return tf.einsum("bd,bcd->bc", features, kernel) + tf.gather(self.class_bias, tasks)
 
