@@ -213,7 +213,8 @@ def plot_accuracy_against_bytes(points, floor=1024):
 def plot_long_sequence(series):
     """Two panels against the tasks trained: the accuracy on the tasks seen so far (%,
     the mean of row t's measured entries, on the rows that measured past tasks: an
-    estimate where the row was sampled), and the seconds each task took to train.
+    estimate where the row was sampled), and the seconds each task took to train (on a
+    log scale).
 
     Args:
         series: {label: {"tasks": [t + 1 ...], "acc": [fraction ...], "seconds": [...]}};
@@ -227,8 +228,9 @@ def plot_long_sequence(series):
         acc_ax.plot(tasks[measured], acc[measured], marker="o", ms=2.5, lw=1, label=label)
         time_ax.plot(tasks, run["seconds"], lw=1, label=label)
     acc_ax.set_ylabel("accuracy on the tasks seen so far (%)", fontsize=8)
-    time_ax.set_ylabel("seconds to train the task", fontsize=8)
-    time_ax.set_ylim(bottom=0)
+    # log scale: one stalled task (a machine pause, minutes) must not flatten the rest
+    time_ax.set_ylabel("seconds to train the task (log scale)", fontsize=8)
+    time_ax.set_yscale("log")
     for ax in (acc_ax, time_ax):
         ax.set_xlabel("tasks trained", fontsize=8)
         ax.tick_params(labelsize=7)

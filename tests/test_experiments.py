@@ -552,3 +552,19 @@ def test_ablation_source_columns_pair_each_part_with_the_same_runs_end():
     # end 0.6, at task end 0.9: forgotten 0.3; kernels put back 0.75 -> 0.15; all parts 0.9 -> 0.3
     assert columns == pytest.approx({"end": 0.6, "at task end": 0.9, "forgotten": 0.3,
                                      "given back: hidden kernels": 0.15, "given back: all parts": 0.3})
+
+
+def test_evidence_weight_scores_every_weight_on_one_trained_model(tmp_path):
+    args = ["--scenarios=split_mnist-class", "--seeds=0", "--num_tasks=2", "--epochs=1", "--hidden=16",
+            "--weights=0,0.2,1000", f"--outdir={tmp_path}"]
+    proc = run_script("evidence_weight.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.load(open(tmp_path / "split_mnist-class" / "seed_0.json"))
+    scores = record["validation_acc"]
+    assert list(scores) == ["0", "0.2", "1000", "router"] and all(0.5 < v <= 1.0 for v in scores.values())
+    # a weight that drowns the network gives the router's own choice
+    assert abs(scores["1000"] - scores["router"]) < 0.01
+    assert record["router_class_covariance"] == "shared"  # class-IL's default
+    assert "| w = 0 | w = 0.2 | w = 1000 | router alone |" in open(tmp_path / "table.md").read()
+    again = run_script("evidence_weight.py", *args)  # resumable: the finished seed is not trained again
+    assert again.returncode == 0 and "split_mnist-class 0 {" not in again.stdout

@@ -216,7 +216,7 @@ def test_long_sequence_plot_skips_rows_not_evaluated_and_is_in_percent():
     np.testing.assert_allclose(acc_ax.lines[0].get_xdata(), [1, 3, 4])  # the sampled-out row is not drawn
     np.testing.assert_allclose(acc_ax.lines[0].get_ydata(), [99.0, 90.0, 85.0])
     np.testing.assert_allclose(time_ax.lines[0].get_ydata(), [10.0, 11.0, 10.5, 12.0])
-    assert time_ax.get_ylim()[0] == 0
+    assert time_ax.get_yscale() == "log"  # a stalled task does not flatten the rest
 
 
 def test_a_long_sequences_heat_maps_stay_plain_and_bounded():
