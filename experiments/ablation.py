@@ -486,9 +486,7 @@ def plot_forgetting_sources(table):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = [s for s in FLAGS.scenarios if s not in SCENARIOS]
-    if unknown:
-        raise app.UsageError(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
+    cli.require_known("scenarios", FLAGS.scenarios, SCENARIOS)
     plan = [(name, *variant, int(seed)) for name in FLAGS.scenarios
             for variant, seed in run_order(variants(), FLAGS.seeds)] if FLAGS.train or FLAGS.plan else []
     if FLAGS.plan:

@@ -66,6 +66,13 @@ def _usage_error(error):
     sys.exit(2)
 
 
+def require_known(flag, values, known):
+    """`app.UsageError` naming the values of --`flag` that are not in `known`."""
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise app.UsageError(f"--{flag}: unknown {unknown}; choose from {', '.join(known)}")
+
+
 def run(main):
     """`app.run(main)` with the conventions above. `main` may raise `app.UsageError`
     for invalid flag combinations: it is printed as one line per problem."""

@@ -116,9 +116,7 @@ def write_table():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = [s for s in FLAGS.scenarios if s not in SCENARIOS]
-    if unknown:
-        raise app.UsageError(f"--scenarios: unknown {unknown}; available: {', '.join(SCENARIOS)}")
+    cli.require_known("scenarios", FLAGS.scenarios, SCENARIOS)
     if FLAGS.train:
         for name in FLAGS.scenarios:
             for seed in map(int, FLAGS.seeds):
@@ -130,4 +128,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
