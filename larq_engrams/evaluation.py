@@ -112,7 +112,8 @@ class TaskEvaluator:
         if not protocol.infers_tasks(self.model) or self.scenario.provides_task_id:
             return None
         model = self.model
-        infer = tf.function(lambda x: model.infer_tasks(x), reduce_retracing=True)
+        # One trace for every batch size (the last batch is smaller), as the step's.
+        infer = tf.function(lambda x: model.infer_tasks(x), input_signature=[self.scenario[0].test.element_spec[0]])
         out = []
         for task in self.scenario:
             hits = total = 0
