@@ -55,12 +55,15 @@ flags.DEFINE_bool("train", True, "--notrain: only write the table of the finishe
 
 
 def weight_accuracies(model, scenario, weights):
-    """{w: ACC}, and "router": the router alone, of a trained engram model on `scenario`."""
-    out = {}
+    """{w: ACC}, and "router": the router alone, of a trained engram model on `scenario`
+    (the model's own weight is put back afterwards)."""
+    out, own = {}, model.lda_weight
     for weight in weights:
         model.lda_weight = float(weight)
         model.set_inference("infer")  # drops the functions traced with the previous w
         out[str(weight)] = float(np.mean(TaskEvaluator(model, scenario).accuracies()))
+    model.lda_weight = own
+    model.set_inference("infer")
     router = model.task_discriminant
     correct = total = 0
     for task in scenario:
@@ -82,7 +85,7 @@ def train_and_score(name, seed, path):
     ContinualTrainer(setup.model, setup.optimizer, epochs=epochs, verbose=0, seed=seed).fit(setup.scenario)
     scores = weight_accuracies(setup.model, setup.scenario, FLAGS.weights)
     record = {"scenario": name, "seed": seed, "epochs": epochs, "learning_rate": learning_rate,
-              "hidden": list(hp.hidden), "default_weight": 0.2, "validation_acc": scores,
+              "hidden": list(hp.hidden), "default_weight": setup.model.lda_weight, "validation_acc": scores,
               "router_class_covariance": setup.model.lda_class_covariance}
     write_atomically(path, json.dumps(record, indent=1))
     print(name, seed, {k: round(100 * v, 1) for k, v in scores.items()})

@@ -59,8 +59,11 @@ __all__ = ["EMPTY_GROUP_SCORE", "FORMAT", "HAS_DATA_ABOVE", "KERNELS", "VERSION"
            "threshold_words", "xnor_dot"]
 
 FORMAT = "larq-engrams-packed"
-VERSION = 3  # 2: the router is optional (manifest "router": null); 3: its features may be convolutional
-READABLE_VERSIONS = (1, 2, 3)
+# 2: the router is optional (manifest "router": null); 3: its features may be convolutional;
+# 4: it may hold each task's class evidence (router/class_kernel, class_bias), which a
+# runtime reading only 1-3 would ignore and so predict otherwise
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 EMPTY_GROUP_SCORE = -1e9  # the router's score of a group without data
 HAS_DATA_ABOVE = EMPTY_GROUP_SCORE / 2  # a group scoring above this one has data
 _REEXPORT = "; write it again from the Keras model with `larq_engrams.export.save_packed(model, path)`"
@@ -574,8 +577,7 @@ class PackedNetwork:
         best = groups.max(axis=-1).argmax(axis=0)
         rows = np.arange(len(x))
         chosen_tasks = np.asarray(tasks)[best]
-        if self.router_class_kernel is not None:  # the chosen task's own class evidence
-            groups = groups.copy()
+        if self.router_class_kernel is not None:  # the chosen task's own class evidence (groups is a fresh array)
             groups[best, rows] = self._task_evidence(features, chosen_tasks)
         by_router = best >= len(self.allocated_tasks)
         if by_router.any():  # tasks learned here: the router's own class evidence decides
@@ -661,11 +663,12 @@ class _RouterLearner:
         self.scatter_task, self.task_scatter, self.task_count = -1, None, 0.0
         self.finished = {}  # task -> its class evidence (kernel, bias), computed when the next task began
 
-    def _finish_task(self):
-        if self.scatter_task >= 0 and self.task_count > 0:
-            t = self.scatter_task
-            self.finished[t] = self._solve(self.task_scatter, self.task_count, self.sums[t],
-                                           self.counts[t].astype(np.float64))
+    def _open_task_evidence(self):
+        """{task: (kernel, bias)} of the task being learned, from its own scatter ({} if none)."""
+        if self.scatter_task < 0 or self.task_count <= 0:
+            return {}
+        t = self.scatter_task
+        return {t: self._solve(self.task_scatter, self.task_count, self.sums[t], self.counts[t].astype(np.float64))}
 
     def add_row(self, task):
         """Makes room for task row `task` (the arrays grow past the model's max_tasks)."""
@@ -689,7 +692,7 @@ class _RouterLearner:
         self.scatter += increment
         if self.task_evidence_on:
             if task != self.scatter_task:
-                self._finish_task()
+                self.finished.update(self._open_task_evidence())
                 self.scatter_task, self.task_scatter, self.task_count = task, np.zeros_like(self.scatter), 0.0
             self.task_scatter += increment
             self.task_count += float(batch_counts.sum())
@@ -715,12 +718,8 @@ class _RouterLearner:
             class_kernel = np.concatenate([class_kernel, np.zeros((grow, classes, size), np.float32)])
             class_bias = np.concatenate([class_bias, np.full((grow, classes), EMPTY_GROUP_SCORE, np.float32)])
         class_kernel, class_bias = class_kernel.copy(), class_bias.copy()
-        for t, (kernel, bias) in self.finished.items():
+        for t, (kernel, bias) in {**self.finished, **self._open_task_evidence()}.items():
             class_kernel[t], class_bias[t] = kernel, bias
-        if self.scatter_task >= 0 and self.task_count > 0:
-            t = self.scatter_task
-            class_kernel[t], class_bias[t] = self._solve(self.task_scatter, self.task_count, self.sums[t],
-                                                         self.counts[t].astype(np.float64))
         return class_kernel, class_bias
 
     def _solve(self, scatter, total, sums, counts):

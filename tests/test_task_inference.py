@@ -141,6 +141,12 @@ def test_discriminant_rejects_bad_settings():
         InputDiscriminant(2, 2, features=5000).build((None, 10))
     with pytest.raises(ValueError, match="features"):
         InputDiscriminant(2, 2, features=0)
+    with pytest.raises(ValueError, match="class_covariance"):
+        InputDiscriminant(2, 2, class_covariance="own")
+    with pytest.raises(ValueError, match="needs covariance='shared'"):
+        InputDiscriminant(2, 2, covariance="identity", class_covariance="task")
+    with pytest.raises(ValueError, match="lda_class_covariance"):
+        le.engram_bnn((8,), 2, hidden=(8,), max_tasks=2, lda_class_covariance="own")
     with pytest.raises(ValueError, match="input_lda"):
         le.engram_bnn((5000,), 2, hidden=(8,), max_tasks=2, confidence="excitation",
                       lda_features=None).set_inference(
