@@ -389,7 +389,8 @@ def test_a_loaded_model_evaluates_and_trains_without_compile(tmp_path):
 
 def test_infer_outputs_are_log_probabilities_with_the_engrams_argmax():
     rng = np.random.default_rng(0)
-    model = engram_bnn((8,), 6, hidden=(32,), max_tasks=2, engram_fraction=0.5, lda_features=16)
+    # A weight other than the default 1, so that a dropped or misplaced weight shows.
+    model = engram_bnn((8,), 6, hidden=(32,), max_tasks=2, engram_fraction=0.5, lda_features=16, lda_weight=0.5)
     data = []
     for t, classes in enumerate(((0, 1), (2, 3))):
         y = rng.choice(classes, 300).astype(np.int32)
@@ -402,7 +403,7 @@ def test_infer_outputs_are_log_probabilities_with_the_engrams_argmax():
     model.set_inference("infer")
     out = model.predict(x, verbose=0)
     np.testing.assert_allclose(np.exp(out).sum(axis=-1), 1.0, rtol=1e-5)  # a distribution
-    # By hand: the chosen engram's network log-probabilities plus 0.2 x the
+    # By hand: the chosen engram's network log-probabilities plus 0.5 x the
     # discriminant's, normalized over the engram's two classes; argmax among them.
     chosen = model.infer_tasks(x).numpy()
     logits = np.stack([model((x, np.full(len(x), t, np.int32))).numpy() for t in (0, 1)])[chosen, np.arange(len(x))]
@@ -410,7 +411,7 @@ def test_infer_outputs_are_log_probabilities_with_the_engrams_argmax():
     classes = np.array([[0, 1], [2, 3]])[chosen]
     pick = lambda a: np.take_along_axis(a, classes, axis=1)  # noqa: E731
     log_softmax = lambda a: a - np.log(np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True)) - a.max(-1, keepdims=True)  # noqa: E731
-    poe = log_softmax(pick(log_softmax(logits)) + 0.2 * log_softmax(pick(groups)))
+    poe = log_softmax(pick(log_softmax(logits)) + 0.5 * log_softmax(pick(groups)))
     eps = 1e-3 / 6
     np.testing.assert_allclose(pick(out), np.log(1 - eps) + poe, atol=1e-4)
     np.testing.assert_array_equal(out.argmax(-1), np.take_along_axis(classes, poe.argmax(-1)[:, None], 1)[:, 0])
