@@ -16,7 +16,8 @@ Every trained engram model is then evaluated several ways on the same weights (K
 2022 split a class-IL score into task prediction and within-task prediction):
 
 - `acc`: the model as it ships ("infer": the router picks the engram, the output is the
-  engram's network times the router's class evidence, `lda_weight` = 0.2);
+  engram's network times the router's class evidence to the model's `lda_weight`; the
+  committed ablation ran at 0.2, the default then);
 - `acc_networks`: the router picks the engram, the network alone predicts (`lda_weight = 0`);
 - `acc_router`: the router alone (its best (engram, class) group; no network);
 - `acc_task_given`: each task's data through its own engram, predicting among its classes
