@@ -568,3 +568,23 @@ def test_evidence_weight_scores_every_weight_on_one_trained_model(tmp_path):
     assert "| w = 0 | w = 0.2 | w = 1000 | router alone |" in open(tmp_path / "table.md").read()
     again = run_script("evidence_weight.py", *args)  # resumable: the finished seed is not trained again
     assert again.returncode == 0 and "split_mnist-class 0 {" not in again.stdout
+
+
+def test_paper_grid_names_only_methods_that_can_learn_each_row():
+    """Every method of every Split MNIST row of the paper grid accepts its scenario (replay
+    raises in task-IL), so `reproduce.py --grid=paper` does not stop part-way."""
+    code = (
+        "import sys; sys.path.insert(0, 'experiments'); import reproduce\n"
+        "from larq_engrams import experiment, methods, protocol\n"
+        "for scenario, setting, num_tasks, names, _, _ in reproduce.GRIDS['paper']:\n"
+        "    if scenario != 'split_mnist': continue\n"
+        "    config = experiment.ExperimentConfig(scenario=scenario, setting=setting, num_tasks=2, source='bundled',\n"
+        "                                         hparams=methods.HyperParameters(hidden=(8,)))\n"
+        "    data = experiment.make_scenario(config, 0)\n"
+        "    for name in names:\n"
+        "        protocol.check_scenario(methods.build(name, data, config.hparams).model, data)\n"
+        "        print(setting, name)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    checked = out.stdout.split()
+    assert ("task" in checked and "xdg" in checked) and "derpp@equal" in checked, out.stdout[-500:]
