@@ -79,7 +79,13 @@ def test_the_c_path_gives_the_numpy_paths_answers(tmp_path):
         save_packed(model, path)
         on_bits, on_floats = runtime.load(path, kernels="c"), runtime.load(path, kernels="numpy")
         assert on_bits.kernels == "c" and on_floats.kernels == "numpy"
-        np.testing.assert_array_equal(on_bits.predict(x), on_floats.predict(x))
+        # The networks are exact on both paths (integer sums of signs); the router's features
+        # are float sums whose order BLAS picks per CPU, so its evidence agrees to rounding.
+        out_bits, out_floats = on_bits.predict(x), on_floats.predict(x)
+        np.testing.assert_allclose(out_bits, out_floats, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out_bits.argmax(-1), out_floats.argmax(-1))
         if name == "engram":
+            np.testing.assert_allclose(on_bits.router_features(x), on_floats.router_features(x), rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(on_bits.infer_tasks(x), on_floats.infer_tasks(x))
             for t in (0, 1):
                 np.testing.assert_array_equal(on_bits.predict(x, task=t), on_floats.predict(x, task=t))
