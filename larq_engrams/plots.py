@@ -220,7 +220,9 @@ def plot_long_sequence(series):
         series: {label: {"tasks": [t + 1 ...], "acc": [fraction ...], "seconds": [...]}};
             "acc" may hold NaN where a row was not evaluated (those points are skipped).
     """
-    figure = Figure(figsize=(10.4, 4.0))
+    rows = -(-len(series) // 2)  # one legend for both panels, below them, two labels a row
+    height = 3.6 + 0.2 * rows
+    figure = Figure(figsize=(10.4, height))
     acc_ax, time_ax = figure.subplots(1, 2)
     for label, run in series.items():
         tasks, acc = np.asarray(run["tasks"]), 100 * np.asarray(run["acc"], dtype=float)
@@ -235,8 +237,9 @@ def plot_long_sequence(series):
         ax.set_xlabel("tasks trained", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    figure.tight_layout()
+    if series:  # the panels share their labels: a legend inside either would hide curves
+        figure.legend(*acc_ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, (0.2 * rows + 0.1) / height, 1, 1))
     return figure
 
 
