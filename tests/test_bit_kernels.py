@@ -79,8 +79,9 @@ def test_the_c_path_gives_the_numpy_paths_answers(tmp_path):
         save_packed(model, path)
         on_bits, on_floats = runtime.load(path, kernels="c"), runtime.load(path, kernels="numpy")
         assert on_bits.kernels == "c" and on_floats.kernels == "numpy"
-        # The networks are exact on both paths (integer sums of signs); the router's features
-        # are float sums whose order BLAS picks per CPU, so its evidence agrees to rounding.
+        # The networks agree exactly (the first layer is the same NumPy code on both paths, the
+        # rest integer sums of signs); the router's features are C's sign-selected sums on one
+        # and a BLAS product on the other, whose summation order BLAS picks per CPU.
         out_bits, out_floats = on_bits.predict(x), on_floats.predict(x)
         np.testing.assert_allclose(out_bits, out_floats, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(out_bits.argmax(-1), out_floats.argmax(-1))
