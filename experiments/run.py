@@ -67,6 +67,9 @@ flags.DEFINE_enum("router_class_covariance", methods.HyperParameters.router_clas
                   ["auto", "shared", "task"], "The router's class evidence inside a task (engram methods, "
                   "slda_rf): from the covariance shared by every task, from the task's own, or auto (the task's "
                   "own where tasks share labels, domain-IL).")
+flags.DEFINE_integer("router_shortlist", None, "The router's shortlist k (engram methods, slda_rf, ncm_rf): "
+                     "beyond k engrams only the k with the best mean group score their groups; default: every "
+                     "group up to 50 tasks, 16 beyond (methods.router_shortlist).", lower_bound=1)
 flags.DEFINE_bool("protect_engrams", False, "Engram methods: freeze what earlier engrams use while a later one trains.")
 flags.DEFINE_enum("boundaries", "given", ["given", "none", "fuzzy"], "given: tasks told, --epochs per task; none "
                   "or fuzzy: one pass over a task-free stream (batches of --batch_size; the learner is told no task "
@@ -200,7 +203,8 @@ def main(argv):
             activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,
             protect_engrams=FLAGS.protect_engrams, router_features=FLAGS.router_features,
             router_conv=router_conv, lda_features=FLAGS.lda_features,
-            router_class_covariance=FLAGS.router_class_covariance, task_free=task_free,
+            router_class_covariance=FLAGS.router_class_covariance, router_shortlist=FLAGS.router_shortlist,
+            task_free=task_free,
             max_engrams=FLAGS.max_engrams or (None if FLAGS.boundaries == "given" else 2 * _tasks_in(FLAGS)),
         ),
     )

@@ -134,6 +134,12 @@ def _write_source(net, folder):
     if task_evidence:
         w.array("float", "router_class_kernel", net.router_class_kernel[tasks], _floats)
         w.array("float", "router_class_bias", net.router_class_bias[tasks], _floats)
+    shortlist = net.manifest["router"].get("shortlist")
+    shortlist = shortlist if shortlist is not None and shortlist < len(tasks) else None  # else: every engram
+    if shortlist is not None:  # each engram's mean group, scored first (runtime.engram_means)
+        mean_kernel, mean_bias = runtime.engram_means(kernel, net.router_bias[tasks])
+        w.array("float", "router_mean_kernel", mean_kernel, _floats)
+        w.array("float", "router_mean_bias", mean_bias, _floats)
     features = kernel.shape[-1]
     conv = net.router_conv
     entries = ",\n    ".join(
@@ -143,11 +149,14 @@ def _write_source(net, folder):
         "LE_INPUTS": inputs, "LE_CLASSES": classes, "LE_ENGRAMS": len(tasks), "LE_FEATURES": features,
         "LE_MAX_WORDS": max_words, "LE_INPUT_WORDS": -(-inputs // 64),
     }
-    buffer_bytes = 8 * 2 * max_words + 4 * features + 4 * len(tasks) * classes + 4 * classes
+    buffer_bytes = (8 * 2 * max_words + 4 * features + 4 * len(tasks) * classes + 4 * classes
+                    + (8 * len(tasks) if shortlist is not None else 0))
     header = _HEADER.format(
         defines="\n".join(f"#define {k} {v}" for k, v in defines.items()),
         task_ids=_ints(tasks), buffer_bytes=buffer_bytes)
     conv_defines = "#define LE_TASK_EVIDENCE 1" if task_evidence else ""
+    if shortlist is not None:
+        conv_defines += f"\n#define LE_SHORTLIST {int(shortlist)}"
     if conv:
         height, width, channels = (list(conv["image_shape"]) + [1])[:3]
         conv_defines = "\n".join(f"#define {k} {v}" for k, v in {
@@ -157,7 +166,8 @@ def _write_source(net, folder):
     source = _SOURCE.format(
         conv_defines=conv_defines, arrays="\n".join(w.lines), engrams=entries,
         projection_scale=_float(scale), lda_weight=_float(net.manifest["lda_weight"]),
-        restrict=int(bool(net.manifest["restrict_to_engram_classes"])), empty=_float(runtime.HAS_DATA_ABOVE))
+        restrict=int(bool(net.manifest["restrict_to_engram_classes"])), empty=_float(runtime.HAS_DATA_ABOVE),
+        empty_score=_float(runtime.EMPTY_GROUP_SCORE))
     with open(os.path.join(folder, "engram_model.h"), "w") as f:
         f.write(header)
     with open(os.path.join(folder, "engram_model.c"), "w") as f:
@@ -307,11 +317,38 @@ static void log_softmax(const float *v, float *out) {{
     for (int32_t c = 0; c < LE_CLASSES; ++c) out[c] = v[c] - top - logf(sum);
 }}
 
+#ifdef LE_SHORTLIST
+static float means[LE_ENGRAMS], ranked[LE_ENGRAMS];
+
+/* The LE_SHORTLIST-th largest of each engram's mean group score a_s(x): the engrams
+ * scoring at least this compete (K M + k C M multiply-adds instead of K C M). */
+static float shortlist_threshold(void) {{
+    for (int32_t s = 0; s < LE_ENGRAMS; ++s) {{
+        float a = router_mean_bias[s];
+        const float *k = router_mean_kernel + (int64_t)s * LE_FEATURES;
+        for (int32_t m = 0; m < LE_FEATURES; ++m) a += features[m] * k[m];
+        means[s] = ranked[s] = a;
+    }}
+    for (int32_t i = 0; i < LE_SHORTLIST; ++i) {{  /* partial selection sort: the k largest first */
+        int32_t top = i;
+        for (int32_t j = i + 1; j < LE_ENGRAMS; ++j) if (ranked[j] > ranked[top]) top = j;
+        float v = ranked[i]; ranked[i] = ranked[top]; ranked[top] = v;
+    }}
+    return ranked[LE_SHORTLIST - 1];
+}}
+#endif
+
 int32_t le_infer(const float *x, float *scores, int32_t *task) {{
     router_features(x);
     int32_t best = 0;
     float best_score = -1e30f;
+#ifdef LE_SHORTLIST
+    float threshold = shortlist_threshold();
+#endif
     for (int32_t g = 0; g < LE_ENGRAMS * LE_CLASSES; ++g) {{
+#ifdef LE_SHORTLIST
+        if (means[g / LE_CLASSES] < threshold) {{ groups[g] = {empty_score}; continue; }}  /* not shortlisted */
+#endif
         float s = router_bias[g];
         const float *k = router_kernel + (int64_t)g * LE_FEATURES;
         for (int32_t m = 0; m < LE_FEATURES; ++m) s += features[m] * k[m];

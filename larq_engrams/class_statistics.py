@@ -60,11 +60,13 @@ class ClassStatisticsClassifier(tf.keras.Model):
         class_covariance: SLDA with task groups: "shared" (each class's best group) or
             "task" (the best-scoring task's own class evidence, from its own covariance;
             `task_inference.InputDiscriminant`).
+        shortlist: with task groups, the k tasks whose groups compete for an input
+            after every task's mean group (`InputDiscriminant`, shortlist); None: all.
     """
 
     def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, task_groups=1,
                  feature_map="dense", image_shape=None, conv_kernel_size=DEFAULT_CONV[0], conv_pool=DEFAULT_CONV[1],
-                 class_covariance="shared", **kwargs):
+                 class_covariance="shared", shortlist=None, **kwargs):
         super().__init__(**kwargs)
         self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)
@@ -76,7 +78,7 @@ class ClassStatisticsClassifier(tf.keras.Model):
             covariance="shared" if rule == "slda" else "identity", feature_map=feature_map,
             image_shape=(image_shape or self.sample_shape) if feature_map == "conv" else None,
             conv_kernel_size=conv_kernel_size, conv_pool=conv_pool, class_covariance=class_covariance,
-            name="class_statistics")
+            shortlist=shortlist, name="class_statistics")
         self.feature_map = feature_map
         self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
         self.discriminant.build((None, int(np.prod(self.sample_shape))))
@@ -148,4 +150,5 @@ class ClassStatisticsClassifier(tf.keras.Model):
                 "task_groups": self.task_groups, "feature_map": self.feature_map,
                 "image_shape": None if self.image_shape is None else list(self.image_shape),
                 "conv_kernel_size": self.discriminant.conv_kernel_size, "conv_pool": self.discriminant.conv_pool,
-                "class_covariance": self.discriminant.class_covariance, "name": self.name}
+                "class_covariance": self.discriminant.class_covariance, "shortlist": self.discriminant.shortlist,
+                "name": self.name}

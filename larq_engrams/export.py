@@ -120,7 +120,7 @@ def _engram_arrays(model, learning=False):
         "router": None if router is None else {
             "features": router.num_features, "projection_scale": router.projection_scale, "inputs": inputs,
             "feature_map": router.feature_map, "shrinkage": router.shrinkage, "learning": bool(learning),
-            "class_covariance": router.class_covariance,
+            "class_covariance": router.class_covariance, "shortlist": router.shortlist,
             **({"image_shape": list(router.conv_geometry.image_shape), "filters": router.conv_geometry.filters,
                 "kernel_size": router.conv_geometry.kernel_size, "pool": router.conv_geometry.pool} if conv else {})},
     }

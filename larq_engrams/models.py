@@ -93,6 +93,9 @@ class EngramModel(tf.keras.Model):
         `lda_class_covariance="task"`: the router's class evidence inside the chosen
         engram, g_{s,c} above, comes instead from the task's own covariance, frozen when
         its data was seen (`InputDiscriminant`, class_covariance).
+        `router_shortlist=k`: beyond k engrams only the k whose mean group scores best
+        compete (`InputDiscriminant`, shortlist), so routing one input costs K M + k C M
+        multiply-adds instead of K C M; None scores every group.
         "excitation": sum over layers of the engram's mean squared standardized
         pre-activation, (z - mu)^2 / (var + eps), against the moving statistics only
         that engram's task updated. "max_softmax": highest max softmax; "entropy":
@@ -146,6 +149,7 @@ class EngramModel(tf.keras.Model):
         lda_shrinkage=DEFAULT_SHRINKAGE,
         lda_weight=1.0,
         lda_class_covariance="shared",
+        router_shortlist=None,
         inference_mode="task",
         inference_task=None,
         router=True,
@@ -215,6 +219,7 @@ class EngramModel(tf.keras.Model):
             raise ValueError(f"`lda_weight` must be >= 0, got {lda_weight!r}.")
         self.lda_weight = float(lda_weight)
         self.lda_class_covariance = check_choice("lda_class_covariance", lda_class_covariance, CLASS_COVARIANCES)
+        self.router_shortlist = check_positive_int("router_shortlist", router_shortlist, allow_none=True)
         inputs = int(np.prod(self.sample_shape))
         # The discriminant keeps M x M statistics (M = lda_features, or the inputs' size
         # without random features): built unless M is too large for it and it is not
@@ -225,7 +230,8 @@ class EngramModel(tf.keras.Model):
             self.task_discriminant = InputDiscriminant(
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
                 seed=self.seed, feature_map=self.router_features,
-                image_shape=self.image_shape, class_covariance=lda_class_covariance, name="task_discriminant")
+                image_shape=self.image_shape, class_covariance=lda_class_covariance, shortlist=router_shortlist,
+                name="task_discriminant")
             self.task_discriminant.build((None, inputs))
         if self._inference_mode == "infer":
             self._check_confidence_available(self.confidence)
@@ -721,6 +727,7 @@ class EngramModel(tf.keras.Model):
             "lda_shrinkage": self.lda_shrinkage,
             "lda_weight": self.lda_weight,
             "lda_class_covariance": self.lda_class_covariance,
+            "router_shortlist": self.router_shortlist,
             "inference_mode": self._inference_mode,
             "inference_task": self._inference_task,
             "router": self.router,

@@ -37,7 +37,9 @@ The maths (docs/method.md, sections 1, 3 and 4; the packed format in docs/deploy
   (R stored as sign bits and one scale), picks s* = argmax_s max_c g_{s,c}(x), and
   returns the product of experts restricted to s*'s classes (`floored_log_softmax`,
   the NumPy twin of `larq_engrams.task_inference.floored_log_softmax`; the tests check
-  that both agree).
+  that both agree). With a shortlist of k (manifest `router.shortlist`), only the k
+  engrams whose mean group scores best compete (`shortlisted`, the NumPy twin of
+  `InputDiscriminant.shortlisted`).
 - With the C kernels (`KERNELS == "c"`, built at install) the hidden and output layers
   run on their bits (XNOR-popcount, `csrc/engram_bits.c`), and the first layer and the
   router's features are sign-selected sums that skip zero inputs (`csrc/signed_sums.c`);
@@ -53,7 +55,7 @@ import zipfile
 import numpy as np
 
 __all__ = ["EMPTY_GROUP_SCORE", "FORMAT", "HAS_DATA_ABOVE", "KERNELS", "VERSION", "READABLE_VERSIONS", "PackedFormatError", "PackedNetwork", "conv_features",
-           "floored_log_softmax",
+           "floored_log_softmax", "engram_means", "shortlisted",
            "conv_kernel_fits", "load", "pack_signs", "unpack_signs", "checksum", "sign_words", "signed_conv_pool",
            "signed_dense", "signed_dense_words", "padded_signs", "SIGN_BLOCK", "xnor_threshold_words",
            "threshold_words", "xnor_dot"]
@@ -61,9 +63,10 @@ __all__ = ["EMPTY_GROUP_SCORE", "FORMAT", "HAS_DATA_ABOVE", "KERNELS", "VERSION"
 FORMAT = "larq-engrams-packed"
 # 2: the router is optional (manifest "router": null); 3: its features may be convolutional;
 # 4: it may hold each task's class evidence (router/class_kernel, class_bias), which a
-# runtime reading only 1-3 would ignore and so predict otherwise
-VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# runtime reading only 1-3 would ignore and so predict otherwise; 5: it may route through a
+# shortlist (manifest router.shortlist), which a runtime reading only 1-4 would ignore
+VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 EMPTY_GROUP_SCORE = -1e9  # the router's score of a group without data
 HAS_DATA_ABOVE = EMPTY_GROUP_SCORE / 2  # a group scoring above this one has data
 _REEXPORT = "; write it again from the Keras model with `larq_engrams.export.save_packed(model, path)`"
@@ -251,6 +254,24 @@ def floored_log_softmax(logits, allowed, outside_mass=None):
     inside = inside - np.log(np.exp(inside).sum(axis=-1, keepdims=True))
     outside_count = np.maximum((~allowed).sum(axis=-1, keepdims=True), 1).astype(np.float32)
     return np.where(allowed, inside + np.log(np.float32(1.0) - eps), np.log(eps / outside_count)).astype(np.float32)
+
+
+def engram_means(kernel, bias):
+    """NumPy twin of `InputDiscriminant.engram_means`: each engram's mean group over its
+    classes with data, (K, M) and (K,) from the groups' kernel (K, C, M) and bias (K, C)."""
+    has = (bias > HAS_DATA_ABOVE).astype(np.float32)
+    count = has.sum(axis=-1)
+    mean_kernel = np.einsum("tc,tcm->tm", has, kernel) / np.maximum(count, 1.0)[:, None]
+    mean_bias = np.where(count > 0, (has * bias).sum(axis=-1) / np.maximum(count, 1.0), np.float32(EMPTY_GROUP_SCORE))
+    return mean_kernel.astype(np.float32), mean_bias.astype(np.float32)
+
+
+def shortlisted(features, mean_kernel, mean_bias, shortlist):
+    """NumPy twin of `InputDiscriminant.shortlisted`: (batch, K) bool, the `shortlist`
+    engrams with the best mean group a_s(x) for each input's features (all while K <= k)."""
+    means = features @ mean_kernel.T + mean_bias  # a_s(x)
+    rank = means.shape[1] - min(int(shortlist), means.shape[1])  # the k-th largest's place, ascending
+    return means >= np.partition(means, rank, axis=1)[:, rank:rank + 1]
 
 
 def conv_features(x, filters, image_shape, kernel_size, pool):
@@ -574,7 +595,12 @@ class PackedNetwork:
         tasks = self.allocated_tasks + self.router_tasks
         features = self.router_features(x)
         groups = np.transpose(self._group_scores(features)[:, tasks], (1, 0, 2))  # (K, batch, C)
-        best = groups.max(axis=-1).argmax(axis=0)
+        scores = groups.max(axis=-1)  # (K, batch)
+        shortlist = self.manifest["router"].get("shortlist")
+        if shortlist is not None:  # only the shortlisted engrams compete
+            keep = shortlisted(features, *engram_means(self.router_kernel[tasks], self.router_bias[tasks]), shortlist)
+            scores = np.where(keep.T, scores, np.float32(EMPTY_GROUP_SCORE))
+        best = scores.argmax(axis=0)
         rows = np.arange(len(x))
         chosen_tasks = np.asarray(tasks)[best]
         if self.router_class_kernel is not None:  # the chosen task's own class evidence (groups is a fresh array)

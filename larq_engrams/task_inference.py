@@ -18,6 +18,23 @@ score_s(x)    = max_{c trained by engram s} g_{s,c}(x)
 `EngramModel` in "infer" mode (`confidence="input_lda"`, the default) lets the engram
 with the highest score predict, among the classes it was trained on.
 
+Scoring every group costs K C M multiply-adds per input for K engrams and C classes,
+so routing grows with the task sequence. With a `shortlist` of k engrams, an input is
+first scored against each engram's mean group (the groups are linear in f, so their mean
+is one more linear score), and only the k best engrams' groups are scored:
+
+```
+a_s(x)        = (1 / |C_s|) sum_{c in C_s} g_{s,c}(x) = kbar_s^T f(x) + bbar_s    C_s: engram s's classes with data
+S(x)          = the k engrams with the highest a_s(x)   (every engram while K <= k)
+s*(x)         = argmax_{s in S(x)} score_s(x)
+```
+
+K M + k C M multiply-adds instead of K C M: at M = 768, C = 10, k = 16 the groups'
+part grows by M per engram instead of C M (`scoring_multiply_adds`). Where the engrams'
+inputs differ as a whole (a permutation per task) the right engram's mean group stands
+out; where tasks share their inputs and differ in labels (class-IL), a_s is a coarser
+cue, so S(x) is only used beyond k engrams.
+
 With `class_covariance="task"` the class evidence inside the chosen engram s* comes from
 the task's own covariance, frozen when its data was seen (the routing stays as above):
 
@@ -59,8 +76,9 @@ from larq_engrams.subnetwork import StackedEngramSubnetworks
 from larq_engrams.task_inputs import split_task_inputs
 
 __all__ = ["ConvGeometry", "EngramTaskInference", "FEATURE_MAPS", "InputDiscriminant", "conv_image_shape",
+           "scoring_multiply_adds",
            "resolve_feature_map", "features_within_budget", "MAX_FEATURES", "DEFAULT_CONV", "DEFAULT_FEATURES", "DEFAULT_SHRINKAGE",
-           "ROUTER_BUDGET", "CLASS_COVARIANCES",
+           "ROUTER_BUDGET", "CLASS_COVARIANCES", "DEFAULT_SHORTLIST",
            "EMPTY_GROUP_SCORE", "floored_log_softmax", "pack_symmetric", "packed_symmetric_shape", "sign_bytes", "unpack_sign_bits",
            "unpack_symmetric"]
 
@@ -71,12 +89,26 @@ MAX_FEATURES = 4096
 DEFAULT_FEATURES = 2048
 DEFAULT_CONV = (5, 4)  # the convolutional map's filter size k and pooling p (chosen on validation: results/issue43)
 DEFAULT_SHRINKAGE = 0.01
+# The shortlist k the methods give a long sequence's router (`methods.router_shortlist`),
+# chosen on validation: results/issue44/validation/shortlist.
+DEFAULT_SHORTLIST = 16
 CLASS_COVARIANCES = ("shared", "task")  # whose covariance gives the class evidence inside an engram
 # The router's state (learn + predict) that a long task sequence's default M keeps within
 # at its end (issue 44: router and engrams <= 16 MiB at 100 tasks; `features_within_budget`).
 ROUTER_BUDGET = 15 * 2 ** 20
 EMPTY_GROUP_SCORE = -1e9  # the score of an (engram, class) group that has no data
 FEATURE_MAPS = ("dense", "conv")  # relu(x R) on flat inputs; or random filters over images
+
+
+def scoring_multiply_adds(engrams, classes, features, shortlist=None, task_evidence=False):
+    """Multiply-adds to score one input's features f(x) (M of them) against the groups
+    of `engrams`, each with data for `classes` classes: K C M for every group, or
+    K M + k C M with a `shortlist` of k < K (module docstring); plus C M for the chosen
+    task's own class evidence. (Computing f(x) adds D M for the dense map.)"""
+    groups = engrams * classes * features
+    if shortlist is not None and engrams > shortlist:
+        groups = engrams * features + shortlist * classes * features
+    return groups + (classes * features if task_evidence else 0)
 
 
 def floored_log_softmax(logits, allowed, outside_mass=None):
@@ -137,6 +169,8 @@ class InputDiscriminant(tf.keras.layers.Layer):
             docstring). "task" adds `class_kernel` (tasks, classes, M), `class_bias`
             and, for the task being observed, `task_scatter` (packed like `scatter`),
             `scatter_task` and `scatter_count`.
+        shortlist: k, the engrams whose groups are scored for an input after every
+            engram's mean group (`route`); None scores every group.
 
     Defaults M = 2048, lambda = 0.01 were chosen on validation data (Split MNIST and
     Split Fashion-MNIST class-IL, 1024-1024, seed 0; task inference with M = 1024 /
@@ -146,8 +180,9 @@ class InputDiscriminant(tf.keras.layers.Layer):
 
     def __init__(self, max_tasks, num_classes, features=DEFAULT_FEATURES, shrinkage=DEFAULT_SHRINKAGE, seed=0,
                  covariance="shared", feature_map="dense", image_shape=None, conv_kernel_size=DEFAULT_CONV[0],
-                 conv_pool=DEFAULT_CONV[1], class_covariance="shared", **kwargs):
+                 conv_pool=DEFAULT_CONV[1], class_covariance="shared", shortlist=None, **kwargs):
         super().__init__(**kwargs)
+        self.shortlist = check_positive_int("shortlist", shortlist, owner="InputDiscriminant", allow_none=True)
         self.covariance = check_choice("covariance", covariance, ("shared", "identity"), owner="InputDiscriminant")
         self.class_covariance = check_choice("class_covariance", class_covariance, CLASS_COVARIANCES,
                                              owner="InputDiscriminant")
@@ -379,11 +414,48 @@ class InputDiscriminant(tf.keras.layers.Layer):
         kernel = tf.gather(self.class_kernel, tasks)  # (batch, classes, M): one task's C rows per sample
         return tf.einsum("bd,bcd->bc", features, kernel) + tf.gather(self.class_bias, tasks)
 
+    def engram_means(self, tasks=None):
+        """`(kbar, bbar)`: each engram's mean group over its classes with data, (K, M)
+        and (K,), for the engram rows `tasks` (all by default); -1e9 for one without data."""
+        kernel, bias = self.kernel, self.bias
+        if tasks is not None:
+            kernel, bias = tf.gather(kernel, tasks), tf.gather(bias, tasks)
+        has = tf.cast(bias > EMPTY_GROUP_SCORE / 2, kernel.dtype)  # (K, C)
+        count = tf.reduce_sum(has, axis=-1)
+        mean_kernel = tf.einsum("tc,tcm->tm", has, kernel) / tf.maximum(count, 1.0)[:, None]
+        mean_bias = tf.where(count > 0, tf.reduce_sum(has * bias, axis=-1) / tf.maximum(count, 1.0),
+                             tf.constant(EMPTY_GROUP_SCORE, kernel.dtype))
+        return mean_kernel, mean_bias
+
+    def shortlisted(self, features, tasks=None):
+        """(batch, K) bool: S(x), the engrams among the rows `tasks` (all by default)
+        whose groups compete for each input, from its features f(x): the k with the
+        best mean group a_s(x) (module docstring); None without a `shortlist`."""
+        if self.shortlist is None:
+            return None
+        mean_kernel, mean_bias = self.engram_means(tasks)
+        means = tf.matmul(features, mean_kernel, transpose_b=True) + mean_bias  # a_s(x)
+        kth = tf.math.top_k(means, tf.minimum(self.shortlist, tf.shape(means)[1])).values[:, -1:]
+        return means >= kth
+
+    def route(self, features, scores, tasks=None):
+        """(batch,) int32: s*(x), the index among the engram rows `tasks` (all by
+        default) of the engram that answers each input, from its features and the
+        engrams' scores (batch, K) (each one's best group), within `shortlisted`."""
+        keep = self.shortlisted(features, tasks)
+        if keep is not None:
+            scores = tf.where(keep, scores, tf.constant(EMPTY_GROUP_SCORE, scores.dtype))
+        return tf.argmax(scores, axis=1, output_type=tf.int32)
+
     def predict_classes(self, x):
         """(batch, classes): the router alone. "shared": each class's best group over
-        the tasks; "task": the best-scoring task's own class evidence h."""
+        the tasks (the shortlisted ones, with a `shortlist`); "task": the routed task's
+        own class evidence h."""
         features = self.transform(x)
         groups = self.feature_group_scores(features)
+        keep = self.shortlisted(features)
+        if keep is not None:
+            groups = tf.where(keep[:, :, None], groups, tf.constant(EMPTY_GROUP_SCORE, groups.dtype))
         if self.class_kernel is None:
             return tf.reduce_max(groups, axis=1)
         best = tf.argmax(tf.reduce_max(groups, axis=-1), axis=1, output_type=tf.int32)
@@ -425,7 +497,7 @@ class InputDiscriminant(tf.keras.layers.Layer):
                 "feature_map": self.feature_map,
                 "image_shape": None if self.image_shape is None else list(self.image_shape),
                 "conv_kernel_size": self.conv_kernel_size, "conv_pool": self.conv_pool,
-                "class_covariance": self.class_covariance}
+                "class_covariance": self.class_covariance, "shortlist": self.shortlist}
 
 
 def features_within_budget(max_tasks, num_classes, inputs, budget=ROUTER_BUDGET, feature_map="dense",
@@ -600,7 +672,10 @@ class EngramTaskInference:
     for each sample; the others run every engram's network on the batch (stacked
     sub-networks, or the masked network on a tiled batch). The output is the chosen
     engram's product of experts with the router's class evidence, restricted to the
-    engram's classes (`floored_log_softmax`; docs/method.md, section 3).
+    engram's classes (`floored_log_softmax`; docs/method.md, section 3). With the
+    router's `shortlist`, TensorFlow still scores every group of a batch (one matrix
+    product, faster here than a gather per input) and lets only the shortlisted engrams
+    compete, so it routes as the runtime and the C export, which score the shortlist only.
 
     It holds no state of its own: the router's statistics, the engram classes and the
     weights are the model's (saved with it).
@@ -662,7 +737,7 @@ class EngramTaskInference:
             # The router alone picks the engram, so only the chosen engram's network
             # runs for each sample: one sub-network per sample instead of K.
             features, groups = self.group_scores(x, tasks, with_features=True)  # (K, batch, classes)
-            best = tf.argmax(tf.reduce_max(groups, axis=-1), axis=0, output_type=tf.int32)  # (batch,)
+            best = model.task_discriminant.route(features, tf.transpose(tf.reduce_max(groups, axis=-1)), tasks)
             chosen_tasks = tf.gather(tf.constant(tasks, tf.int32), best)
             if model.execution == "sparse":
                 # (A SavedModel export gets no cache: it is transient state.)

@@ -52,12 +52,13 @@ def _images(seed=0, n=150):
     return tasks
 
 
-@pytest.mark.parametrize("router_features,class_covariance", [("dense", "shared"), ("conv", "shared"),
-                                                              ("dense", "task")])
-def test_the_c_export_builds_and_agrees_with_the_runtime(tmp_path, router_features, class_covariance):
+@pytest.mark.parametrize("router_features,class_covariance,shortlist", [
+    ("dense", "shared", None), ("conv", "shared", None), ("dense", "task", None), ("dense", "task", 1)])
+def test_the_c_export_builds_and_agrees_with_the_runtime(tmp_path, router_features, class_covariance, shortlist):
     tasks = _images()
     model = le.engram_bnn((10, 10), 4, hidden=(70, 40), max_tasks=3, engram_fraction=0.5, lda_features=64,
-                          router_features=router_features, lda_class_covariance=class_covariance)
+                          router_features=router_features, lda_class_covariance=class_covariance,
+                          router_shortlist=shortlist)
     for t, (x, y) in enumerate(tasks):
         model.begin_task(t)
         model.compile(optimizer="adam", loss=LOSS)

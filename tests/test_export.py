@@ -58,9 +58,9 @@ def _two_tasks(seed=0, n=300, d=16):
     return data
 
 
-def _engram_model(data, class_covariance="shared"):
+def _engram_model(data, class_covariance="shared", shortlist=None):
     model = le.engram_bnn((16,), 4, hidden=(48, 40), max_tasks=2, engram_fraction=0.5, lda_features=32,
-                          lda_class_covariance=class_covariance)
+                          lda_class_covariance=class_covariance, router_shortlist=shortlist)
     for t, (x, y) in enumerate(data):
         model.begin_task(t)
         model.compile(optimizer=le.MetaplasticAdam(0.01), loss=LOSS)
@@ -68,13 +68,14 @@ def _engram_model(data, class_covariance="shared"):
     return model
 
 
-@pytest.mark.parametrize("class_covariance", ["shared", "task"])
-def test_engram_model_runs_the_same_without_tensorflow(tmp_path, class_covariance):
+@pytest.mark.parametrize("class_covariance,shortlist", [("shared", None), ("task", None), ("shared", 1)])
+def test_engram_model_runs_the_same_without_tensorflow(tmp_path, class_covariance, shortlist):
     data = _two_tasks()
-    model = _engram_model(data, class_covariance)
+    model = _engram_model(data, class_covariance, shortlist)
     path = str(tmp_path / "engram.npz")
     manifest = save_packed(model, path)
     assert manifest["allocated_tasks"] == [0, 1] and manifest["bit_order"] == "little"
+    assert manifest["router"]["shortlist"] == shortlist
     net = runtime.load(path)
     x = np.concatenate([d[0] for d in data])
     for t in (0, 1):

@@ -336,6 +336,22 @@ def test_the_router_keeps_its_default_features_up_to_a_long_sequence():
     assert count(100, lda_features=512) == 512  # asked for: kept
 
 
+def test_a_long_sequences_router_scores_a_shortlist_of_engrams():
+    from larq_engrams.experiment import ExperimentConfig, make_scenario
+
+    def shortlist(tasks, name="permuted_mnist", setting="domain", **hp):
+        scenario = make_scenario(ExperimentConfig(scenario=name, setting=setting, num_tasks=tasks), 0)
+        setup = methods.build("engram_bnn", scenario, methods.HyperParameters(hidden=(8,), **hp))
+        assert setup.model.task_discriminant.shortlist == setup.model.router_shortlist
+        return methods.router_shortlist(scenario, methods.HyperParameters(**hp)), setup.model.router_shortlist
+
+    assert shortlist(methods.LONG_SEQUENCE) == (None, None)  # every group: earlier results unchanged
+    assert shortlist(methods.LONG_SEQUENCE + 1) == (task_inference.DEFAULT_SHORTLIST,) * 2
+    assert shortlist(3, router_shortlist=2) == (2, 2)  # asked for: kept
+    assert shortlist(5, "split_mnist", "class") == (None, None)  # class-IL: every group
+    assert shortlist(5, "split_mnist", "class", router_shortlist=3) == (3, 3)
+
+
 def test_the_router_keeps_each_tasks_class_evidence_where_tasks_share_labels():
     from larq_engrams.experiment import ExperimentConfig, make_scenario
 
@@ -470,3 +486,70 @@ def test_task_class_evidence_round_trips_through_saving(tmp_path):
     log_softmax = lambda a: a - a.max(-1, keepdims=True) - np.log(np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True))  # noqa: E731
     expected = log_softmax(log_softmax(networks) + weight * log_softmax(evidence))
     np.testing.assert_allclose(model.predict(x, verbose=0), np.log(1 - 1e-3 / 3) + expected, rtol=1e-4, atol=1e-4)
+
+
+def _hand_set_router(shortlist):
+    """A router on raw 2-d inputs (f(x) = x) with 3 engrams of 2 classes each, its groups
+    set by hand: kernel rows k_{s,c}, biases b_{s,c}; engram 2's second class has no data."""
+    router = InputDiscriminant(3, 2, features=None, shortlist=shortlist)
+    router.build((None, 2))
+    router.kernel.assign(np.array([[[1.0, 0.0], [-1.0, 0.0]],
+                                   [[0.0, 3.0], [0.0, -3.0]],
+                                   [[0.5, 0.5], [0.0, 0.0]]], np.float32))
+    router.bias.assign(np.array([[0.0, 0.0], [-1.0, -1.0], [0.2, task_inference.EMPTY_GROUP_SCORE]], np.float32))
+    return router
+
+
+def test_the_shortlist_scores_only_the_engrams_whose_mean_group_is_best():
+    # x = (2, 1): groups g = (2, -2 | 2, -4 | 1.7, empty): max per engram 2, 2, 1.7 -> engram 0 (first max).
+    # Mean groups a_s = (0 | -1 | 1.7) (engram 2's one class with data): a shortlist of 1 keeps engram 2 only,
+    # of 2 engrams 2 and 0, of 3 every engram.
+    x = tf.constant([[2.0, 1.0]])
+    mean_kernel, mean_bias = _hand_set_router(1).engram_means()
+    np.testing.assert_allclose(mean_kernel.numpy(), [[0, 0], [0, 0], [0.5, 0.5]])
+    np.testing.assert_allclose(mean_bias.numpy(), [0, -1, 0.2])
+    for shortlist, engram in ((None, 0), (1, 2), (2, 0), (3, 0), (5, 0)):
+        router = _hand_set_router(shortlist)
+        scores = tf.reduce_max(router.feature_group_scores(x), axis=-1)
+        assert int(router.route(x, scores)[0]) == engram, shortlist
+    keep = _hand_set_router(2).shortlisted(x, tasks=[1, 2]).numpy()  # among engrams 1 and 2: both
+    np.testing.assert_array_equal(keep, [[True, True]])
+    # the runtime's NumPy twin keeps the same engrams
+    np.testing.assert_array_equal(runtime.shortlisted(x.numpy(), mean_kernel.numpy(), mean_bias.numpy(), 1),
+                                  [[False, False, True]])
+    # the router alone: its classes come from the shortlisted engrams only
+    np.testing.assert_allclose(_hand_set_router(1).predict_classes(x).numpy(), [[1.7, task_inference.EMPTY_GROUP_SCORE]])
+    np.testing.assert_allclose(_hand_set_router(None).predict_classes(x).numpy(), [[2.0, -2.0]])
+
+
+def test_a_shortlist_as_long_as_the_engrams_routes_as_every_group_does():
+    data = [(x, y) for x, y in _shortlist_tasks()]
+    routed = {}
+    for shortlist in (None, 4, 1):
+        model = le.engram_bnn((12,), 2, hidden=(16,), max_tasks=4, lda_features=24, router_shortlist=shortlist)
+        for t, (x, y) in enumerate(data):
+            model.begin_task(t)
+            model.observe_task_data(x, y)
+        model.set_inference("infer")
+        routed[shortlist] = model.infer_tasks(np.concatenate([x for x, _ in data])).numpy()
+    truth = np.repeat(np.arange(4), 100)
+    np.testing.assert_array_equal(routed[4], routed[None])
+    assert (routed[None] == truth).mean() > 0.95
+    assert (routed[1] == truth).mean() > 0.9  # tasks that differ as a whole: their mean group finds them
+    assert le.EngramModel.from_config(model.get_config()).router_shortlist == 1
+
+
+def _shortlist_tasks(seed=0):
+    rng = np.random.default_rng(seed)
+    for t in range(4):
+        center = rng.normal(size=12) * 3
+        y = np.arange(100) % 2
+        yield (center + rng.normal(size=(100, 12)) + y[:, None]).astype(np.float32), y.astype(np.int32)
+
+
+def test_scoring_multiply_adds_count_the_shortlist():
+    # K C M, and with a shortlist of k < K: K M + k C M (+ C M for a task's own evidence)
+    assert task_inference.scoring_multiply_adds(100, 10, 768) == 100 * 10 * 768
+    assert task_inference.scoring_multiply_adds(100, 10, 768, shortlist=16, task_evidence=True) == (
+        100 * 768 + 16 * 10 * 768 + 10 * 768)
+    assert task_inference.scoring_multiply_adds(10, 10, 768, shortlist=16) == 10 * 10 * 768

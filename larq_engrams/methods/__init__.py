@@ -14,8 +14,9 @@ from larq_engrams.methods.registry import (
     register,
     router_class_covariance,
     router_feature_count,
+    router_shortlist,
 )
 
 __all__ = ["HyperParameters", "LONG_SEQUENCE", "MethodSetup", "REPLAY", "build", "describe", "equal_bytes_buffer_size",
            "hyperparameters_read", "known", "method_hyperparameters", "names", "register", "router_class_covariance",
-           "router_feature_count"]
+           "router_feature_count", "router_shortlist"]

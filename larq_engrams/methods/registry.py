@@ -18,13 +18,13 @@ from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import Adam, MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
-from larq_engrams.task_inference import (CLASS_COVARIANCES, DEFAULT_CONV, DEFAULT_FEATURES, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
+from larq_engrams.task_inference import (CLASS_COVARIANCES, DEFAULT_CONV, DEFAULT_FEATURES, DEFAULT_SHORTLIST, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
                                          resolve_feature_map)
 
 __all__ = [
     "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
     "equal_bytes_buffer_size", "engram_capacity", "hyperparameters_read", "method_hyperparameters", "LONG_SEQUENCE",
-    "router_class_covariance", "router_feature_count",
+    "router_class_covariance", "router_feature_count", "router_shortlist",
 ]
 
 # Regularization strengths of the standard benchmark code (van de Ven, Tuytelaars &
@@ -62,6 +62,7 @@ class HyperParameters:
     protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
     router_class_covariance: str = "auto"  # the router's class evidence: "shared", "task", or "auto" (router_class_covariance)
+    router_shortlist: int = None  # the router's shortlist k (`InputDiscriminant`); None: by the sequence (router_shortlist)
     router_conv: tuple = DEFAULT_CONV  # the convolutional map's filter size k and pooling p (so far the routers alone read it)
     max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
     task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
@@ -209,7 +210,8 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
 _NETWORK = ("hidden", "learning_rate", "seed")
 _METAPLASTIC = ("m",)
 _ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features",
-           "protect_engrams", "router_features", "router_class_covariance", "max_engrams", "task_free")
+           "protect_engrams", "router_features", "router_class_covariance", "router_shortlist", "max_engrams",
+           "task_free")
 _BACKBONE = (*_NETWORK, "backbone")
 _REPLAY = (*_NETWORK, "buffer_size")
 
@@ -243,6 +245,19 @@ def router_feature_count(scenario, hp):
                                   int(np.prod(scenario.input_shape)), feature_map=features["router_features"],
                                   image_shape=features["image_shape"],
                                   class_covariance=router_class_covariance(scenario, hp))
+
+
+def router_shortlist(scenario, hp):
+    """k, the engrams whose groups the router scores for an input (`InputDiscriminant`,
+    shortlist): `router_shortlist`, or by default, where tasks share their labels
+    (domain-IL) and the sequence is longer than LONG_SEQUENCE tasks, the DEFAULT_SHORTLIST
+    engrams with the best mean group, so that routing's cost grows by M, not C M, per
+    task; every group otherwise (a k >= the tasks scores every group). In class-IL an
+    engram has data for a few classes only, so a shortlist saves little there, and on
+    validation its mean group found the task less often (results/issue44/validation/shortlist)."""
+    if hp.router_shortlist is not None:
+        return int(hp.router_shortlist)
+    return DEFAULT_SHORTLIST if scenario.setting == "domain" and scenario.num_tasks > LONG_SEQUENCE else None
 
 
 def router_class_covariance(scenario, hp):
@@ -279,6 +294,7 @@ def _engram_model(scenario, hp, **kwargs):
         task_free=hp.task_free,
         lda_features=router_feature_count(scenario, hp),
         lda_class_covariance=router_class_covariance(scenario, hp),
+        router_shortlist=router_shortlist(scenario, hp),
     )
     args.update(kwargs)
     return engram_bnn(scenario.input_shape, scenario.num_classes, hidden=hp.hidden, **args)
@@ -391,19 +407,21 @@ def _router_alone(name, rule, scenario, hp):
                                       task_groups=scenario.num_tasks if scenario.setting == "domain" else 1,
                                       conv_kernel_size=hp.router_conv[0], conv_pool=hp.router_conv[1],
                                       class_covariance=router_class_covariance(scenario, hp) if rule == "slda" else "shared",
+                                      shortlist=router_shortlist(scenario, hp),
                                       **{{"router_features": "feature_map"}.get(k, k): v
                                          for k, v in _router_feature_map(scenario, hp).items()})
     return _setup(name, model, _adam(hp), scenario)
 
 
 @register("ncm_rf", "nearest class mean on the engram router's random features (the router alone, no network)",
-          reads=("lda_features", "router_features", "router_conv", "seed"))
+          reads=("lda_features", "router_features", "router_conv", "router_shortlist", "seed"))
 def _ncm_rf(scenario, hp):
     return _router_alone("ncm_rf", "ncm", scenario, hp)
 
 
 @register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)",
-          reads=("lda_features", "router_features", "router_conv", "router_class_covariance", "seed"))
+          reads=("lda_features", "router_features", "router_conv", "router_class_covariance", "router_shortlist",
+                 "seed"))
 def _slda_rf(scenario, hp):
     return _router_alone("slda_rf", "slda", scenario, hp)
 
