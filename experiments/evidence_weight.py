@@ -52,6 +52,8 @@ flags.DEFINE_string("outdir", "results/evidence_weight", "Where results go.")
 flags.DEFINE_integer("epochs", None, "Override the scenario's epochs per task (checks).", lower_bound=1)
 flags.DEFINE_integer("num_tasks", None, "Only the first N tasks (checks).", lower_bound=1)
 flags.DEFINE_bool("train", True, "--notrain: only write the table of the finished runs.")
+flags.DEFINE_bool("protect_engrams", False, "Train with `protect_engrams` (an earlier engram's parameters frozen "
+                  "while later ones train; give its own --outdir).")
 
 
 def weight_accuracies(model, scenario, weights):
@@ -78,7 +80,8 @@ def train_and_score(name, seed, path):
     fields, epochs, learning_rate = SCENARIOS[name]
     epochs = FLAGS.epochs or epochs
     fields = {**fields, **({"num_tasks": FLAGS.num_tasks} if FLAGS.num_tasks else {})}
-    hp = methods.HyperParameters(hidden=tuple(int(h) for h in FLAGS.hidden), learning_rate=learning_rate, seed=seed)
+    hp = methods.HyperParameters(hidden=tuple(int(h) for h in FLAGS.hidden), learning_rate=learning_rate, seed=seed,
+                                 protect_engrams=FLAGS.protect_engrams)
     config = experiment.ExperimentConfig(**fields, epochs=epochs, evaluate_on="validation", hparams=hp)
     scenario = experiment.make_scenario(config, seed)
     setup = methods.build("engram_bnn", scenario, hp)
@@ -86,7 +89,8 @@ def train_and_score(name, seed, path):
     scores = weight_accuracies(setup.model, setup.scenario, FLAGS.weights)
     record = {"scenario": name, "seed": seed, "epochs": epochs, "learning_rate": learning_rate,
               "hidden": list(hp.hidden), "default_weight": setup.model.lda_weight, "validation_acc": scores,
-              "router_class_covariance": setup.model.lda_class_covariance}
+              "router_class_covariance": setup.model.lda_class_covariance,
+              "protect_engrams": setup.model.protect_engrams}
     write_atomically(path, json.dumps(record, indent=1))
     print(name, seed, {k: round(100 * v, 1) for k, v in scores.items()})
 
@@ -102,7 +106,8 @@ def write_table():
         keys = list(records[0]["validation_acc"])
         cells = [format_mean_and_sem(mean_and_sem([r["validation_acc"][k] for r in records]), len(records))
                  for k in keys]
-        rows.append((name, len(records), records[0]["router_class_covariance"], keys, cells))
+        protect = ", protect_engrams" if records[0].get("protect_engrams") else ""
+        rows.append((name, len(records), records[0]["router_class_covariance"] + protect, keys, cells))
     lines = ["Validation ACC (%) of engram_bnn's output for each product-of-experts weight w (w = 0: the "
              "network alone; router: the router's class evidence alone), mean ± s.e.m. over seeds. "
              "`experiments/evidence_weight.py`.", ""]
