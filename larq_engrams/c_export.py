@@ -24,7 +24,9 @@ against an integer threshold; the output z times the output BatchNorm's scale pl
 offset. The router's features are sign-selected sums as well (dense: relu(x R); conv:
 the pooled random filters), its scores float dot products, and "infer" is the runtime's
 product of experts over the chosen engram's classes (`floored_log_softmax`, libm's
-`expf` and `logf`). Agreement with the runtime is checked on every example by the tests;
+`expf` and `logf`). With a router shortlist of k below the engrams' count, each
+engram's mean group is scored first and only the k best engrams' groups after it
+(`InputDiscriminant.shortlisted`; K M + k C M multiply-adds instead of K C M). Agreement with the runtime is checked on every example by the tests;
 as in the runtime, a first-layer unit whose float sum lies within rounding of its
 threshold can differ.
 """
