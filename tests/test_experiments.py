@@ -588,3 +588,25 @@ def test_paper_grid_names_only_methods_that_can_learn_each_row():
     assert out.returncode == 0, out.stderr[-2000:]
     checked = out.stdout.split()
     assert ("task" in checked and "xdg" in checked) and "derpp@equal" in checked, out.stdout[-500:]
+
+
+def test_router_shortlist_script_routes_as_every_group_once_k_holds_every_engram(tmp_path):
+    proc = run_script("router_shortlist.py", "--scenario=split_mnist", "--setting=class", "--num_tasks=3",
+                      "--shortlist=none,1,3", f"--output={tmp_path / 'shortlist'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.load(open(tmp_path / "shortlist.json"))["rows"]
+    assert rows["3"] == rows["None"] and rows["1"][0] <= rows["None"][0]  # k = K is every group
+    assert 50 < rows["None"][0] <= 100
+    assert "| every group |" in open(tmp_path / "shortlist.md").read()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
+def test_routing_cost_script_times_the_c_export_with_and_without_a_shortlist(tmp_path):
+    proc = run_script("routing_cost.py", "--engrams=2,4", "--shortlist=2", "--features=32", "--hidden=8",
+                      "--inputs=30", "--rounds=1", f"--output={tmp_path / 'cost'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = open(tmp_path / "cost.md").read()
+    # K = 2 and 4 with every group, K = 4 with a shortlist of 2 (K = 2 already holds k engrams)
+    assert table.count("| every group |") == 2 and table.count("| shortlist 2 |") == 1
+    # D M + K C M + C M, and D M + K M + k C M + C M (M = 32, D = 784, C = 10)
+    assert f"| {(784 * 32 + 4 * 10 * 32 + 10 * 32) / 1e6:.2f} M |" in table
