@@ -73,6 +73,18 @@ def require_known(flag, values, known):
         raise app.UsageError(f"--{flag}: unknown {unknown}; choose from {', '.join(known)}")
 
 
+def report_table(title, table, output=None):
+    """Prints a script's markdown `table` under its `title`, and with `output` (a path
+    without suffix) writes both to `output`.md; returns that path or None."""
+    print(title + "\n\n" + table)
+    if not output:
+        return None
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with open(output + ".md", "w") as f:
+        f.write(f"{title}:\n\n{table}\n")
+    return output + ".md"
+
+
 def run(main):
     """`app.run(main)` with the conventions above. `main` may raise `app.UsageError`
     for invalid flag combinations: it is printed as one line per problem."""

@@ -13,7 +13,6 @@ themselves cost the same for every k).
     python experiments/router_shortlist.py --scenario=permuted_mnist --num_tasks=100 --shortlist=none,1,4,16
 """
 import json
-import os
 
 from absl import flags
 
@@ -84,12 +83,7 @@ def main(argv):
         rows.append(f"| {'every group' if k is None else k} | {inference:.2f} | {acc:.2f} | {cost / 1e6:.2f} M |")
     title = (f"{FLAGS.scenario} ({setting}), {scenario.num_tasks} tasks, validation, seed {FLAGS.seed}, "
              f"M = {router.num_features} ({router.feature_map}), class evidence {router.class_covariance}")
-    table = "\n".join(rows)
-    print(title + "\n\n" + table)
-    if FLAGS.output:
-        os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-        with open(FLAGS.output + ".md", "w") as f:
-            f.write(f"{title} (`experiments/router_shortlist.py`):\n\n{table}\n")
+    if cli.report_table(f"{title} (`experiments/router_shortlist.py`)", "\n".join(rows), FLAGS.output):
         with open(FLAGS.output + ".json", "w") as f:
             json.dump({"title": title, "rows": {str(k): results[k] for k in shortlists}}, f, indent=1)
 

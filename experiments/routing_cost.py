@@ -129,12 +129,7 @@ def main(argv):
     title = (f"`le_infer` (C export, cc -O2) per input: M = {FLAGS.features} dense features, {INPUTS} inputs, "
              f"{CLASSES} classes, hidden {','.join(FLAGS.hidden)}, each task's class evidence; {FLAGS.inputs} inputs "
              f"x {FLAGS.rounds} rounds (`experiments/routing_cost.py`)")
-    table = "\n".join(rows)
-    print(title + "\n\n" + table)
-    if FLAGS.output:
-        os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-        with open(FLAGS.output + ".md", "w") as f:
-            f.write(title + ":\n\n" + table + "\n")
+    cli.report_table(title, "\n".join(rows), FLAGS.output)
 
 
 if __name__ == "__main__":
