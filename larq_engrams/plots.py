@@ -224,11 +224,14 @@ def plot_long_sequence(series):
     height = 3.6 + 0.2 * rows
     figure = Figure(figsize=(10.4, height))
     acc_ax, time_ax = figure.subplots(1, 2)
-    for label, run in series.items():
+    # one colour per run: beyond the default cycle's ten, tab20's (no two curves alike)
+    colours = matplotlib.colormaps["tab10" if len(series) <= 10 else "tab20"].colors
+    for i, (label, run) in enumerate(series.items()):
         tasks, acc = np.asarray(run["tasks"]), 100 * np.asarray(run["acc"], dtype=float)
         measured = ~np.isnan(acc)
-        acc_ax.plot(tasks[measured], acc[measured], marker="o", ms=2.5, lw=1, label=label)
-        time_ax.plot(tasks, run["seconds"], lw=1, label=label)
+        colour = colours[i % len(colours)]
+        acc_ax.plot(tasks[measured], acc[measured], marker="o", ms=2.5, lw=1, label=label, color=colour)
+        time_ax.plot(tasks, run["seconds"], lw=1, label=label, color=colour)
     acc_ax.set_ylabel("accuracy on the tasks seen so far (%)", fontsize=8)
     # log scale: one stalled task (a machine pause, minutes) must not flatten the rest
     time_ax.set_ylabel("seconds to train the task (log scale)", fontsize=8)
