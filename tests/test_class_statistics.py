@@ -75,6 +75,22 @@ def test_config_round_trip_and_model_fit():
     assert history.history["accuracy"][0] >= 0.0 and int(tf.reduce_sum(clone.discriminant.counts)) == len(y)
 
 
+def test_fit_reports_the_accuracy_of_a_discriminant_refreshed_as_its_data_doubles():
+    x, y = toy()
+    order = np.random.default_rng(1).permutation(len(y))
+    x, y = x[order], y[order]
+    model = ClassStatisticsClassifier((2, 3), 4, rule="ncm")
+    model.compile(metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=5, epochs=1, shuffle=False, verbose=0)
+    # refreshed after 5, 10, 20, 40 examples (its data doubled), not after every batch
+    assert float(model.refreshed_count) == 40.0
+    # each batch is scored before it is observed, by a discriminant that has seen at least half
+    # the data before it; an empty one predicts class 0 for every input (27 % here)
+    assert history.history["accuracy"][0] > 0.6
+    model.fit(x, y, batch_size=5, epochs=1, verbose=0)  # the next pass starts from the refreshed one
+    assert float(model.refreshed_count) >= len(y)
+
+
 @pytest.mark.parametrize("name, floor", [("ncm", 0.8), ("slda", 0.85)])
 def test_registry_methods_learn_class_incremental_split_mnist(name, floor):
     scenario = B.split_mnist("class", source="bundled", batch_size=500).take(3)
