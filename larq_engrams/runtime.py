@@ -417,6 +417,7 @@ class PackedNetwork:
                                            task_evidence=self.router_class_kernel is not None)
         self.router_tasks = []  # tasks learned here, by the router alone (no engram network)
         self._live_groups = None  # ((the router arrays read), groups with data, their kernel and bias)
+        self._means = None  # ((the router arrays read, the engrams), their mean groups): for a shortlist
 
     def _engram_network(self, masks):
         """The engram's sub-network: its layers restricted to its units, unpacked from
@@ -548,6 +549,15 @@ class PackedNetwork:
         scores[:, live] = features @ kernel + bias  # BLAS, unlike einsum
         return scores.reshape(len(features), *self.router_bias.shape)
 
+    def _engram_means(self, tasks):
+        """`engram_means` of the engrams `tasks`, computed once per discriminant (not per
+        call: predicting one example at a time would redo K C M work each time)."""
+        read = self._means[0] if self._means is not None else (None, None, None)
+        if read[0] is not self.router_kernel or read[1] is not self.router_bias or read[2] != tuple(tasks):
+            self._means = ((self.router_kernel, self.router_bias, tuple(tasks)),
+                           engram_means(self.router_kernel[tasks], self.router_bias[tasks]))
+        return self._means[1]
+
     def _task_evidence(self, features, tasks):
         """(batch, classes) h_{s,c}: sample i's class evidence from task tasks[i]'s own
         covariance (class_covariance "task")."""
@@ -598,7 +608,7 @@ class PackedNetwork:
         scores = groups.max(axis=-1)  # (K, batch)
         shortlist = self.manifest["router"].get("shortlist")
         if shortlist is not None:  # only the shortlisted engrams compete
-            keep = shortlisted(features, *engram_means(self.router_kernel[tasks], self.router_bias[tasks]), shortlist)
+            keep = shortlisted(features, *self._engram_means(tasks), shortlist)
             scores = np.where(keep.T, scores, np.float32(EMPTY_GROUP_SCORE))
         best = scores.argmax(axis=0)
         rows = np.arange(len(x))

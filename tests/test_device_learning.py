@@ -83,6 +83,26 @@ def test_a_device_learns_a_new_tasks_classes_as_slda_does_in_tensorflow(tmp_path
     assert np.isin(net.predict(x_new_test).argmax(-1), [0, 1, 2, 3]).all()  # before learning: never 4 or 5
 
 
+def test_a_shortlist_sees_the_router_the_device_has_learned_since_its_last_prediction(tmp_path):
+    tasks = _three_tasks(seed=1)
+    model = le.engram_bnn((12,), 6, hidden=(48,), max_tasks=2, engram_fraction=0.5, lda_features=64,
+                          router_shortlist=2)
+    for t in (0, 1):
+        model.begin_task(t)
+        model.compile(optimizer="adam", loss=LOSS)
+        model.fit(*tasks[t][0], batch_size=40, epochs=1, verbose=0)
+    model.set_inference("infer")
+    save_packed(model, str(tmp_path / "m.npz"), learning=True)
+    net = runtime.load(str(tmp_path / "m.npz"))
+    (x_new, y_new), (x_new_test, _) = tasks[2]
+    task = net.add_task()
+    # predicted while the new task has no data: its mean group is empty and never shortlisted
+    assert not (net.infer_tasks(x_new_test) == task).any()
+    net.learn(x_new, y_new, task)
+    # three engrams, a shortlist of two: the new task's mean group, learned since, now competes
+    assert (net.infer_tasks(x_new_test) == task).mean() > 0.8
+
+
 def test_learning_needs_the_statistics_and_an_opened_task(tmp_path):
     model = le.engram_bnn((12,), 6, hidden=(16,), max_tasks=2, lda_features=16)
     model.begin_task(0)
