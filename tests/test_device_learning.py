@@ -30,6 +30,19 @@ def _three_tasks(seed=0, n=240):
     return tasks
 
 
+def _packed_on_two_tasks(tasks, path, epochs, **kwargs):
+    """An engram model trained on the first two of `tasks`, written with its router's
+    statistics (`save_packed(learning=True)`) to `path`; returns the Keras model."""
+    model = le.engram_bnn((12,), 6, hidden=(48,), max_tasks=2, engram_fraction=0.5, lda_features=64, **kwargs)
+    for t in (0, 1):
+        model.begin_task(t)
+        model.compile(optimizer="adam", loss=LOSS)
+        model.fit(*tasks[t][0], batch_size=40, epochs=epochs, verbose=0)
+    model.set_inference("infer")
+    save_packed(model, str(path), learning=True)
+    return model
+
+
 _DEVICE = """
 import json, sys, numpy as np
 from larq_engrams import runtime
@@ -47,14 +60,7 @@ print(json.dumps({"task": task, "learning_bytes": net.learning_bytes(),
 @pytest.mark.parametrize("class_covariance", ["shared", "task"])
 def test_a_device_learns_a_new_tasks_classes_as_slda_does_in_tensorflow(tmp_path, class_covariance):
     tasks = _three_tasks()
-    model = le.engram_bnn((12,), 6, hidden=(48,), max_tasks=2, engram_fraction=0.5, lda_features=64,
-                          lda_class_covariance=class_covariance)
-    for t in (0, 1):
-        model.begin_task(t)
-        model.compile(optimizer="adam", loss=LOSS)
-        model.fit(*tasks[t][0], batch_size=40, epochs=2, verbose=0)
-    model.set_inference("infer")
-    save_packed(model, str(tmp_path / "m.npz"), learning=True)
+    model = _packed_on_two_tasks(tasks, tmp_path / "m.npz", epochs=2, lda_class_covariance=class_covariance)
     (x_new, y_new), (x_new_test, y_new_test) = tasks[2]
     for name, a in (("x", x_new), ("y", y_new), ("x_test", x_new_test)):
         np.save(tmp_path / f"{name}.npy", a)
@@ -85,14 +91,7 @@ def test_a_device_learns_a_new_tasks_classes_as_slda_does_in_tensorflow(tmp_path
 
 def test_a_shortlist_sees_the_router_the_device_has_learned_since_its_last_prediction(tmp_path):
     tasks = _three_tasks(seed=1)
-    model = le.engram_bnn((12,), 6, hidden=(48,), max_tasks=2, engram_fraction=0.5, lda_features=64,
-                          router_shortlist=2)
-    for t in (0, 1):
-        model.begin_task(t)
-        model.compile(optimizer="adam", loss=LOSS)
-        model.fit(*tasks[t][0], batch_size=40, epochs=1, verbose=0)
-    model.set_inference("infer")
-    save_packed(model, str(tmp_path / "m.npz"), learning=True)
+    _packed_on_two_tasks(tasks, tmp_path / "m.npz", epochs=1, router_shortlist=2)
     net = runtime.load(str(tmp_path / "m.npz"))
     (x_new, y_new), (x_new_test, _) = tasks[2]
     task = net.add_task()
