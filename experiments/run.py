@@ -19,6 +19,7 @@ import cli  # noqa: I001  (first: quiet TensorFlow start-up, binds tf.keras to K
 from larq_engrams import benchmarks, experiment, methods
 from larq_engrams.optimizers import parse_strength
 from larq_engrams.task_free import DEFAULTS as TASK_FREE_DEFAULTS
+from larq_engrams.task_inference import check_patch_floor
 from larq_engrams.training import CheckpointError
 
 # Named configurations. A preset sets defaults; flags given on the command line win.
@@ -61,6 +62,9 @@ flags.DEFINE_enum("router_features", "auto", ["dense", "conv", "auto"], "The rou
                   "methods, slda_rf, ncm_rf): of the flat pixels, convolutional over images, or auto (conv where images).")
 flags.DEFINE_list("router_conv", [str(v) for v in methods.HyperParameters.router_conv], "The convolutional router features' filter size k and pooling p "
                   "(slda_rf and ncm_rf so far; the engram methods keep 5,4).")
+flags.DEFINE_string("router_patch_floor", str(methods.HyperParameters.router_patch_floor), "The convolutional "
+                    "router features' contrast floor eps: each k x k patch normalized by sqrt(var + eps), or 'none' "
+                    "(not normalized).")
 flags.DEFINE_integer("lda_features", None, "The router's random features M (engram methods, slda_rf, ncm_rf, "
                      "er@equal's bytes; default: larq_engrams.task_inference.DEFAULT_FEATURES).", lower_bound=1)
 flags.DEFINE_enum("router_class_covariance", methods.HyperParameters.router_class_covariance,
@@ -142,6 +146,12 @@ def validate():
         if ignoring:
             default = ",".join(str(v) for v in methods.HyperParameters.router_conv)
             errors.append(f"--router_conv: {', '.join(ignoring)} keep the default {default} (slda_rf and ncm_rf read it)")
+    patch_floor = None
+    if FLAGS.router_patch_floor.lower() != "none":
+        try:
+            patch_floor = check_patch_floor(float(FLAGS.router_patch_floor))
+        except ValueError:
+            errors.append(f"--router_patch_floor must be a float > 0 or 'none', got {FLAGS.router_patch_floor!r}")
     for name in ("engram_fraction", "activation_probability"):
         if not 0.0 < getattr(FLAGS, name) <= 1.0:
             errors.append(f"--{name} must be in (0, 1], got {getattr(FLAGS, name)}")
@@ -176,7 +186,7 @@ def validate():
             errors.append(f"--task_free must be 'name=value,...' of {sorted(TASK_FREE_DEFAULTS)}, got {FLAGS.task_free!r}")
     if errors:
         raise app.UsageError("\n".join(errors))
-    return hidden, m, seeds, task_free, router_conv
+    return hidden, m, seeds, task_free, router_conv, patch_floor
 
 
 def _tasks_in(flags_):
@@ -188,7 +198,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_preset()
-    hidden, m, seeds, task_free, router_conv = validate()
+    hidden, m, seeds, task_free, router_conv, patch_floor = validate()
     setting = FLAGS.setting if FLAGS.scenario.startswith("split") else "domain"
     config = experiment.ExperimentConfig(
         scenario=FLAGS.scenario, setting=setting, num_tasks=FLAGS.num_tasks, epochs=FLAGS.epochs,
@@ -202,7 +212,7 @@ def main(argv):
             hidden=hidden, learning_rate=FLAGS.lr, m=m, engram_fraction=FLAGS.engram_fraction,
             activation_probability=FLAGS.activation_probability, excitability=FLAGS.excitability,
             protect_engrams=FLAGS.protect_engrams, router_features=FLAGS.router_features,
-            router_conv=router_conv, lda_features=FLAGS.lda_features,
+            router_conv=router_conv, router_patch_floor=patch_floor, lda_features=FLAGS.lda_features,
             router_class_covariance=FLAGS.router_class_covariance, router_shortlist=FLAGS.router_shortlist,
             task_free=task_free,
             max_engrams=FLAGS.max_engrams or (None if FLAGS.boundaries == "given" else 2 * _tasks_in(FLAGS)),

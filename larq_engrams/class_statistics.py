@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams.arguments import check_choice, check_positive_int, check_positive_ints
-from larq_engrams.task_inference import DEFAULT_CONV, InputDiscriminant
+from larq_engrams.task_inference import DEFAULT_CONV, DEFAULT_PATCH_FLOOR, InputDiscriminant
 
 __all__ = ["ClassStatisticsClassifier", "RULES"]
 
@@ -57,7 +57,8 @@ class ClassStatisticsClassifier(tf.keras.Model):
         seed: seeds the random features.
         feature_map: "dense" (relu(x R) on the flat inputs) or "conv" (random filters
             over image inputs; `task_inference.ConvGeometry`), `image_shape` saying how
-            flat inputs are images; `conv_kernel_size` and `conv_pool` its k and p.
+            flat inputs are images; `conv_kernel_size`, `conv_pool` and
+            `conv_patch_floor` its k, p and contrast floor eps.
         task_groups: 1 (one group per class), or the number of tasks: one group per
             (task, class), the task set by `begin_task` (the continual protocol's hook).
         class_covariance: SLDA with task groups: "shared" (each class's best group) or
@@ -69,7 +70,7 @@ class ClassStatisticsClassifier(tf.keras.Model):
 
     def __init__(self, input_shape, num_classes, rule="slda", shrinkage=0.1, features=None, seed=0, task_groups=1,
                  feature_map="dense", image_shape=None, conv_kernel_size=DEFAULT_CONV[0], conv_pool=DEFAULT_CONV[1],
-                 class_covariance="shared", shortlist=None, **kwargs):
+                 class_covariance="shared", shortlist=None, conv_patch_floor=DEFAULT_PATCH_FLOOR, **kwargs):
         super().__init__(**kwargs)
         self.sample_shape = check_positive_ints("input_shape", input_shape, owner="ClassStatisticsClassifier")
         self.num_classes = int(num_classes)
@@ -80,7 +81,8 @@ class ClassStatisticsClassifier(tf.keras.Model):
             self.task_groups, self.num_classes, features=features, shrinkage=shrinkage, seed=seed,
             covariance="shared" if rule == "slda" else "identity", feature_map=feature_map,
             image_shape=(image_shape or self.sample_shape) if feature_map == "conv" else None,
-            conv_kernel_size=conv_kernel_size, conv_pool=conv_pool, class_covariance=class_covariance,
+            conv_kernel_size=conv_kernel_size, conv_pool=conv_pool, conv_patch_floor=conv_patch_floor,
+            class_covariance=class_covariance,
             shortlist=shortlist, name="class_statistics")
         self.feature_map = feature_map
         self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
@@ -159,5 +161,11 @@ class ClassStatisticsClassifier(tf.keras.Model):
                 "task_groups": self.task_groups, "feature_map": self.feature_map,
                 "image_shape": None if self.image_shape is None else list(self.image_shape),
                 "conv_kernel_size": self.discriminant.conv_kernel_size, "conv_pool": self.discriminant.conv_pool,
+                "conv_patch_floor": self.discriminant.conv_patch_floor,
                 "class_covariance": self.discriminant.class_covariance, "shortlist": self.discriminant.shortlist,
                 "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        # Saved before the convolutional map normalized its patches.
+        return cls(**{"conv_patch_floor": None, **config})

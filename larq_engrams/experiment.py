@@ -205,7 +205,7 @@ def _settings_of_result(result):
 
 # Hyperparameters whose default changed after runs that did not record them: such a run
 # ran with the old value.
-_BEFORE_RECORDED = {"router_features": "dense"}
+_BEFORE_RECORDED = {"router_features": "dense", "router_patch_floor": None}
 
 
 def _comparable(saved, wanted):

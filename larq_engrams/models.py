@@ -21,10 +21,12 @@ from larq_engrams.task_free import DEFAULTS as TASK_FREE_DEFAULTS, TaskFreeEngra
 from larq_engrams.task_inference import (
     CLASS_COVARIANCES,
     DEFAULT_FEATURES,
+    DEFAULT_PATCH_FLOOR,
     DEFAULT_SHRINKAGE,
     MAX_FEATURES,
     EngramTaskInference,
     InputDiscriminant,
+    check_patch_floor,
     resolve_feature_map,
 )
 from larq_engrams.layers import (
@@ -118,6 +120,9 @@ class EngramModel(tf.keras.Model):
     where it has 2 or 3 axes). The default, "auto", is "conv" where there is an image
     shape and "dense" elsewhere (on validation data the router alone gained 3.2 points
     on Split MNIST and 0.9 on Split Fashion-MNIST class-IL; docs/task_inference.md).
+    `router_patch_floor` is that map's contrast floor eps (each k x k patch is
+    normalized to zero mean and unit variance floored by eps before the filters see it;
+    None: not normalized, as before it was chosen on validation).
 
     `router=False` builds no router: for task-incremental use, where every input comes
     with its task id, "input_lda" is never asked for and its statistics (M x M floats)
@@ -156,6 +161,7 @@ class EngramModel(tf.keras.Model):
         protect_engrams=False,
         router_features="auto",
         image_shape=None,
+        router_patch_floor=DEFAULT_PATCH_FLOOR,
         task_free=None,
         **kwargs,
     ):
@@ -214,6 +220,7 @@ class EngramModel(tf.keras.Model):
         if image_shape is None and len(self.sample_shape) in (2, 3):
             image_shape = self.sample_shape
         self.router_features, self.image_shape = resolve_feature_map(router_features, image_shape)
+        self.router_patch_floor = check_patch_floor(router_patch_floor)
         self.lda_shrinkage = float(lda_shrinkage)
         if not float(lda_weight) >= 0.0:
             raise ValueError(f"`lda_weight` must be >= 0, got {lda_weight!r}.")
@@ -231,7 +238,7 @@ class EngramModel(tf.keras.Model):
                 max_tasks, self.num_classes, self.lda_features, self.lda_shrinkage,
                 seed=self.seed, feature_map=self.router_features,
                 image_shape=self.image_shape, class_covariance=lda_class_covariance, shortlist=router_shortlist,
-                name="task_discriminant")
+                conv_patch_floor=self.router_patch_floor, name="task_discriminant")
             self.task_discriminant.build((None, inputs))
         if self._inference_mode == "infer":
             self._check_confidence_available(self.confidence)
@@ -734,6 +741,7 @@ class EngramModel(tf.keras.Model):
             "protect_engrams": self.protect_engrams,
             "router_features": self.router_features,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "router_patch_floor": self.router_patch_floor,
             "task_free": dict(self.task_free) or None,
             **self._engram_args,
             "max_tasks": self.max_tasks,
@@ -741,8 +749,9 @@ class EngramModel(tf.keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        # Saved before the router could see images: its features were dense.
-        return cls(**{"router_features": "dense", **config})
+        # Saved before the router could see images: its features were dense; and before
+        # the convolutional map normalized its patches.
+        return cls(**{"router_features": "dense", "router_patch_floor": None, **config})
 
 
 class _EngramSlotEpochs(tf.keras.callbacks.Callback):

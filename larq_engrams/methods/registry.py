@@ -18,8 +18,9 @@ from larq_engrams.models import bnn, engram_bnn, mlp
 from larq_engrams.optimizers import Adam, MetaplasticAdam
 from larq_engrams.regularizers import EWC, OnlineEWC, SynapticIntelligence
 from larq_engrams.replay import ReplayModel, ReplayUpdate
-from larq_engrams.task_inference import (CLASS_COVARIANCES, DEFAULT_CONV, DEFAULT_FEATURES, DEFAULT_SHORTLIST, DEFAULT_SHRINKAGE, InputDiscriminant, features_within_budget,
-                                         resolve_feature_map)
+from larq_engrams.task_inference import (CLASS_COVARIANCES, DEFAULT_CONV, DEFAULT_FEATURES, DEFAULT_PATCH_FLOOR,
+                                         DEFAULT_SHORTLIST, DEFAULT_SHRINKAGE, InputDiscriminant,
+                                         features_within_budget, resolve_feature_map)
 
 __all__ = [
     "MethodSetup", "HyperParameters", "REPLAY", "build", "known", "names", "register", "describe", "default_strengths",
@@ -64,6 +65,7 @@ class HyperParameters:
     router_class_covariance: str = "auto"  # the router's class evidence: "shared", "task", or "auto" (router_class_covariance)
     router_shortlist: int = None  # the router's shortlist k (`InputDiscriminant`); None: by the sequence (router_shortlist)
     router_conv: tuple = DEFAULT_CONV  # the convolutional map's filter size k and pooling p (so far the routers alone read it)
+    router_patch_floor: float = DEFAULT_PATCH_FLOOR  # the convolutional map's contrast floor eps; None: no normalization
     max_engrams: int = None  # engram methods: engrams the model can hold; None: the scenario's tasks
     task_free: dict = None  # engram methods in a stream: `TaskFreeEngrams` settings; None: its defaults
     lda_features: int = None  # the router's random features; None: by the sequence's length (router_feature_count)
@@ -210,8 +212,8 @@ def equal_bytes_buffer_size(scenario, hp, logits=False):
 _NETWORK = ("hidden", "learning_rate", "seed")
 _METAPLASTIC = ("m",)
 _ENGRAM = (*_NETWORK, "engram_fraction", "activation_probability", "excitability", "lda_features",
-           "protect_engrams", "router_features", "router_class_covariance", "router_shortlist", "max_engrams",
-           "task_free")
+           "protect_engrams", "router_features", "router_patch_floor", "router_class_covariance", "router_shortlist",
+           "max_engrams", "task_free")
 _BACKBONE = (*_NETWORK, "backbone")
 _REPLAY = (*_NETWORK, "buffer_size")
 
@@ -275,10 +277,11 @@ def router_class_covariance(scenario, hp):
 
 
 def _router_feature_map(scenario, hp):
-    """`router_features` and `image_shape` for the scenario: "auto" is "conv" where the
-    inputs are images with their pixels in place (`Scenario.image_shape`), else "dense"."""
+    """`router_features`, `image_shape` and `router_patch_floor` for the scenario: "auto"
+    is "conv" where the inputs are images with their pixels in place
+    (`Scenario.image_shape`), else "dense"."""
     choice, image_shape = resolve_feature_map(hp.router_features, scenario.image_shape)
-    return {"router_features": choice, "image_shape": image_shape}
+    return {"router_features": choice, "image_shape": image_shape, "router_patch_floor": hp.router_patch_floor}
 
 
 def _engram_model(scenario, hp, **kwargs):
@@ -408,20 +411,20 @@ def _router_alone(name, rule, scenario, hp):
                                       conv_kernel_size=hp.router_conv[0], conv_pool=hp.router_conv[1],
                                       class_covariance=router_class_covariance(scenario, hp) if rule == "slda" else "shared",
                                       shortlist=router_shortlist(scenario, hp),
-                                      **{{"router_features": "feature_map"}.get(k, k): v
-                                         for k, v in _router_feature_map(scenario, hp).items()})
+                                      **{{"router_features": "feature_map", "router_patch_floor": "conv_patch_floor"}
+                                         .get(k, k): v for k, v in _router_feature_map(scenario, hp).items()})
     return _setup(name, model, _adam(hp), scenario)
 
 
 @register("ncm_rf", "nearest class mean on the engram router's random features (the router alone, no network)",
-          reads=("lda_features", "router_features", "router_conv", "router_shortlist", "seed"))
+          reads=("lda_features", "router_features", "router_conv", "router_patch_floor", "router_shortlist", "seed"))
 def _ncm_rf(scenario, hp):
     return _router_alone("ncm_rf", "ncm", scenario, hp)
 
 
 @register("slda_rf", "streaming LDA on the engram router's random features and shrinkage (the router alone)",
-          reads=("lda_features", "router_features", "router_conv", "router_class_covariance", "router_shortlist",
-                 "seed"))
+          reads=("lda_features", "router_features", "router_conv", "router_patch_floor", "router_class_covariance",
+                 "router_shortlist", "seed"))
 def _slda_rf(scenario, hp):
     return _router_alone("slda_rf", "slda", scenario, hp)
 
