@@ -59,7 +59,7 @@ setup(
                                                          "larq_engrams/csrc/binary_network.c"],
                            # Python's CFLAGS carry -fwrapv, which keeps GCC from folding the kernels' int32
                            # index arithmetic (a third slower); nothing in them relies on signed overflow.
-                           extra_compile_args=["-O3", "-std=c99", "-fno-wrapv"])],
+                           extra_compile_args=["-O3", "-std=c99", "-fno-wrapv"], libraries=["m"])],
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
         f"tensorflow=={TF_MINOR}.*",

@@ -165,6 +165,8 @@ def _write_source(net, folder):
             "LE_CONV": 1, "LE_H": height, "LE_W": width, "LE_C": channels, "LE_K": conv["kernel_size"],
             "LE_POOL": conv["pool"], "LE_FILTERS": conv["filters"],
             "LE_PATCH_WORDS": -(-(conv["kernel_size"] ** 2 * channels) // 64)}.items()) + "\n" + conv_defines
+        if conv.get("patch_floor") is not None:
+            conv_defines = f"#define LE_PATCH_FLOOR {_float(conv['patch_floor'])}\n" + conv_defines
     source = _SOURCE.format(
         conv_defines=conv_defines, arrays="\n".join(w.lines), engrams=entries,
         projection_scale=_float(scale), lda_weight=_float(net.manifest["lda_weight"]),
@@ -273,7 +275,8 @@ int32_t le_task_logits(const float *x, int32_t task, float *logits) {{
 
 static void router_features(const float *x) {{
 #ifdef LE_CONV
-    /* avgpool(relu(conv(x, filters))): each filter over every k x k window, in place. */
+    /* avgpool(relu(conv(x, filters))): each filter over every k x k window (normalized
+       first with LE_PATCH_FLOOR), in place. */
     int32_t grid_h = (LE_H - LE_K + 1) / LE_POOL, grid_w = (LE_W - LE_K + 1) / LE_POOL;
     float patch[LE_K * LE_K * LE_C];
     for (int32_t m = 0; m < LE_FEATURES; ++m) features[m] = 0.0f;
@@ -286,6 +289,16 @@ static void router_features(const float *x) {{
                         for (int32_t b = 0; b < LE_K; ++b)
                             for (int32_t c = 0; c < LE_C; ++c)
                                 patch[p++] = x[((i0 + a) * LE_W + (j0 + b)) * LE_C + c];
+#ifdef LE_PATCH_FLOOR
+                    {{ /* the patch normalized for contrast: (u - mean(u)) / sqrt(var(u) + eps) */
+                        float mean = 0.0f, var = 0.0f;
+                        for (int32_t q = 0; q < p; ++q) mean += patch[q];
+                        mean /= (float)p;
+                        for (int32_t q = 0; q < p; ++q) var += (patch[q] - mean) * (patch[q] - mean);
+                        float inv = 1.0f / sqrtf(var / (float)p + LE_PATCH_FLOOR);
+                        for (int32_t q = 0; q < p; ++q) patch[q] = (patch[q] - mean) * inv;
+                    }}
+#endif
                     for (int32_t f = 0; f < LE_FILTERS; ++f) {{
                         float v = signed_sum(patch, router_bits + (int64_t)f * LE_PATCH_WORDS, LE_K * LE_K * LE_C)
                                   * {projection_scale};

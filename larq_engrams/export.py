@@ -122,7 +122,8 @@ def _engram_arrays(model, learning=False):
             "feature_map": router.feature_map, "shrinkage": router.shrinkage, "learning": bool(learning),
             "class_covariance": router.class_covariance, "shortlist": router.shortlist,
             **({"image_shape": list(router.conv_geometry.image_shape), "filters": router.conv_geometry.filters,
-                "kernel_size": router.conv_geometry.kernel_size, "pool": router.conv_geometry.pool} if conv else {})},
+                "kernel_size": router.conv_geometry.kernel_size, "pool": router.conv_geometry.pool,
+                "patch_floor": router.conv_geometry.patch_floor} if conv else {})},
     }
     return arrays, manifest
 

@@ -64,9 +64,10 @@ FORMAT = "larq-engrams-packed"
 # 2: the router is optional (manifest "router": null); 3: its features may be convolutional;
 # 4: it may hold each task's class evidence (router/class_kernel, class_bias), which a
 # runtime reading only 1-3 would ignore and so predict otherwise; 5: it may route through a
-# shortlist (manifest router.shortlist), which a runtime reading only 1-4 would ignore
-VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# shortlist (manifest router.shortlist), which a runtime reading only 1-4 would ignore;
+# 6: its convolutional features may normalize each patch (router.patch_floor)
+VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 EMPTY_GROUP_SCORE = -1e9  # the router's score of a group without data
 HAS_DATA_ABOVE = EMPTY_GROUP_SCORE / 2  # a group scoring above this one has data
 _REEXPORT = "; write it again from the Keras model with `larq_engrams.export.save_packed(model, path)`"
@@ -96,7 +97,7 @@ def _load_bit_kernels():
         lib.le_signed_dense.argtypes = [address, address, i32, i32, i32, i32, address]
         lib.le_binary_network.argtypes = [address, i32, i32, address, address, address, i32, address, address,
                                           address, address, address, i32, address]
-        lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [ctypes.c_float, address]
+        lib.le_signed_conv_pool.argtypes = [address, address] + [i32] * 7 + [ctypes.c_float] * 2 + [address]
         return lib
     return None
 
@@ -192,12 +193,13 @@ def signed_dense(x, signs, units=None):
     return z
 
 
-def signed_conv_pool(x, signs, image_shape, kernel_size, pool, filters=None, scale=1.0):
+def signed_conv_pool(x, signs, image_shape, kernel_size, pool, filters=None, scale=1.0, patch_floor=None):
     """`scale` times the sums over each pooling window of relu(conv(x, W)) for flat inputs
     `x` (batch, H W) and +-1 float32 filters `signs` (k k, F) (C kernel; one channel,
     W <= 64, k <= 8, as `conv_kernel_fits` says): (batch, gh gw F), in `conv_features`'
     order; `conv_features` with filters s W is this with scale s / p^2. `signs` may come
-    from `padded_signs`, with `filters` the columns that count."""
+    from `padded_signs`, with `filters` the columns that count. With a `patch_floor` eps
+    each window u is normalized first, (u - mean(u)) / sqrt(var(u) + eps)."""
     if not conv_kernel_fits(image_shape, kernel_size):
         raise ValueError(f"runtime: the C convolution takes one channel, images up to 64 wide and filters up to 8 "
                          f"wide, got {image_shape} and {kernel_size}.")
@@ -209,7 +211,8 @@ def signed_conv_pool(x, signs, image_shape, kernel_size, pool, filters=None, sca
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty((len(x), ((height - k + 1) // p) * ((width - k + 1) // p) * filters), np.float32)
     _KERNELS.le_signed_conv_pool(_address(x, np.float32), _address(signs, np.float32), len(x), height, width, k, p,
-                                 filters, signs.shape[1], np.float32(scale), _address(out, np.float32))
+                                 filters, signs.shape[1], np.float32(scale), np.float32(patch_floor or 0.0),
+                                 _address(out, np.float32))
     return out
 
 
@@ -274,13 +277,14 @@ def shortlisted(features, mean_kernel, mean_bias, shortlist):
     return means >= np.partition(means, rank, axis=1)[:, rank:rank + 1]
 
 
-def conv_features(x, filters, image_shape, kernel_size, pool):
+def conv_features(x, filters, image_shape, kernel_size, pool, patch_floor=None):
     """NumPy twin of `larq_engrams.task_inference.ConvGeometry.features_of`: flat inputs
-    (batch, H W C), filters (k k C, F) -> avgpool_p(relu(conv_k(x))), flattened
-    (batch, gh gw F) in TensorFlow's order."""
+    (batch, H W C), filters (k k C, F) -> avgpool_p(relu(conv_k(n(x)))), flattened
+    (batch, gh gw F) in TensorFlow's order; n normalizes each patch u to
+    (u - mean(u)) / sqrt(var(u) + patch_floor), or is the identity without a floor."""
     chunk = 32  # examples at a time: the patches and responses stay a few MiB (peak RSS)
     if len(x) > chunk:
-        return np.concatenate([conv_features(x[i:i + chunk], filters, image_shape, kernel_size, pool)
+        return np.concatenate([conv_features(x[i:i + chunk], filters, image_shape, kernel_size, pool, patch_floor)
                                for i in range(0, len(x), chunk)])
     shape = tuple(int(v) for v in image_shape)
     height, width, channels = shape if len(shape) == 3 else (*shape, 1)
@@ -289,7 +293,11 @@ def conv_features(x, filters, image_shape, kernel_size, pool):
     windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))  # (n, oh, ow, C, k, k)
     patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n, height - k + 1, width - k + 1, k * k * channels)
     grid_h, grid_w = (height - k + 1) // p, (width - k + 1) // p
-    z = np.maximum(patches[:, : grid_h * p, : grid_w * p] @ filters, 0)  # whole pooling windows only
+    patches = patches[:, : grid_h * p, : grid_w * p]  # whole pooling windows only
+    if patch_floor is not None:
+        centred = patches - patches.mean(axis=-1, keepdims=True)
+        patches = centred / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + np.float32(patch_floor))
+    z = np.maximum(patches @ filters, 0)
     pooled = z.reshape(n, grid_h, p, grid_w, p, -1).mean(axis=(2, 4), dtype=np.float32)
     return pooled.reshape(n, -1)
 
@@ -519,10 +527,12 @@ class PackedNetwork:
             return np.maximum(signed_dense(x, self._router_operand, self.router_signs.shape[1]), 0) * self.router_scale
         if self.kernels == "c" and conv_kernel_fits(c["image_shape"], c["kernel_size"]):  # and so does the pooling
             return signed_conv_pool(x, self._router_operand, c["image_shape"], c["kernel_size"], c["pool"],
-                                    self.router_signs.shape[1], self.router_scale / c["pool"] ** 2)
+                                    self.router_signs.shape[1], self.router_scale / c["pool"] ** 2,
+                                    c.get("patch_floor"))
         if c is None:
             return np.maximum(x @ self.router_projection, 0)
-        return conv_features(x, self.router_projection, c["image_shape"], c["kernel_size"], c["pool"])
+        return conv_features(x, self.router_projection, c["image_shape"], c["kernel_size"], c["pool"],
+                             c.get("patch_floor"))
 
     def router_scores(self, x):
         """(batch, tasks, classes) router scores g_{s,c}(x)."""

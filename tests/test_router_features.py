@@ -12,9 +12,10 @@ from larq_engrams.task_inference import ConvGeometry, InputDiscriminant
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _by_hand(images, filters, k, p):
-    """Loops over every position: relu of each k x k window dotted with each filter,
-    averaged over p x p blocks of positions."""
+def _by_hand(images, filters, k, p, floor=None):
+    """Loops over every position: relu of each k x k window (normalized to
+    (u - mean) / sqrt(var + floor) with a floor) dotted with each filter, averaged over
+    p x p blocks of positions."""
     n, height, width = images.shape
     grid_h, grid_w = (height - k + 1) // p, (width - k + 1) // p
     out = np.zeros((n, grid_h, grid_w, filters.shape[1]))
@@ -23,7 +24,9 @@ def _by_hand(images, filters, k, p):
             for gj in range(grid_w):
                 for i in range(gi * p, gi * p + p):
                     for j in range(gj * p, gj * p + p):
-                        window = images[b, i:i + k, j:j + k].reshape(-1)
+                        window = images[b, i:i + k, j:j + k].reshape(-1).astype(np.float64)
+                        if floor is not None:
+                            window = (window - window.mean()) / np.sqrt(window.var() + floor)
                         out[b, gi, gj] += np.maximum(window @ filters, 0) / p**2
     return out.reshape(n, -1)
 
@@ -39,6 +42,42 @@ def test_conv_features_by_hand_in_tensorflow_and_numpy():
     np.testing.assert_allclose(geometry.features_of(tf.constant(flat), tf.constant(filters)).numpy(), expected,
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(runtime.conv_features(flat, filters, (7, 6), 3, 2), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("floor", [0.01, 1.0])
+def test_patch_normalized_features_by_hand_in_tensorflow_numpy_and_c(floor):
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(3, 7, 6)).astype(np.float32)
+    images[0, :4, :4] = 0.5  # flat patches: zero after centring, whatever the floor
+    geometry = ConvGeometry((7, 6), filters=4, kernel_size=3, pool=2, patch_floor=floor)
+    filters = rng.choice([-1.0, 1.0], size=(9, 4)).astype(np.float32) / 3.0
+    expected = _by_hand(images, filters, 3, 2, floor)
+    assert expected[0, :4].tolist() == [0.0] * 4  # the first pooled position sees flat patches only
+    flat = images.reshape(3, -1)
+    np.testing.assert_allclose(geometry.features_of(tf.constant(flat), tf.constant(filters)).numpy(), expected,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(runtime.conv_features(flat, filters, (7, 6), 3, 2, floor), expected,
+                               rtol=1e-5, atol=1e-6)
+    if runtime.KERNELS == "c":
+        np.testing.assert_allclose(runtime.signed_conv_pool(flat, filters * 3.0, (7, 6), 3, 2, scale=1 / 12,
+                                                            patch_floor=floor), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_patch_normalization_by_hand():
+    # One 2 x 2 patch u = (1, 3, 1, 3): mean 2, var 1; with eps = 1, n(u) = (u - 2) / sqrt(2).
+    # Filter (+1, +1, -1, +1) / 2: n(u) . R = (-1 + 1 + 1 + 1) / (2 sqrt 2) = 1 / sqrt(2);
+    # its negation gives -1 / sqrt(2), rectified to 0.
+    geometry = ConvGeometry((2, 2), filters=2, kernel_size=2, pool=1, patch_floor=1.0)
+    filters = np.array([[1, -1], [1, -1], [-1, 1], [1, -1]], np.float32) / 2
+    image = np.array([[1, 3, 1, 3]], np.float32)
+    np.testing.assert_allclose(geometry.features_of(tf.constant(image), tf.constant(filters)).numpy(),
+                               [[2 ** -0.5, 0.0]], rtol=1e-6)
+    # Brightness and contrast do not change it with the floor in the same units:
+    # 10 + 100 u has var 1e4, and eps 1e4 gives the same n.
+    np.testing.assert_allclose(runtime.conv_features(10 + 100 * image, filters, (2, 2), 2, 1, 1e4),
+                               [[2 ** -0.5, 0.0]], rtol=1e-5)
+    with pytest.raises(ValueError, match="patch_floor"):
+        ConvGeometry((2, 2), filters=2, kernel_size=2, pool=1, patch_floor=0.0)
 
 
 def test_the_feature_budget_sets_the_filters():
@@ -94,8 +133,12 @@ def test_a_conv_router_exports_and_runs_the_same_without_tensorflow(tmp_path):
     np.testing.assert_allclose(net.router_scores(x), model.task_discriminant.group_scores(x.reshape(400, -1)).numpy(),
                                rtol=1e-4, atol=1e-3)
     assert (net.predict(x).argmax(-1) == model.predict(x, verbose=0).argmax(-1)).mean() > 0.999
+    assert net.manifest["router"]["patch_floor"] == model.router_patch_floor == 0.01  # the default map
     restored = le.EngramModel.from_config(model.get_config())
     assert restored.router_features == "conv" and restored.image_shape == (8, 8)
+    assert restored.task_discriminant.conv_geometry.patch_floor == 0.01
+    old = {k: v for k, v in model.get_config().items() if k != "router_patch_floor"}  # saved before it existed
+    assert le.EngramModel.from_config(old).task_discriminant.conv_geometry.patch_floor is None
 
 
 def test_slda_on_conv_features_round_trips_its_config():
@@ -107,3 +150,6 @@ def test_slda_on_conv_features_round_trips_its_config():
                                        conv_kernel_size=7, conv_pool=5).get_config()
     assert (config["conv_kernel_size"], config["conv_pool"]) == (7, 5)  # 4 x 4 positions of 128 filters
     assert ClassStatisticsClassifier(**config).discriminant.num_features == 2048
+    assert config["conv_patch_floor"] == 0.01
+    del config["conv_patch_floor"]  # a config saved before the patches were normalized
+    assert ClassStatisticsClassifier.from_config(config).discriminant.conv_geometry.patch_floor is None

@@ -13,6 +13,7 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <math.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define LE_CTZ64(v) ((int32_t)__builtin_ctzll(v))
@@ -196,14 +197,15 @@ static inline uint64_t window_taps(const uint64_t *nonzero, int32_t i, int32_t j
  * height, width), one channel of width <= 64, k <= 8, W (k k, padded) of +-1 in patch
  * order (row, column), its `padded` columns a multiple of LE_BLOCK (zeros past `filters`).
  * The caller's scale is the filters' scale / p^2 (relu commutes with a positive scale),
- * one float32 product per output, as NumPy's.
+ * one float32 product per output, as NumPy's. With `contrast_floor` eps > 0 each k x k
+ * window u is first normalized, (u - mean(u)) / sqrt(var(u) + eps), and every tap counts.
  *
- * Each response sums only the window's nonzero pixels, found from a bit mask per image
- * row; a pooling window's sums stay in registers. */
+ * Without it, each response sums only the window's nonzero pixels, found from a bit mask
+ * per image row; a pooling window's sums stay in registers. */
 LE_VECTOR_CLONES
 void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32_t batch, int32_t height,
                          int32_t width, int32_t k, int32_t p, int32_t filters, int32_t padded, float scale,
-                         float *restrict out) {
+                         float contrast_floor, float *restrict out) {
     const int32_t grid_h = (height - k + 1) / p, grid_w = (width - k + 1) / p;
     const uint64_t window = k >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << k) - 1;
     uint64_t nonzero[height > 0 ? height : 1];
@@ -226,15 +228,24 @@ void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32
                     le_block_zero(&pooled);
                     for (int32_t i = gi * p; i < gi * p + p; ++i) {
                         for (int32_t j = gj * p; j < gj * p + p; ++j) {
-                            uint64_t taps = window_taps(nonzero, i, j, k, window);
-                            if (!taps) continue;
+                            const float *corner = xb + (int64_t)i * width + j;
                             le_block acc;
                             le_block_zero(&acc);
-                            const float *corner = xb + (int64_t)i * width + j;
-                            while (taps) {
-                                const int32_t t = LE_CTZ64(taps);
-                                taps &= taps - 1;
-                                le_block_add(&acc, corner[offset[t]], rows[t]);
+                            if (contrast_floor > 0.0f) {
+                                float u[64], mean = 0.0f, var = 0.0f;
+                                for (int32_t t = 0; t < k * k; ++t) mean += u[t] = corner[offset[t]];
+                                mean /= (float)(k * k);
+                                for (int32_t t = 0; t < k * k; ++t) var += (u[t] - mean) * (u[t] - mean);
+                                const float inv = 1.0f / sqrtf(var / (float)(k * k) + contrast_floor);
+                                for (int32_t t = 0; t < k * k; ++t) le_block_add(&acc, (u[t] - mean) * inv, rows[t]);
+                            } else {
+                                uint64_t taps = window_taps(nonzero, i, j, k, window);
+                                if (!taps) continue;
+                                while (taps) {
+                                    const int32_t t = LE_CTZ64(taps);
+                                    taps &= taps - 1;
+                                    le_block_add(&acc, corner[offset[t]], rows[t]);
+                                }
                             }
                             le_block_add_relu(&pooled, &acc);
                         }
