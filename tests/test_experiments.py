@@ -63,6 +63,7 @@ def test_run_writes_results_summary_and_tensorboard(tmp_path):
         ("--log_level=loud", "flag --log_level=loud: value should be one of"),
         ("--router_conv=5", "--router_conv must be 'k,p'"),
         ("--router_conv=3,4", "--router_conv: engram_bnn keep the default 5,4"),
+        ("--router_patch_floor=0", "--router_patch_floor must be a float > 0 or 'none', got '0'"),
     ],
 )
 def test_invalid_flags_fail_before_training(flag, message, tmp_path):
