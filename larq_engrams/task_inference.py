@@ -574,7 +574,7 @@ class ConvGeometry:
     p = 4: 36 pooled positions, so a budget of 2048 features gives F = 56 filters and
     M = 2016, from 1,400 sign bits instead of 784 x 2048.
 
-    The normalization and eps = 0.01 (on inputs standardized per data set) were chosen on
+    The normalization and eps = 0.01 (on pixels scaled to [0, 1]) were chosen on
     validation (the router alone, class-IL, 3 seeds: Split Fashion-MNIST 90.2 against
     87.9 % without, Split MNIST 98.3 against 98.2 %; eps = 0.1 / 1: 89.8 / 89.4 % and
     98.5 / 98.3 %, the best mean of the two at 0.01; results/issue43).

@@ -56,8 +56,9 @@ def test_sign_selected_convolution_is_the_numpy_twins():
         x = rng.random((5, int(np.prod(shape)))).astype(np.float32)
         x[x < 0.6] = 0  # sparse, as a digit
         w = rng.choice([-1.0, 1.0], size=(k * k, filters)).astype(np.float32)
-        np.testing.assert_allclose(runtime.signed_conv_pool(x, w, shape, k, p) / p**2,
-                                   runtime.conv_features(x, w, shape, k, p), rtol=1e-6, atol=1e-5)
+        for floor in (None, 0.01):  # normalized patches: the sums stay over the nonzero pixels
+            np.testing.assert_allclose(runtime.signed_conv_pool(x, w, shape, k, p, patch_floor=floor) / p**2,
+                                       runtime.conv_features(x, w, shape, k, p, floor), rtol=1e-5, atol=1e-4)
     assert runtime.conv_kernel_fits((28, 28), 8)
     for shape, k in (((9, 8, 3), 3), ((8, 65), 3), ((28, 28), 9)):  # NumPy's path
         assert not runtime.conv_kernel_fits(shape, k)

@@ -198,10 +198,12 @@ static inline uint64_t window_taps(const uint64_t *nonzero, int32_t i, int32_t j
  * order (row, column), its `padded` columns a multiple of LE_BLOCK (zeros past `filters`).
  * The caller's scale is the filters' scale / p^2 (relu commutes with a positive scale),
  * one float32 product per output, as NumPy's. With `contrast_floor` eps > 0 each k x k
- * window u is first normalized, (u - mean(u)) / sqrt(var(u) + eps), and every tap counts.
+ * window u is normalized first, n(u) = (u - mean(u)) / sqrt(var(u) + eps), computed as
+ * n(u) . W = (u . W - mean(u) 1^T W) / sqrt(var(u) + eps): the sums over u stay sparse.
  *
- * Without it, each response sums only the window's nonzero pixels, found from a bit mask
- * per image row; a pooling window's sums stay in registers. */
+ * Each response sums only the window's nonzero pixels, found from a bit mask per image
+ * row (a window of zeros gives 0, normalized or not); a pooling window's sums stay in
+ * registers. */
 LE_VECTOR_CLONES
 void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32_t batch, int32_t height,
                          int32_t width, int32_t k, int32_t p, int32_t filters, int32_t padded, float scale,
@@ -221,31 +223,36 @@ void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32
         float *ob = out + (int64_t)b * grid_h * grid_w * filters;
         for (int32_t f0 = 0; f0 < filters; f0 += LE_BLOCK) {
             const float *rows[64]; /* tap t's filter weights, block f0 */
-            for (int32_t t = 0; t < k * k; ++t) rows[t] = w + (int64_t)t * padded + f0;
+            float column_sums[LE_BLOCK] = {0.0f}; /* 1^T W, block f0: for the normalization */
+            for (int32_t t = 0; t < k * k; ++t) {
+                rows[t] = w + (int64_t)t * padded + f0;
+                for (int32_t f = 0; f < LE_BLOCK; ++f) column_sums[f] += rows[t][f];
+            }
             for (int32_t gi = 0; gi < grid_h; ++gi) {
                 for (int32_t gj = 0; gj < grid_w; ++gj) {
                     le_block pooled;
                     le_block_zero(&pooled);
                     for (int32_t i = gi * p; i < gi * p + p; ++i) {
                         for (int32_t j = gj * p; j < gj * p + p; ++j) {
-                            const float *corner = xb + (int64_t)i * width + j;
+                            uint64_t taps = window_taps(nonzero, i, j, k, window);
+                            if (!taps) continue;
                             le_block acc;
                             le_block_zero(&acc);
+                            const float *corner = xb + (int64_t)i * width + j;
+                            float sum = 0.0f, squares = 0.0f;
+                            while (taps) {
+                                const int32_t t = LE_CTZ64(taps);
+                                taps &= taps - 1;
+                                const float v = corner[offset[t]];
+                                le_block_add(&acc, v, rows[t]);
+                                sum += v;
+                                squares += v * v;
+                            }
                             if (contrast_floor > 0.0f) {
-                                float u[64], mean = 0.0f, var = 0.0f;
-                                for (int32_t t = 0; t < k * k; ++t) mean += u[t] = corner[offset[t]];
-                                mean /= (float)(k * k);
-                                for (int32_t t = 0; t < k * k; ++t) var += (u[t] - mean) * (u[t] - mean);
-                                const float inv = 1.0f / sqrtf(var / (float)(k * k) + contrast_floor);
-                                for (int32_t t = 0; t < k * k; ++t) le_block_add(&acc, (u[t] - mean) * inv, rows[t]);
-                            } else {
-                                uint64_t taps = window_taps(nonzero, i, j, k, window);
-                                if (!taps) continue;
-                                while (taps) {
-                                    const int32_t t = LE_CTZ64(taps);
-                                    taps &= taps - 1;
-                                    le_block_add(&acc, corner[offset[t]], rows[t]);
-                                }
+                                const float mean = sum / (float)(k * k);
+                                const float var = squares / (float)(k * k) - mean * mean;
+                                le_block_add(&acc, -mean, column_sums);
+                                le_block_scale(&acc, 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + contrast_floor));
                             }
                             le_block_add_relu(&pooled, &acc);
                         }
