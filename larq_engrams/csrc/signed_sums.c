@@ -61,6 +61,15 @@ static inline void le_block_add_relu(le_block *s, const le_block *a) { /* s += m
 static inline void le_block_scale(le_block *a, float s) {
     for (int32_t q = 0; q < LE_BLOCK / 16; ++q) a->v[q] *= s;
 }
+/* s += max(a - m w, 0) i: a patch-normalized response, rectified (i > 0), in one pass */
+static inline void le_block_add_relu_normalized(le_block *s, const le_block *a, float m, const float *w, float i) {
+    const le_v16 zero = {0};
+    const le_v16 *wv = (const le_v16 *)w;
+    for (int32_t q = 0; q < LE_BLOCK / 16; ++q) {
+        const le_v16 t = (a->v[q] - m * wv[q]) * i;
+        s->v[q] += (le_v16)((t > zero) & (le_i16)t);
+    }
+}
 static inline void le_block_store(const le_block *a, float *out, int32_t count) {
     float lanes[LE_BLOCK];
     for (int32_t q = 0; q < LE_BLOCK / 16; ++q) *(le_v16 *)(lanes + 16 * q) = a->v[q];
@@ -82,6 +91,12 @@ static void le_block_add_relu(le_block *s, const le_block *a) {
 }
 static void le_block_scale(le_block *a, float s) {
     for (int32_t f = 0; f < LE_BLOCK; ++f) a->v[f] *= s;
+}
+static void le_block_add_relu_normalized(le_block *s, const le_block *a, float m, const float *w, float i) {
+    for (int32_t f = 0; f < LE_BLOCK; ++f) {
+        const float t = (a->v[f] - m * w[f]) * i;
+        s->v[f] += t > 0.0f ? t : 0.0f;
+    }
 }
 static void le_block_store(const le_block *a, float *out, int32_t count) {
     for (int32_t f = 0; f < count; ++f) out[f] = a->v[f];
@@ -251,10 +266,11 @@ void le_signed_conv_pool(const float *restrict x, const float *restrict w, int32
                             if (contrast_floor > 0.0f) {
                                 const float mean = sum / (float)(k * k);
                                 const float var = squares / (float)(k * k) - mean * mean;
-                                le_block_add(&acc, -mean, column_sums);
-                                le_block_scale(&acc, 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + contrast_floor));
+                                le_block_add_relu_normalized(&pooled, &acc, mean, column_sums,
+                                                             1.0f / sqrtf((var > 0.0f ? var : 0.0f) + contrast_floor));
+                            } else {
+                                le_block_add_relu(&pooled, &acc);
                             }
-                            le_block_add_relu(&pooled, &acc);
                         }
                     }
                     le_block_scale(&pooled, scale);
