@@ -176,14 +176,31 @@ def evaluation_schedule(num_tasks, evaluate_every=None, past_tasks=None):
     return every, past_tasks if past_tasks is not None else (20 if long else None)
 
 
+# Scenarios whose inputs are not images with their pixels in place: the router's "auto"
+# feature map is dense there (`task_inference.resolve_feature_map`).
+_FLAT_SCENARIOS = ("permuted_mnist",)
+
+
+def _router_hyperparameters(config, hparams):
+    """`hparams` with the convolutional map's contrast floor as the run uses it: None
+    where the router's map is dense (no patches to normalize), so that a run does not
+    differ from one recorded before the floor existed by a setting it never read."""
+    choice = config.hparams.router_features
+    conv = choice == "conv" or (choice == "auto" and config.scenario not in _FLAT_SCENARIOS)
+    if "router_patch_floor" in hparams and not conv:
+        hparams = {**hparams, "router_patch_floor": None}
+    return hparams
+
+
 def run_settings(config, method, seed, source):
-    """What makes two runs the same run (JSON values): the method, the hyperparameters it reads,
-    the experiment's settings, the data source actually read, the seed and the
-    package version."""
+    """What makes two runs the same run (JSON values): the method, the hyperparameters it reads
+    (as the run uses them), the experiment's settings, the data source actually read, the
+    seed and the package version."""
     settings = {
         "method": method,
         "seed": int(seed),
-        "hparams": methods.method_hyperparameters(method, config.hparams.replace(seed=seed)),
+        "hparams": _router_hyperparameters(
+            config, methods.method_hyperparameters(method, config.hparams.replace(seed=seed))),
         "experiment": {k: v for k, v in dataclasses.asdict(config).items()
                        if k != "hparams" and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])},
         "source": source,

@@ -97,3 +97,20 @@ def test_settings_added_later_keep_earlier_results_reusable():
         "hparams.hidden: [64] there, [2048, 2048] here"]
     with pytest.raises(ValueError, match="unknown hyperparameters"):
         methods.register("x", "x", reads=("no_such_field",))
+
+
+def test_the_patch_floor_is_recorded_where_the_router_sees_patches_only():
+    from larq_engrams import experiment
+
+    def settings(scenario):
+        config = experiment.ExperimentConfig(scenario=scenario, setting="domain" if scenario == "permuted_mnist"
+                                             else "class")
+        return experiment.run_settings(config, "engram_bnn", 0, "bundled")
+
+    images, permuted = settings("split_mnist"), settings("permuted_mnist")
+    assert images["hparams"]["router_patch_floor"] == 0.01 and permuted["hparams"]["router_patch_floor"] is None
+    # Runs saved before the floor existed ran without it: still the same run on permuted
+    # (dense) inputs, a stale one on images.
+    for now, stale in ((permuted, []), (images, ["hparams.router_patch_floor: None there, 0.01 here"])):
+        saved = {**now, "hparams": {k: v for k, v in now["hparams"].items() if k != "router_patch_floor"}}
+        assert experiment._differences(experiment._comparable(saved, now), now) == stale
