@@ -37,6 +37,7 @@ from larq_engrams.training import ContinualTrainer, write_atomically
 SCENARIOS = {
     "permuted_mnist-10x5": (dict(scenario="permuted_mnist", setting="domain", num_tasks=10), 5, 0.005),
     "permuted_mnist-50x3": (dict(scenario="permuted_mnist", setting="domain", num_tasks=50), 3, 0.005),
+    "permuted_mnist-100x3": (dict(scenario="permuted_mnist", setting="domain", num_tasks=100), 3, 0.005),  # issue 44's
     "split_mnist-class": (dict(scenario="split_mnist", setting="class"), 2, 0.001),
     "split_fashion_mnist-class": (dict(scenario="split_fashion_mnist", setting="class"), 5, 0.005),
     "split_mnist-domain": (dict(scenario="split_mnist", setting="domain"), 2, 0.001),
