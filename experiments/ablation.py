@@ -1,7 +1,8 @@
 """What each part of engram_bnn adds: metaplasticity, gating and the router's class
 evidence, ablated (resumable; one JSON per finished run).
 
-Trained variants, per scenario and seed (all 1024-1024 unless --hidden):
+Trained variants, per scenario and seed (all 1024-1024 unless --hidden; the engrams are
+not protected, `protect_engrams=False`, so that they can forget):
 
 | variant | engrams | optimizer |
 |---|---|---|
@@ -304,7 +305,9 @@ def _train(settings, path, name, method, changes, seed):
     os.makedirs(checkpoints, exist_ok=True)
     write_atomically(marker, json.dumps(settings))
     scenario = _scenario(name, seed)
-    hp = methods.HyperParameters(hidden=hidden, learning_rate=lr, seed=seed, **changes)
+    # Unprotected, as the committed ablation ran: it studies where the networks forget and
+    # what metaplasticity saves, which `protect_engrams` (the default since) rules out.
+    hp = methods.HyperParameters(hidden=hidden, learning_rate=lr, seed=seed, protect_engrams=False, **changes)
     setup = methods.build(method, scenario, hp)
     tests = [_arrays(task.test) for task in scenario] if method == "engram_bnn" else None
     callbacks, snapshots = list(setup.callbacks), os.path.join(checkpoints, "snapshots")

@@ -53,10 +53,12 @@ flags.DEFINE_string("outdir", "results/evidence_weight", "Where results go.")
 flags.DEFINE_integer("epochs", None, "Override the scenario's epochs per task (checks).", lower_bound=1)
 flags.DEFINE_integer("num_tasks", None, "Only the first N tasks (checks).", lower_bound=1)
 flags.DEFINE_bool("train", True, "--notrain: only write the table of the finished runs.")
-flags.DEFINE_float("engram_fraction", methods.HyperParameters.engram_fraction, "rho, each engram's expected "
-                   "share of the units (give its own --outdir when not the default).", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_bool("protect_engrams", False, "Train with `protect_engrams` (an earlier engram's parameters frozen "
-                  "while later ones train; give its own --outdir).")
+flags.DEFINE_float("engram_fraction", None, "rho, each engram's expected share of the units; default: the "
+                   "package's, min(0.2, 1 / T) (give its own --outdir when not the default).",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_bool("protect_engrams", methods.HyperParameters.protect_engrams, "Train with `protect_engrams` (an "
+                  "earlier engram's parameters frozen while later ones train; --noprotect_engrams: not; give its "
+                  "own --outdir when not the default).")
 
 
 def weight_accuracies(model, scenario, weights):
@@ -93,7 +95,8 @@ def train_and_score(name, seed, path):
     record = {"scenario": name, "seed": seed, "epochs": epochs, "learning_rate": learning_rate,
               "hidden": list(hp.hidden), "default_weight": setup.model.lda_weight, "validation_acc": scores,
               "router_class_covariance": setup.model.lda_class_covariance,
-              "protect_engrams": setup.model.protect_engrams, "engram_fraction": FLAGS.engram_fraction}
+              "protect_engrams": setup.model.protect_engrams,
+              "engram_fraction": setup.model.engram_layers[0].engram_fraction}
     write_atomically(path, json.dumps(record, indent=1))
     print(name, seed, {k: round(100 * v, 1) for k, v in scores.items()})
 
@@ -109,9 +112,10 @@ def write_table():
         keys = list(records[0]["validation_acc"])
         cells = [format_mean_and_sem(mean_and_sem([r["validation_acc"][k] for r in records]), len(records))
                  for k in keys]
-        protect = ", protect_engrams" if records[0].get("protect_engrams") else ""
-        rho = records[0].get("engram_fraction", methods.HyperParameters.engram_fraction)
-        protect += f", engram fraction {rho}" if rho != methods.HyperParameters.engram_fraction else ""
+        # Records written before the flags existed ran unprotected at rho 0.2.
+        protect = ", protect_engrams" if records[0].get("protect_engrams", False) else ""
+        rho = records[0].get("engram_fraction", 0.2)
+        protect += f", engram fraction {rho:g}" if rho != 0.2 else ""
         rows.append((name, len(records), records[0]["router_class_covariance"] + protect, keys, cells))
     lines = ["Validation ACC (%) of engram_bnn's output for each product-of-experts weight w (w = 0: the "
              "network alone; router: the router's class evidence alone), mean ± s.e.m. over seeds. "

@@ -55,7 +55,8 @@ flags.DEFINE_integer("batch_size", 100, "Training batch size.", lower_bound=1)
 flags.DEFINE_list("hidden", ["2048", "2048"], "Hidden layer widths.")
 flags.DEFINE_float("lr", 0.005, "Learning rate.", lower_bound=0.0)
 flags.DEFINE_string("m", "1.3", "Metaplasticity: a float, or per layer 'hidden_0=1.3,hidden_1=1.5'.")
-flags.DEFINE_float("engram_fraction", 0.2, "rho: expected fraction of units per engram.")
+flags.DEFINE_float("engram_fraction", None, "rho: expected fraction of units per engram; default: min(0.2, 1 / T) "
+                   "for a model of T engrams (larq_engrams.layers.engram_fraction_for).")
 flags.DEFINE_float("activation_probability", 0.9, "q: stochastic reactivation probability.")
 flags.DEFINE_float("excitability", 6.0, "beta: allocation bias towards little-used units.", lower_bound=0.0)
 flags.DEFINE_enum("router_features", "auto", ["dense", "conv", "auto"], "The router's random features (engram "
@@ -74,7 +75,8 @@ flags.DEFINE_enum("router_class_covariance", methods.HyperParameters.router_clas
 flags.DEFINE_integer("router_shortlist", None, "The router's shortlist k (engram methods, slda_rf, ncm_rf): "
                      "beyond k engrams only the k with the best mean group score their groups; default: every "
                      "group up to 50 tasks, 16 beyond (methods.router_shortlist).", lower_bound=1)
-flags.DEFINE_bool("protect_engrams", False, "Engram methods: freeze what earlier engrams use while a later one trains.")
+flags.DEFINE_bool("protect_engrams", methods.HyperParameters.protect_engrams, "Engram methods: freeze what earlier "
+                  "engrams use while a later one trains (--noprotect_engrams: later tasks retrain what engrams share).")
 flags.DEFINE_enum("boundaries", "given", ["given", "none", "fuzzy"], "given: tasks told, --epochs per task; none "
                   "or fuzzy: one pass over a task-free stream (batches of --batch_size; the learner is told no task "
                   "id and no boundary; fuzzy mixes --transition examples around each boundary).")
@@ -153,7 +155,7 @@ def validate():
         except ValueError:
             errors.append(f"--router_patch_floor must be a float > 0 or 'none', got {FLAGS.router_patch_floor!r}")
     for name in ("engram_fraction", "activation_probability"):
-        if not 0.0 < getattr(FLAGS, name) <= 1.0:
+        if getattr(FLAGS, name) is not None and not 0.0 < getattr(FLAGS, name) <= 1.0:
             errors.append(f"--{name} must be in (0, 1], got {getattr(FLAGS, name)}")
     if FLAGS.lr <= 0:
         errors.append(f"--lr must be > 0, got {FLAGS.lr}")

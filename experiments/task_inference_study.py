@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_engrams import benchmarks, methods
+from larq_engrams.layers import engram_fraction_for
 from larq_engrams.models import bnn
 from larq_engrams.optimizers import Adam
 from larq_engrams.callbacks.base import ContinualCallback
@@ -236,7 +237,7 @@ def main(argv):
                 _class_il_accuracy(choices, logits, labels, classes, scores, float(FLAGS.lda_weight[0])).mean(0))
 
     if FLAGS.open_set_weight and lda_engram_scores is not None:
-        fraction = methods.HyperParameters().engram_fraction
+        fraction = engram_fraction_for(T)
         open_set = _open_set_scores([train[s] for s in range(T)], val, classes, hidden, fraction,
                                     FLAGS.open_set_epochs, FLAGS.seed)
         choices = [o.argmax(-1) for o in open_set]

@@ -222,7 +222,8 @@ def _settings_of_result(result):
 
 # Hyperparameters whose default changed after runs that did not record them: such a run
 # ran with the old value.
-_BEFORE_RECORDED = {"router_features": "dense", "router_patch_floor": None}
+_BEFORE_RECORDED = {"router_features": "dense", "router_patch_floor": None, "protect_engrams": False,
+                    "engram_fraction": 0.2}
 
 
 def _comparable(saved, wanted):

@@ -31,6 +31,7 @@ from larq_engrams.task_inference import (
 )
 from larq_engrams.layers import (
     EngramDense,
+    engram_fraction_for,
     default_kernel_initializer,
     default_kernel_quantizer,
 )
@@ -109,10 +110,15 @@ class EngramModel(tf.keras.Model):
     Inputs may be `x` or `(x, task_ids)` with an int tensor of per-sample task ids;
     given ids override the mode (task-incremental evaluation on mixed batches).
 
-    `protect_engrams=True` freezes, while an engram trains, every weight, BatchNorm
-    parameter and statistic that another allocated engram uses
+    `protect_engrams=True` (the default) freezes, while an engram trains, every weight,
+    BatchNorm parameter and statistic that another allocated engram uses
     (`larq_engrams.protection.EngramProtection`): an engram then computes after later
-    tasks exactly what it computed when its task ended.
+    tasks exactly what it computed when its task ended. `engram_fraction=None` (the
+    default) gives each engram min(0.2, 1 / max_tasks) of the units
+    (`layers.engram_fraction_for`), so that the engrams fit side by side and protection
+    leaves each later engram free units to learn with. `protect_engrams=False` lets later
+    tasks retrain what earlier engrams share (the behaviour before protection was the
+    default; the masked execution supports only this).
 
     `router_features="conv"` gives the router random convolutional features of image
     inputs (`task_inference.ConvGeometry`) instead of random projections of the flat
@@ -140,7 +146,7 @@ class EngramModel(tf.keras.Model):
         num_classes,
         hidden=(2048, 2048),
         max_tasks=5,
-        engram_fraction=0.2,
+        engram_fraction=None,
         activation_probability=0.9,
         excitability=6.0,
         rescale_reactivation=False,
@@ -158,7 +164,7 @@ class EngramModel(tf.keras.Model):
         inference_mode="task",
         inference_task=None,
         router=True,
-        protect_engrams=False,
+        protect_engrams=True,
         router_features="auto",
         image_shape=None,
         router_patch_floor=DEFAULT_PATCH_FLOOR,
@@ -180,11 +186,11 @@ class EngramModel(tf.keras.Model):
         self.task_free = dict(task_free or {})
         self._stream = None
         if self.protect_engrams and self.execution != "sparse":
-            raise ValueError("EngramModel: protect_engrams=True freezes blocks of the sparse step; "
-                             "use execution='sparse' (the default).")
+            raise ValueError("EngramModel: protect_engrams=True (the default) freezes blocks of the sparse step; "
+                             "use execution='sparse' (the default), or protect_engrams=False with 'masked'.")
         self._engram_args = dict(
             max_tasks=max_tasks,
-            engram_fraction=engram_fraction,
+            engram_fraction=engram_fraction_for(max_tasks) if engram_fraction is None else engram_fraction,
             activation_probability=activation_probability,
             excitability=excitability,
             rescale_reactivation=rescale_reactivation,
@@ -749,9 +755,9 @@ class EngramModel(tf.keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        # Saved before the router could see images: its features were dense; and before
-        # the convolutional map normalized its patches.
-        return cls(**{"router_features": "dense", "router_patch_floor": None, **config})
+        # Saved before the router could see images: its features were dense; before the
+        # convolutional map normalized its patches; and before engrams were protected.
+        return cls(**{"router_features": "dense", "router_patch_floor": None, "protect_engrams": False, **config})
 
 
 class _EngramSlotEpochs(tf.keras.callbacks.Callback):

@@ -114,3 +114,16 @@ def test_the_patch_floor_is_recorded_where_the_router_sees_patches_only():
     for now, stale in ((permuted, []), (images, ["hparams.router_patch_floor: None there, 0.01 here"])):
         saved = {**now, "hparams": {k: v for k, v in now["hparams"].items() if k != "router_patch_floor"}}
         assert experiment._differences(experiment._comparable(saved, now), now) == stale
+
+
+def test_an_engram_run_saved_before_protection_existed_ran_unprotected():
+    from larq_engrams import experiment, methods
+
+    now = experiment.run_settings(experiment.ExperimentConfig(), "engram_bnn", 0, "bundled")
+    assert now["hparams"]["protect_engrams"] is True and now["hparams"]["engram_fraction"] is None
+    saved = {**now, "hparams": {k: v for k, v in now["hparams"].items() if k != "protect_engrams"}}
+    assert experiment._differences(experiment._comparable(saved, now), now) == [
+        "hparams.protect_engrams: False there, True here"]
+    unprotected = experiment.ExperimentConfig(hparams=methods.HyperParameters(protect_engrams=False))
+    old = experiment.run_settings(unprotected, "engram_bnn", 0, "bundled")
+    assert experiment._differences(experiment._comparable(saved, old), old) == []  # the same run

@@ -18,6 +18,15 @@ def inputs(batch=32, features=10, seed=0):
 
 
 # ----------------------------------------------------------------- allocation
+def test_default_engram_fraction_is_an_even_share_capped_at_a_fifth():
+    from larq_engrams.layers import engram_fraction_for
+    assert [engram_fraction_for(t) for t in (1, 2, 5, 6, 10, 100)] == [0.2, 0.2, 0.2, 1 / 6, 0.1, 0.01]
+    assert built_layer(100, max_tasks=20).engram_fraction == 0.05  # None: by the bank's size
+    assert EngramDense.from_config(built_layer(100, max_tasks=20).get_config()).engram_fraction == 0.05
+    with pytest.raises(ValueError, match="max_tasks"):
+        engram_fraction_for(0)
+
+
 def expected_probabilities(usage, rho, beta):
     """docs/method.md, section 3 by hand: p_i = min(1, rho N e_i / sum e), e_i = exp(-beta u_i)."""
     e = np.exp(-beta * np.asarray(usage, np.float64))

@@ -86,5 +86,25 @@ def test_protected_engrams_compute_exactly_what_they_did_and_later_ones_still_le
 def test_protection_is_serialized_and_needs_the_sparse_step():
     model = le.engram_bnn((4,), 2, hidden=(8,), max_tasks=2, protect_engrams=True)
     assert le.EngramModel.from_config(model.get_config()).protect_engrams is True
-    with pytest.raises(ValueError, match="protect_engrams=True freezes blocks of the sparse step"):
-        le.engram_bnn((4,), 2, hidden=(8,), max_tasks=2, protect_engrams=True, execution="masked")
+    with pytest.raises(ValueError, match="protect_engrams=True .*freezes blocks of the sparse step"):
+        le.engram_bnn((4,), 2, hidden=(8,), max_tasks=2, execution="masked")  # protected by default
+    assert le.engram_bnn((4,), 2, hidden=(8,), max_tasks=2, protect_engrams=False,
+                         execution="masked").protect_engrams is False
+
+
+@pytest.mark.parametrize("max_tasks, rho", [(1, 0.2), (5, 0.2), (8, 0.125), (10, 0.1), (50, 0.02)])
+def test_defaults_protect_engrams_of_an_even_share_of_the_units(max_tasks, rho):
+    model = le.engram_bnn((4,), 2, hidden=(8, 6), max_tasks=max_tasks)
+    assert model.protect_engrams is True
+    assert [layer.engram_fraction for layer in model.engram_layers] == [rho, rho]
+    config = model.get_config()
+    assert config["engram_fraction"] == rho  # the value, not the rule: a grown bank keeps it
+    assert le.EngramModel.from_config(config).engram_layers[1].engram_fraction == rho
+    explicit = le.engram_bnn((4,), 2, hidden=(8,), max_tasks=max_tasks, engram_fraction=0.3)
+    assert explicit.engram_layers[0].engram_fraction == 0.3
+
+
+def test_a_config_saved_before_protection_was_the_default_loads_unprotected():
+    config = le.engram_bnn((4,), 2, hidden=(8,), max_tasks=2).get_config()
+    del config["protect_engrams"]
+    assert le.EngramModel.from_config(config).protect_engrams is False

@@ -16,8 +16,9 @@ DISJOINT = dict(engram_fraction=0.3, excitability=50.0)
 
 def model_pair(engrams, activation_probability=0.8, hidden=(24, 16)):
     models = [
+        # Unprotected: the masked reference has no blocks to freeze.
         le.engram_bnn((12,), 4, hidden=hidden, max_tasks=3, seed=3, execution=execution, lda_features=64,
-                      activation_probability=activation_probability, **engrams)
+                      activation_probability=activation_probability, protect_engrams=False, **engrams)
         for execution in ("sparse", "masked")
     ]
     models[1].set_weights(models[0].get_weights())
@@ -191,7 +192,7 @@ def test_subnetwork_holds_the_engram_blocks():
 def test_execution_is_validated_and_serialized(tmp_path):
     with pytest.raises(ValueError, match="execution"):
         le.engram_bnn((4,), 2, hidden=(8,), execution="dense")
-    model = le.engram_bnn((4,), 2, hidden=(8,), max_tasks=1, execution="masked")
+    model = le.engram_bnn((4,), 2, hidden=(8,), max_tasks=1, execution="masked", protect_engrams=False)
     assert le.EngramModel.from_config(model.get_config()).execution == "masked"
 
 
@@ -204,7 +205,7 @@ def test_trainer_runs_the_sparse_path_to_the_masked_result():
 
     models = [
         le.engram_bnn((28, 28), 10, hidden=(48, 32), max_tasks=2, engram_fraction=0.4, lda_features=256,
-                      execution=execution, seed=1)
+                      execution=execution, seed=1, protect_engrams=False)
         for execution in ("sparse", "masked")
     ]
     models[1].set_weights(models[0].get_weights())

@@ -51,16 +51,17 @@ class HyperParameters:
 
     Defaults: docs/method.md, section 1 (Adam lr 0.005, batch 100 is the scenario's),
     metaplasticity m = 1.3 (permuted MNIST, Laborieux et al. 2021), and this project's
-    engram defaults (rho 0.2, q 0.9, beta 6.0: nearly disjoint engrams).
+    engram defaults (rho min(0.2, 1 / T) for T engrams, q 0.9, beta 6.0: nearly disjoint
+    engrams, protected).
     """
 
     hidden: tuple = (2048, 2048)
     learning_rate: float = 0.005
     m: object = 1.3
-    engram_fraction: float = 0.2
+    engram_fraction: float = None  # rho; None: by the engrams held, min(0.2, 1 / T) (`engram_fraction_for`)
     activation_probability: float = 0.9
     excitability: float = 6.0
-    protect_engrams: bool = False  # freeze what earlier engrams use (`EngramModel`)
+    protect_engrams: bool = True  # freeze what earlier engrams use (`EngramModel`)
     router_features: str = "auto"  # the router's feature map: "dense", "conv", or "auto" (conv where images)
     router_class_covariance: str = "auto"  # the router's class evidence: "shared", "task", or "auto" (router_class_covariance)
     router_shortlist: int = None  # the router's shortlist k (`InputDiscriminant`); None: by the sequence (router_shortlist)

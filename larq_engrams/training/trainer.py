@@ -164,7 +164,7 @@ class ContinualTrainer:
         elif jit_compile and not compiles:
             raise ValueError(
                 f"jit_compile=True cannot compile {type(self.model).__name__}'s step (e.g. a sparse "
-                "EngramModel's shapes depend on the engram); use jit_compile='auto' (or execution='masked')."
+                "EngramModel's shapes depend on the engram); use jit_compile='auto' (or execution='masked', protect_engrams=False)."
             )
         self.jit_compile = bool(jit_compile)
         self.seed = seed
